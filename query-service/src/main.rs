@@ -1,1 +1,96 @@
-fn main() {}
+//! The `quiver` binary: parses arguments, starts logging, binds, and hands over to a role.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use quiver::cli::{Cli, Command};
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    quiver::telemetry::init();
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        Command::Up(args) => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let config = quiver::local::UpConfig {
+                data_dir: args
+                    .data_dir
+                    .unwrap_or_else(|| quiver::cli::default_data_dir(args.scale_factor)),
+                scale_factor: args.scale_factor,
+                workers: usize::from(args.workers),
+                memory_limit: args.limits.memory_limit.to_string(),
+                query_timeout: humantime::format_duration(args.limits.query_timeout).to_string(),
+                drain_timeout: args.limits.drain_timeout,
+            };
+            quiver::local::run(listener, config, quiver::shutdown::signal()).await?;
+        }
+        Command::Gateway(args) => {
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let pool = quiver::dispatch::pool::WorkerPool::new("default");
+            for endpoint in &args.workers {
+                pool.add(endpoint)?;
+            }
+            let signer = quiver::ticket::TicketSigner::new(args.ticket_key.as_bytes());
+            quiver::gateway::run(listener, pool, signer, quiver::shutdown::signal()).await?;
+        }
+        Command::Worker(args) => {
+            // The catalog is checked before binding: a bad file is a start-up error, not a
+            // worker that never becomes ready.
+            let catalog = quiver::worker::catalog::Catalog::load(&args.catalog)?;
+            let listener = TcpListener::bind(args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let addr = listener.local_addr()?;
+            println!("{}{addr}", quiver::local::supervisor::LISTENING_PREFIX);
+            let config = quiver::worker::WorkerConfig {
+                catalog,
+                limits: quiver::worker::engine::QueryLimits {
+                    memory_limit: usize::try_from(args.limits.memory_limit).unwrap_or(usize::MAX),
+                    timeout: args.limits.query_timeout,
+                },
+                drain_timeout: args.limits.drain_timeout,
+            };
+            let signer = quiver::ticket::TicketSigner::new(args.ticket_key.as_bytes());
+            let shutdown = quiver::shutdown::signal_or_stdin_eof(args.exit_on_stdin_eof);
+            quiver::worker::run(listener, config, signer, shutdown).await?;
+        }
+        Command::Datagen(args) => {
+            let catalog = quiver::datagen::generate(&args.out, args.scale_factor)?;
+            println!("wrote {}", catalog.display());
+        }
+        Command::Sql(args) => {
+            let mut client = quiver::client::connect(&args.endpoint)
+                .await
+                .map_err(|e| anyhow::anyhow!(quiver::client::describe(&e)))?;
+            let batches = quiver::client::query(&mut client, &args.sql)
+                .await
+                .map_err(|e| anyhow::anyhow!(quiver::client::describe(&e)))?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+            println!("({rows} rows)");
+        }
+        Command::Bench(args) => {
+            let data_dir = args
+                .data_dir
+                .unwrap_or_else(|| quiver::cli::default_data_dir(args.scale_factor));
+            quiver::bench::run(&data_dir, args.scale_factor, args.iterations).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! Command-line interface: one binary, one subcommand per role. Every flag has a `QUIVER_…`
+//! environment variable so the same settings work from a shell, a Pod spec or a Helm value.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Quiver: serverless OLAP queries over Arrow Flight SQL.
+#[derive(Debug, Parser)]
+#[command(name = "quiver", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The roles and tools.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run everything on this machine: TPC-H data, a gateway and local worker processes.
+    Up(UpArgs),
+    /// Run the gateway: authenticate, admit and dispatch queries to workers.
+    Gateway(GatewayArgs),
+    /// Run a query worker: a pre-warmed DataFusion engine serving Flight SQL.
+    Worker(WorkerArgs),
+    /// Generate TPC-H data as Parquet plus a catalog file.
+    Datagen(DatagenArgs),
+    /// Run one SQL statement against a Quiver endpoint and print the result.
+    Sql(SqlArgs),
+    /// Measure latency direct to a worker and through the gateway, in the same run.
+    Bench(BenchArgs),
+}
+
+/// Per-query limits shared by `worker` and `up`.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Memory one query may use for operators (hash tables, sorts), e.g. 512MiB or 2GiB.
+    #[arg(long, env = "QUIVER_MEMORY_LIMIT", default_value = "1GiB", value_parser = parse_bytes)]
+    pub memory_limit: u64,
+    /// Longest a query may run, from planning to its last batch, e.g. 30s or 2m.
+    #[arg(long, env = "QUIVER_QUERY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+    /// How long a stopping worker waits for running queries before exiting anyway.
+    #[arg(long, env = "QUIVER_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// `quiver up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Address the gateway listens on.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Data directory; TPC-H is generated there unless it already holds a catalog.yaml.
+    /// Default: .quiver/tpch-sf<SCALE_FACTOR>.
+    #[arg(long, env = "QUIVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TPC-H scale factor to generate (1.0 is about 1 GB of CSV, 250 MB of Parquet).
+    #[arg(long, env = "QUIVER_SCALE_FACTOR", default_value_t = 0.1)]
+    pub scale_factor: f64,
+    /// Number of worker processes.
+    #[arg(long, env = "QUIVER_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
+    pub workers: u16,
+    /// Per-query limits for the workers.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// `quiver gateway`.
+#[derive(Debug, Args)]
+pub struct GatewayArgs {
+    /// Address to listen on for Flight SQL clients.
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+    /// A worker endpoint (grpc://host:port); repeat for each worker.
+    #[arg(long = "worker", env = "QUIVER_WORKER_ENDPOINTS", value_delimiter = ',', required = true)]
+    pub workers: Vec<String>,
+    /// Key shared with the workers to sign query tickets.
+    #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
+    pub ticket_key: String,
+}
+
+/// `quiver worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Address to listen on for the gateway (port 0 picks a free port).
+    #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:50052")]
+    pub listen: SocketAddr,
+    /// Catalog file declaring the tables.
+    #[arg(long, env = "QUIVER_CATALOG")]
+    pub catalog: PathBuf,
+    /// Key shared with the gateway to sign query tickets.
+    #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
+    pub ticket_key: String,
+    /// Per-query limits.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Drain and exit when standard input closes (set by a supervising parent process).
+    #[arg(long, hide = true)]
+    pub exit_on_stdin_eof: bool,
+}
+
+/// `quiver datagen`.
+#[derive(Debug, Args)]
+pub struct DatagenArgs {
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub scale_factor: f64,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `quiver sql`.
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    /// Gateway (or worker) endpoint.
+    #[arg(long, env = "QUIVER_ENDPOINT", default_value = "grpc://127.0.0.1:50051")]
+    pub endpoint: String,
+    /// The statement.
+    pub sql: String,
+}
+
+/// `quiver bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Data directory (generated if missing). Default: .quiver/tpch-sf<SCALE_FACTOR>.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// TPC-H scale factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub scale_factor: f64,
+    /// Measured runs per query and path (after warm-up).
+    #[arg(long, default_value_t = 300)]
+    pub iterations: usize,
+}
+
+/// Default data directory for a scale factor, so different scales never share files.
+pub fn default_data_dir(scale_factor: f64) -> PathBuf {
+    PathBuf::from(format!(".quiver/tpch-sf{scale_factor}"))
+}
+
+/// Parses sizes such as `512MiB`, `2GiB`, `64MB`, `1048576`.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size such as 512MiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    let bytes = number * scale as f64;
+    if bytes < 1.0 {
+        return Err(format!("{s:?} must be at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_bytes("1000").unwrap(), 1000);
+        assert!(parse_bytes("12 parsecs").is_err());
+        assert!(parse_bytes("0").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,52 @@
+//! A small Flight SQL client: `quiver sql` and the benchmark use it to run statements the way
+//! any Flight SQL client does (GetFlightInfo, then DoGet on each endpoint).
+
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+/// Connects to a Flight SQL endpoint (`grpc://host:port`, `http://host:port` or `host:port`).
+pub async fn connect(endpoint: &str) -> Result<FlightSqlServiceClient<Channel>, FlightError> {
+    let rest = endpoint
+        .strip_prefix("grpc://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    let channel = Endpoint::from_shared(format!("http://{rest}"))
+        .map_err(|e| FlightError::ProtocolError(format!("invalid endpoint {endpoint:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| FlightError::ProtocolError(format!("cannot connect to {endpoint}: {e}")))?;
+    Ok(FlightSqlServiceClient::new(channel))
+}
+
+/// Runs `sql` and returns every batch, with row count: for printing and benchmarks, where the
+/// result is small by construction.
+pub async fn query(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, FlightError> {
+    let info = client.execute(sql.to_owned(), None).await?;
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint
+            .ticket
+            .ok_or_else(|| FlightError::ProtocolError("endpoint without a ticket".into()))?;
+        let stream = client.do_get(ticket).await?;
+        batches.extend(stream.try_collect::<Vec<_>>().await?);
+    }
+    Ok(batches)
+}
+
+/// Turns a client error into the line a user should read: the server's status code and message.
+pub fn describe(err: &FlightError) -> String {
+    match err {
+        FlightError::Tonic(status) => format!("{:?}: {}", status.code(), status.message()),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,187 @@
+//! Dispatch: sends a query to the least-loaded ready worker of its pool and relays the answer.
+//!
+//! A worker that fails before its first response message (connection refused, killed, draining)
+//! costs the client nothing: the call is retried once on another worker. Once batches have
+//! flowed, a failure is reported as `UNAVAILABLE` so the client knows a retry is safe.
+//! Flight data is relayed message by message, never decoded or collected, so the gateway's
+//! memory does not grow with the result.
+
+pub mod pool;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo, Ticket};
+use futures::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use self::pool::{Worker, WorkerLoad, WorkerPool};
+
+/// A relayed stream of Flight data.
+pub type FlightDataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send>>;
+
+/// Why a query could not be dispatched.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No worker in the pool reports SERVING.
+    #[error("no ready worker in pool {pool:?} ({workers} workers, none ready); retry shortly")]
+    NoReadyWorker {
+        /// The pool.
+        pool: String,
+        /// Workers in it, ready or not.
+        workers: usize,
+    },
+    /// The worker failed as a process or connection, on the first try and the retry.
+    #[error("worker {endpoint} failed: {message}; the query can be retried")]
+    WorkerFailed {
+        /// The last worker tried.
+        endpoint: String,
+        /// What the connection reported.
+        message: String,
+    },
+    /// The worker answered with an error about the query itself; passed through unchanged.
+    #[error("{}", .0.message())]
+    Worker(Box<Status>),
+    /// A worker address that is not a valid URL.
+    #[error("invalid worker endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// As given.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// True for statuses that mean "the worker or its connection failed", not "the query failed".
+fn is_worker_failure(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
+        Code::Internal => status.message().contains("h2 protocol error"),
+        _ => false,
+    }
+}
+
+/// Sends calls to a pool's workers.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    pool: Arc<WorkerPool>,
+}
+
+impl Dispatcher {
+    /// Dispatches to `pool`.
+    pub fn new(pool: Arc<WorkerPool>) -> Self {
+        Self { pool }
+    }
+
+    /// The pool dispatched to.
+    pub fn pool(&self) -> &Arc<WorkerPool> {
+        &self.pool
+    }
+
+    /// Runs `call` on the least-loaded ready worker, and once more on another if the first
+    /// worker fails as a process. The load guard is returned so streams can hold it.
+    async fn with_retry<T, F, Fut>(&self, call: F) -> Result<(T, WorkerLoad), DispatchError>
+    where
+        F: Fn(FlightServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut failed: Option<Arc<Worker>> = None;
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let worker = match self.pool.pick(failed.as_ref()) {
+                Ok(w) => w,
+                Err(no_worker) => return Err(last_error.unwrap_or(no_worker)),
+            };
+            let load = worker.start_query();
+            match call(worker.client()).await {
+                Ok(value) => return Ok((value, load)),
+                Err(status) if is_worker_failure(&status) => {
+                    tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
+                    worker.mark_failed();
+                    last_error = Some(DispatchError::WorkerFailed {
+                        endpoint: worker.endpoint().to_owned(),
+                        message: status.message().to_owned(),
+                    });
+                    failed = Some(worker);
+                }
+                Err(status) => return Err(DispatchError::Worker(Box::new(status))),
+            }
+        }
+        Err(last_error.expect("two failed attempts recorded an error"))
+    }
+
+    /// `GetFlightInfo` on a worker. The returned info's endpoints carry no location, so the
+    /// client redeems its tickets at the gateway.
+    pub async fn get_flight_info(
+        &self,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo, DispatchError> {
+        let (response, _load) = self
+            .with_retry(|mut client| {
+                let descriptor = descriptor.clone();
+                async move { client.get_flight_info(descriptor).await }
+            })
+            .await?;
+        let mut info = response.into_inner();
+        for endpoint in &mut info.endpoint {
+            endpoint.location.clear();
+        }
+        Ok(info)
+    }
+
+    /// `DoAction` on a worker, collecting its (small) results.
+    pub async fn do_action(
+        &self,
+        action: Action,
+    ) -> Result<Vec<arrow_flight::Result>, DispatchError> {
+        let (results, _load) = self
+            .with_retry(|mut client| {
+                let action = action.clone();
+                async move {
+                    let mut stream = client.do_action(action).await?.into_inner();
+                    let mut out = Vec::new();
+                    while let Some(item) = stream.message().await? {
+                        out.push(item);
+                    }
+                    Ok(out)
+                }
+            })
+            .await?;
+        Ok(results)
+    }
+
+    /// `DoGet` on a worker, relaying its Flight data as it arrives. The first message is awaited
+    /// before answering, so a worker that dies before producing anything is retried.
+    pub async fn do_get(&self, ticket: Ticket) -> Result<FlightDataStream, DispatchError> {
+        let ((first, rest), load) = self
+            .with_retry(|mut client| {
+                let ticket = ticket.clone();
+                async move {
+                    let mut stream = client.do_get(ticket).await?.into_inner();
+                    let first = stream.message().await?;
+                    Ok((first, stream))
+                }
+            })
+            .await?;
+        let endpoint = load.worker().endpoint().to_owned();
+        let head = futures::stream::iter(first.map(Ok));
+        let tail = rest.map(move |item| {
+            // The load guard lives as long as the relayed stream.
+            let _held = &load;
+            item.map_err(|status| {
+                if is_worker_failure(&status) {
+                    Status::unavailable(format!(
+                        "worker {endpoint} failed while streaming results: {}; the query can be retried",
+                        status.message()
+                    ))
+                } else {
+                    status
+                }
+            })
+        });
+        Ok(Box::pin(head.chain(tail)))
+    }
+}

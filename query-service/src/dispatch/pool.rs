@@ -1,0 +1,306 @@
+//! A pool of workers: who is ready (watched through each worker's gRPC health stream, not
+//! polled) and how many queries each is running, so dispatch can pick the least loaded.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::Duration;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use super::DispatchError;
+use crate::worker::MAX_MESSAGE_BYTES;
+
+/// How long to wait before re-opening a health stream that broke; doubles up to the maximum.
+const HEALTH_RETRY_MIN: Duration = Duration::from_millis(100);
+const HEALTH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Connecting to a worker on the same network should take milliseconds; a second means it is gone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One worker as the gateway sees it.
+#[derive(Debug)]
+pub struct Worker {
+    endpoint: String,
+    channel: Channel,
+    ready: AtomicBool,
+    in_flight: AtomicUsize,
+    health: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Worker {
+    /// The worker's URL, e.g. `http://127.0.0.1:50061`.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Whether the worker last reported SERVING.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Queries the gateway is running on it now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// A Flight client over the worker's shared HTTP/2 connection.
+    pub fn client(&self) -> FlightServiceClient<Channel> {
+        FlightServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// Counts one query against this worker until the guard drops.
+    pub fn start_query(self: &Arc<Self>) -> WorkerLoad {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        WorkerLoad {
+            worker: self.clone(),
+        }
+    }
+
+    /// Takes the worker out of rotation after a transport failure; its health stream puts it
+    /// back when it reports SERVING again.
+    pub fn mark_failed(&self) {
+        self.ready.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Some(task) = self.health.lock().expect("health lock").take() {
+            task.abort();
+        }
+    }
+}
+
+/// One query's claim on a worker; releases it on drop, however the query ends.
+#[derive(Debug)]
+pub struct WorkerLoad {
+    worker: Arc<Worker>,
+}
+
+impl WorkerLoad {
+    /// The worker carrying the query.
+    pub fn worker(&self) -> &Arc<Worker> {
+        &self.worker
+    }
+}
+
+impl Drop for WorkerLoad {
+    fn drop(&mut self) {
+        self.worker.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The workers of one pool.
+#[derive(Debug)]
+pub struct WorkerPool {
+    name: String,
+    workers: RwLock<Vec<Arc<Worker>>>,
+    /// Bumped whenever membership or readiness changes, for waiters such as `quiver up`.
+    changed: watch::Sender<u64>,
+    next: AtomicUsize,
+}
+
+impl WorkerPool {
+    /// An empty pool.
+    pub fn new(name: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            workers: RwLock::new(Vec::new()),
+            changed: watch::channel(0).0,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a worker and starts watching its health. It takes queries once it reports SERVING.
+    pub fn add(self: &Arc<Self>, endpoint: &str) -> Result<Arc<Worker>, DispatchError> {
+        let url = normalise_endpoint(endpoint);
+        let channel = Endpoint::from_shared(url.clone())
+            .map_err(|e| DispatchError::InvalidEndpoint {
+                endpoint: endpoint.to_owned(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect_lazy();
+        let worker = Arc::new(Worker {
+            endpoint: url,
+            channel,
+            ready: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            health: std::sync::Mutex::new(None),
+        });
+        let task = tokio::spawn(watch_health(Arc::downgrade(self), Arc::downgrade(&worker)));
+        *worker.health.lock().expect("health lock") = Some(task);
+        self.workers.write().expect("pool lock").push(worker.clone());
+        self.notify();
+        Ok(worker)
+    }
+
+    /// Removes a worker (it exited, or is being drained); running queries keep their stream.
+    pub fn remove(&self, endpoint: &str) {
+        let url = normalise_endpoint(endpoint);
+        self.workers
+            .write()
+            .expect("pool lock")
+            .retain(|w| w.endpoint != url);
+        self.notify();
+    }
+
+    /// The ready worker with the fewest running queries, skipping `exclude` (the worker that
+    /// just failed this query). Ties rotate so equal workers share the load.
+    pub fn pick(&self, exclude: Option<&Arc<Worker>>) -> Result<Arc<Worker>, DispatchError> {
+        let workers = self.workers.read().expect("pool lock");
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = workers.len();
+        let best = (0..n)
+            .map(|i| &workers[(start + i) % n.max(1)])
+            .filter(|w| w.is_ready())
+            .filter(|w| exclude.is_none_or(|x| !Arc::ptr_eq(x, w)))
+            .min_by_key(|w| w.in_flight());
+        best.cloned().ok_or_else(|| DispatchError::NoReadyWorker {
+            pool: self.name.clone(),
+            workers: n,
+        })
+    }
+
+    /// Workers in the pool now.
+    pub fn workers(&self) -> Vec<Arc<Worker>> {
+        self.workers.read().expect("pool lock").clone()
+    }
+
+    /// Ready workers now.
+    pub fn ready_count(&self) -> usize {
+        self.workers
+            .read()
+            .expect("pool lock")
+            .iter()
+            .filter(|w| w.is_ready())
+            .count()
+    }
+
+    /// Queries running on the pool now.
+    pub fn in_flight(&self) -> usize {
+        self.workers
+            .read()
+            .expect("pool lock")
+            .iter()
+            .map(|w| w.in_flight())
+            .sum()
+    }
+
+    /// Resolves when at least `n` workers are ready.
+    pub async fn wait_ready(&self, n: usize) {
+        let mut rx = self.changed.subscribe();
+        while self.ready_count() < n {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn notify(&self) {
+        self.changed.send_modify(|v| *v += 1);
+    }
+}
+
+/// Accepts `host:port`, `grpc://host:port` or `http://host:port`.
+fn normalise_endpoint(endpoint: &str) -> String {
+    let rest = endpoint
+        .strip_prefix("grpc://")
+        .or_else(|| endpoint.strip_prefix("http://"))
+        .unwrap_or(endpoint);
+    format!("http://{rest}")
+}
+
+/// Follows a worker's health stream for as long as the worker is in a pool.
+async fn watch_health(pool: Weak<WorkerPool>, worker: Weak<Worker>) {
+    let mut backoff = HEALTH_RETRY_MIN;
+    loop {
+        let Some(channel) = worker.upgrade().map(|w| w.channel.clone()) else {
+            return;
+        };
+        let stream = HealthClient::new(channel)
+            .watch(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
+        if let Ok(response) = stream {
+            let mut stream = response.into_inner();
+            while let Some(Ok(update)) = stream.next().await {
+                backoff = HEALTH_RETRY_MIN;
+                let serving = update.status == ServingStatus::Serving as i32;
+                if !set_ready(&pool, &worker, serving) {
+                    return;
+                }
+            }
+        }
+        if !set_ready(&pool, &worker, false) {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(HEALTH_RETRY_MAX);
+    }
+}
+
+/// Records readiness; false when the worker or pool is gone and watching should stop.
+fn set_ready(pool: &Weak<WorkerPool>, worker: &Weak<Worker>, ready: bool) -> bool {
+    let (Some(pool), Some(worker)) = (pool.upgrade(), worker.upgrade()) else {
+        return false;
+    };
+    if worker.ready.swap(ready, Ordering::AcqRel) != ready {
+        tracing::info!(pool = %pool.name, worker = %worker.endpoint, ready, "worker readiness changed");
+        pool.notify();
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn picks_least_loaded_ready_worker() {
+        let pool = WorkerPool::new("p");
+        let a = pool.add("127.0.0.1:1").unwrap();
+        let b = pool.add("grpc://127.0.0.1:2").unwrap();
+        assert!(matches!(
+            pool.pick(None),
+            Err(DispatchError::NoReadyWorker { workers: 2, .. })
+        ));
+        a.ready.store(true, Ordering::Release);
+        b.ready.store(true, Ordering::Release);
+        let _load = a.start_query();
+        for _ in 0..4 {
+            assert!(Arc::ptr_eq(&pool.pick(None).unwrap(), &b));
+        }
+        assert!(Arc::ptr_eq(&pool.pick(Some(&b)).unwrap(), &a));
+        b.mark_failed();
+        assert!(Arc::ptr_eq(&pool.pick(None).unwrap(), &a));
+        pool.remove("http://127.0.0.1:1");
+        assert!(pool.pick(None).is_err());
+    }
+
+    #[tokio::test]
+    async fn load_guard_releases_on_drop() {
+        let pool = WorkerPool::new("p");
+        let a = pool.add("127.0.0.1:1").unwrap();
+        {
+            let _g = a.start_query();
+            assert_eq!(pool.in_flight(), 1);
+        }
+        assert_eq!(pool.in_flight(), 0);
+    }
+}

@@ -1,0 +1,199 @@
+//! The gateway's Flight endpoint: protocol in and out, nothing else.
+//!
+//! Each call is decoded, checked as cheaply as possible (signatures, message shape), and handed
+//! to [`crate::dispatch`]. Flight SQL commands pass through to a worker unchanged; two additions
+//! serve simple gRPC clients such as k6: a `DoGet` whose ticket is UTF-8 SQL and a
+//! `GetFlightInfo` whose command is UTF-8 SQL.
+
+pub mod ticket;
+
+use std::pin::Pin;
+
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
+use arrow_flight::{
+    Action, ActionType as FlightActionType, Criteria, Empty, FlightData, FlightDescriptor,
+    FlightInfo, HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    flight_descriptor::DescriptorType,
+};
+use futures::Stream;
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use self::ticket::{GatewayTicket, is_flight_sql};
+use crate::dispatch::{Dispatcher, FlightDataStream};
+use crate::ticket::TicketSigner;
+use crate::worker::MAX_MESSAGE_BYTES;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Flight SQL actions the gateway relays to workers.
+const RELAYED_ACTIONS: [(&str, &str); 2] = [
+    (
+        "CreatePreparedStatement",
+        "Creates a reusable prepared statement resource on the server.",
+    ),
+    (
+        "ClosePreparedStatement",
+        "Closes a reusable prepared statement resource on the server.",
+    ),
+];
+
+/// The gateway's `FlightService`.
+#[derive(Debug, Clone)]
+pub struct GatewayService {
+    dispatcher: Dispatcher,
+    signer: TicketSigner,
+}
+
+impl GatewayService {
+    /// A gateway dispatching to `dispatcher`'s pool, signing tickets with `signer`.
+    pub fn new(dispatcher: Dispatcher, signer: TicketSigner) -> Self {
+        Self { dispatcher, signer }
+    }
+
+    /// The tonic service, with message limits matching the workers'.
+    pub fn into_server(self) -> FlightServiceServer<Self> {
+        FlightServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// Turns a descriptor whose command is plain SQL into a Flight SQL statement descriptor.
+fn normalise_descriptor(mut descriptor: FlightDescriptor) -> Result<FlightDescriptor, Status> {
+    if descriptor.r#type() != DescriptorType::Cmd {
+        return Err(Status::invalid_argument(
+            "only command descriptors are supported: send a Flight SQL command or SQL text",
+        ));
+    }
+    if is_flight_sql(&descriptor.cmd) {
+        return Ok(descriptor);
+    }
+    let sql = std::str::from_utf8(&descriptor.cmd).map_err(|_| {
+        Status::invalid_argument("the command is neither a Flight SQL command nor UTF-8 SQL")
+    })?;
+    descriptor.cmd = CommandStatementQuery {
+        query: sql.to_owned(),
+        transaction_id: None,
+    }
+    .as_any()
+    .encode_to_vec()
+    .into();
+    Ok(descriptor)
+}
+
+#[tonic::async_trait]
+impl FlightService for GatewayService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = FlightDataStream;
+    type DoPutStream = BoxStream<PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<FlightActionType>;
+    type DoExchangeStream = BoxStream<FlightData>;
+
+    async fn handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        // Open mode: every client is welcome and needs no token.
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: Default::default(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(reply)]))))
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented(
+            "ListFlights is not supported: queries are not stored as flights",
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let descriptor = normalise_descriptor(request.into_inner())?;
+        let info = self.dispatcher.get_flight_info(descriptor).await?;
+        Ok(Response::new(info))
+    }
+
+    async fn poll_flight_info(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        Err(Status::unimplemented(
+            "PollFlightInfo is not supported: use GetFlightInfo",
+        ))
+    }
+
+    async fn get_schema(
+        &self,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        Err(Status::unimplemented(
+            "GetSchema is not supported: GetFlightInfo returns the schema",
+        ))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        // Forged tickets are refused here, before a worker is touched.
+        let ticket = GatewayTicket::decode(&request.get_ref().ticket, &self.signer)?;
+        let stream = self.dispatcher.do_get(ticket.into_worker_ticket()).await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn do_put(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        Err(Status::unimplemented(
+            "DoPut is not supported: Quiver is read-only and prepared statements take no parameters yet",
+        ))
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        if !RELAYED_ACTIONS.iter().any(|(name, _)| *name == action.r#type) {
+            return Err(Status::unimplemented(format!(
+                "action {:?} is not supported",
+                action.r#type
+            )));
+        }
+        let results = self.dispatcher.do_action(action).await?;
+        Ok(Response::new(Box::pin(futures::stream::iter(
+            results.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn list_actions(
+        &self,
+        _request: Request<Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        let actions = RELAYED_ACTIONS.map(|(name, description)| {
+            Ok(FlightActionType {
+                r#type: name.to_owned(),
+                description: description.to_owned(),
+            })
+        });
+        Ok(Response::new(Box::pin(futures::stream::iter(actions))))
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("DoExchange is not supported"))
+    }
+}

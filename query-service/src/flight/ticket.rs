@@ -1,0 +1,126 @@
+//! What a client's `DoGet` ticket is: a signed statement ticket, a Flight SQL metadata command,
+//! or plain UTF-8 SQL from a simple gRPC client.
+
+use arrow_flight::Ticket;
+use arrow_flight::sql::{Any, Command, ProstMessageExt, TicketStatementQuery};
+use prost::Message;
+use tonic::Status;
+
+use crate::ticket::{TicketKind, TicketSigner};
+
+/// Type URLs of Flight SQL messages all start with this.
+const FLIGHT_SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
+
+/// True when `bytes` are a protobuf `Any` holding a Flight SQL message.
+pub fn is_flight_sql(bytes: &[u8]) -> bool {
+    decode_flight_sql(bytes).is_some()
+}
+
+fn decode_flight_sql(bytes: &[u8]) -> Option<Any> {
+    Any::decode(bytes)
+        .ok()
+        .filter(|any| any.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
+}
+
+/// A ticket the gateway has checked and can forward.
+#[derive(Debug)]
+pub enum GatewayTicket {
+    /// A statement ticket whose signature verified; forwarded as received.
+    Statement(Vec<u8>),
+    /// A Flight SQL metadata command (catalogs, tables, …); carries no SQL to sign.
+    Metadata(Vec<u8>),
+    /// Plain SQL, signed here into a statement ticket.
+    PlainSql(Vec<u8>),
+}
+
+impl GatewayTicket {
+    /// Classifies and checks a client's ticket.
+    pub fn decode(bytes: &[u8], signer: &TicketSigner) -> Result<Self, Status> {
+        if let Some(any) = decode_flight_sql(bytes) {
+            let command = Command::try_from(any)
+                .map_err(|e| Status::invalid_argument(format!("invalid Flight SQL ticket: {e}")))?;
+            return match command {
+                Command::TicketStatementQuery(t) => {
+                    signer.verify(&t.statement_handle, TicketKind::Statement)?;
+                    Ok(Self::Statement(bytes.to_vec()))
+                }
+                Command::CommandPreparedStatementQuery(p) => {
+                    signer.verify(&p.prepared_statement_handle, TicketKind::Prepared)?;
+                    Ok(Self::Statement(bytes.to_vec()))
+                }
+                Command::CommandGetCatalogs(_)
+                | Command::CommandGetDbSchemas(_)
+                | Command::CommandGetTables(_)
+                | Command::CommandGetTableTypes(_)
+                | Command::CommandGetSqlInfo(_) => Ok(Self::Metadata(bytes.to_vec())),
+                other => Err(Status::unimplemented(format!(
+                    "{} is not supported",
+                    other.type_url()
+                ))),
+            };
+        }
+        let sql = std::str::from_utf8(bytes).map_err(|_| {
+            Status::invalid_argument("the ticket is neither a Flight SQL ticket nor UTF-8 SQL")
+        })?;
+        if sql.trim().is_empty() {
+            return Err(Status::invalid_argument("the ticket's SQL is empty"));
+        }
+        let signed = TicketStatementQuery {
+            statement_handle: signer.issue(TicketKind::Statement, sql).into(),
+        };
+        Ok(Self::PlainSql(signed.as_any().encode_to_vec()))
+    }
+
+    /// The ticket to send to a worker.
+    pub fn into_worker_ticket(self) -> Ticket {
+        match self {
+            Self::Statement(b) | Self::Metadata(b) | Self::PlainSql(b) => Ticket::new(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_flight::sql::CommandGetCatalogs;
+    use tonic::Code;
+
+    #[test]
+    fn classifies_tickets() {
+        let signer = TicketSigner::new(b"k");
+        let plain = GatewayTicket::decode(b"SELECT 1", &signer).unwrap();
+        let GatewayTicket::PlainSql(bytes) = plain else {
+            panic!("plain SQL")
+        };
+        assert!(matches!(
+            GatewayTicket::decode(&bytes, &signer).unwrap(),
+            GatewayTicket::Statement(_)
+        ));
+        let meta = CommandGetCatalogs {}.as_any().encode_to_vec();
+        assert!(matches!(
+            GatewayTicket::decode(&meta, &signer).unwrap(),
+            GatewayTicket::Metadata(_)
+        ));
+    }
+
+    #[test]
+    fn forged_statement_is_unauthenticated() {
+        let other = TicketSigner::new(b"other");
+        let forged = TicketStatementQuery {
+            statement_handle: other.issue(TicketKind::Statement, "SELECT 1").into(),
+        }
+        .as_any()
+        .encode_to_vec();
+        let err = GatewayTicket::decode(&forged, &TicketSigner::new(b"k")).unwrap_err();
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+
+    #[test]
+    fn binary_garbage_and_empty_sql_are_invalid() {
+        let signer = TicketSigner::new(b"k");
+        let err = GatewayTicket::decode(&[0xff, 0xfe, 0x00], &signer).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        let err = GatewayTicket::decode(b"   ", &signer).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+    }
+}

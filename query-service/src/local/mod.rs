@@ -1,0 +1,143 @@
+//! `quiver up`: the whole service on one machine: TPC-H data, a gateway, and a supervised pool
+//! of worker processes on loopback.
+
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::supervisor::{SupervisorError, WorkerCommand, supervise};
+use crate::datagen;
+use crate::dispatch::pool::WorkerPool;
+use crate::ticket::TicketSigner;
+
+/// Settings for one local deployment.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    /// Data directory; TPC-H is generated there unless a catalog is already present.
+    pub data_dir: PathBuf,
+    /// TPC-H scale factor for generation.
+    pub scale_factor: f64,
+    /// Worker processes to run.
+    pub workers: usize,
+    /// Per-query memory limit handed to workers.
+    pub memory_limit: String,
+    /// Per-query time limit handed to workers.
+    pub query_timeout: String,
+    /// Drain timeout for workers.
+    pub drain_timeout: Duration,
+}
+
+/// Why `quiver up` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    /// Data generation failed.
+    #[error(transparent)]
+    Datagen(#[from] datagen::DatagenError),
+    /// The workers could not be kept running.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// The gateway failed.
+    #[error("gateway failed: {0}")]
+    Gateway(#[from] tonic::transport::Error),
+    /// The current executable could not be found to start workers.
+    #[error("cannot locate the quiver executable to start workers: {0}")]
+    Exe(#[source] std::io::Error),
+}
+
+/// How long the gateway may take to finish relaying running streams when stopping.
+const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs until `shutdown` resolves, then stops the gateway and drains every worker.
+pub async fn run(
+    listener: TcpListener,
+    config: UpConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), UpError> {
+    let catalog = if datagen::exists(&config.data_dir) {
+        tracing::info!(dir = %config.data_dir.display(), "using existing data");
+        config.data_dir.join(datagen::CATALOG_FILE)
+    } else {
+        tracing::info!(dir = %config.data_dir.display(), scale_factor = config.scale_factor, "generating TPC-H data");
+        let dir = config.data_dir.clone();
+        let sf = config.scale_factor;
+        tokio::task::spawn_blocking(move || datagen::generate(&dir, sf))
+            .await
+            .expect("data generation panicked")?
+    };
+
+    let ticket_key = TicketSigner::random_key();
+    let signer = TicketSigner::new(ticket_key.as_bytes());
+    let pool = WorkerPool::new("default");
+    let command = WorkerCommand {
+        exe: std::env::current_exe().map_err(UpError::Exe)?,
+        catalog,
+        memory_limit: config.memory_limit.clone(),
+        query_timeout: config.query_timeout.clone(),
+        drain_timeout: config.drain_timeout,
+        ticket_key,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut supervisor = tokio::spawn(supervise(pool.clone(), command, config.workers, stop_rx));
+
+    let endpoint = listener
+        .local_addr()
+        .map(|a| format!("grpc://{a}"))
+        .unwrap_or_default();
+    let (gateway_stop_tx, gateway_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut gateway = tokio::spawn(crate::gateway::run(listener, pool.clone(), signer, async {
+        let _ = gateway_stop_rx.await;
+    }));
+
+    tokio::pin!(shutdown);
+    let mut failure: Option<UpError> = None;
+    tokio::select! {
+        _ = pool.wait_ready(config.workers) => {
+            println!("quiver ready: {endpoint}");
+            tracing::info!(%endpoint, workers = config.workers, "quiver is ready");
+            tokio::select! {
+                _ = &mut shutdown => {}
+                r = &mut supervisor => failure = supervisor_failure(r),
+                r = &mut gateway => failure = Some(gateway_failure(r)),
+            }
+        }
+        _ = &mut shutdown => {}
+        r = &mut supervisor => failure = supervisor_failure(r),
+        r = &mut gateway => failure = Some(gateway_failure(r)),
+    }
+
+    tracing::info!("stopping: gateway first, then draining workers");
+    let _ = gateway_stop_tx.send(());
+    if !gateway.is_finished() && tokio::time::timeout(GATEWAY_STOP_GRACE, &mut gateway).await.is_err() {
+        gateway.abort();
+    }
+    let _ = stop_tx.send(true);
+    if !supervisor.is_finished() {
+        if let Err(e) = supervisor.await.expect("supervisor panicked") {
+            failure.get_or_insert(e.into());
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn supervisor_failure(
+    r: Result<Result<(), SupervisorError>, tokio::task::JoinError>,
+) -> Option<UpError> {
+    match r.expect("supervisor panicked") {
+        Ok(()) => None,
+        Err(e) => Some(e.into()),
+    }
+}
+
+fn gateway_failure(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> UpError {
+    match r.expect("gateway panicked") {
+        Ok(()) => unreachable!("the gateway only stops when told to"),
+        Err(e) => e.into(),
+    }
+}

@@ -1,0 +1,63 @@
+//! The one place where stage errors become gRPC statuses.
+//!
+//! Codes are chosen for what the client should do next: fix the query (`INVALID_ARGUMENT`),
+//! back off and retry (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`), re-authenticate (`UNAUTHENTICATED`),
+//! or report a bug (`INTERNAL`, whose details stay in the log).
+
+use tonic::Status;
+
+use crate::dispatch::DispatchError;
+use crate::ticket::TicketError;
+use crate::worker::engine::EngineError;
+
+impl From<EngineError> for Status {
+    fn from(err: EngineError) -> Self {
+        match &err {
+            EngineError::InvalidQuery(_) | EngineError::NotSupported(_) => {
+                Status::invalid_argument(err.to_string())
+            }
+            EngineError::MemoryLimit { .. } => Status::resource_exhausted(err.to_string()),
+            EngineError::Timeout { .. } => Status::deadline_exceeded(err.to_string()),
+            EngineError::Execution(source) => match source.find_root() {
+                datafusion::error::DataFusionError::Internal(_) => {
+                    tracing::error!(error = %source, "internal error in query execution");
+                    Status::internal("internal error in query execution; see the worker log")
+                }
+                _ => Status::internal(err.to_string()),
+            },
+        }
+    }
+}
+
+impl From<TicketError> for Status {
+    fn from(err: TicketError) -> Self {
+        match err {
+            TicketError::BadSignature | TicketError::Expired => {
+                Status::unauthenticated(err.to_string())
+            }
+            TicketError::Malformed | TicketError::WrongKind { .. } => {
+                Status::invalid_argument(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<DispatchError> for Status {
+    fn from(err: DispatchError) -> Self {
+        match err {
+            DispatchError::NoReadyWorker { .. } | DispatchError::WorkerFailed { .. } => {
+                Status::unavailable(err.to_string())
+            }
+            DispatchError::Worker(status) => *status,
+            DispatchError::InvalidEndpoint { .. } => {
+                tracing::error!(error = %err, "invalid worker endpoint in the pool");
+                Status::internal("the gateway's worker pool is misconfigured; see the gateway log")
+            }
+        }
+    }
+}
+
+/// A status for "the server is not ready yet": the client should retry shortly.
+pub fn warming_up() -> Status {
+    Status::unavailable("the worker is still warming up its catalog")
+}

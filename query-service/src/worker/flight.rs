@@ -1,0 +1,287 @@
+//! The worker's Flight SQL service: decodes each command, calls the engine or the metadata
+//! module, and encodes the answer. No policy lives here; the gateway decides who may run what.
+//!
+//! Statement tickets and prepared-statement handles are signed and carry their SQL (see
+//! [`crate::ticket`]), so a query planned on one worker can run on any other.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::server::FlightSqlService;
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
+    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
+};
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::InFlight;
+use super::engine::Engine;
+use super::metadata;
+use crate::status;
+use crate::ticket::{TicketKind, TicketSigner};
+
+type FlightStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
+
+/// The worker's Flight SQL endpoint. The engine is set once warm-up finishes; until then every
+/// call answers `UNAVAILABLE`.
+#[derive(Clone)]
+pub struct WorkerService {
+    engine: Arc<OnceLock<Arc<Engine>>>,
+    signer: TicketSigner,
+    in_flight: InFlight,
+}
+
+impl WorkerService {
+    /// A service that answers once `engine` is set.
+    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, signer: TicketSigner, in_flight: InFlight) -> Self {
+        Self {
+            engine,
+            signer,
+            in_flight,
+        }
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, Status> {
+        self.engine.get().ok_or_else(status::warming_up)
+    }
+
+    /// A FlightInfo whose single endpoint redeems `ticket` wherever the client got it from.
+    fn flight_info(
+        schema: &arrow::datatypes::Schema,
+        ticket: Vec<u8>,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let info = FlightInfo::new()
+            .try_with_schema(schema)
+            .map_err(|e| Status::internal(format!("cannot encode result schema: {e}")))?
+            .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+            .with_descriptor(descriptor)
+            .with_ordered(true);
+        Ok(Response::new(info))
+    }
+
+    async fn statement_info(
+        &self,
+        sql: &str,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (_, schema) = self.engine()?.plan(sql).await?;
+        let handle = self.signer.issue(TicketKind::Statement, sql);
+        let ticket = TicketStatementQuery {
+            statement_handle: handle.into(),
+        };
+        Self::flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
+    }
+
+    /// Metadata answers carry the command itself as their ticket, as the Flight SQL spec does.
+    fn metadata_info(
+        schema: &SchemaRef,
+        command: impl ProstMessageExt,
+        descriptor: FlightDescriptor,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Self::flight_info(schema, command.as_any().encode_to_vec(), descriptor)
+    }
+
+    async fn run(&self, sql: &str) -> Result<Response<FlightStream>, Status> {
+        let stream = self.engine()?.execute(sql).await?;
+        let schema = stream.schema();
+        // The guard lives as long as the response stream, so draining waits for the last batch.
+        let guard = self.in_flight.enter();
+        let batches = stream.map(move |item| {
+            let _held = &guard;
+            item.map_err(|e| FlightError::Tonic(Box::new(Status::from(e))))
+        });
+        let flight = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from);
+        Ok(Response::new(Box::pin(flight)))
+    }
+}
+
+/// Encodes one metadata batch as a DoGet response.
+fn one_batch(schema: SchemaRef, batch: RecordBatch) -> Response<FlightStream> {
+    let stream = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .build(futures::stream::once(async move { Ok(batch) }))
+        .map_err(Status::from);
+    Response::new(Box::pin(stream))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for WorkerService {
+    type FlightService = WorkerService;
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.statement_info(&query.query, request.into_inner()).await
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let prepared = self
+            .signer
+            .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
+        self.statement_info(&prepared.sql, request.into_inner()).await
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let verified = self
+            .signer
+            .verify(&ticket.statement_handle, TicketKind::Statement)?;
+        self.run(&verified.sql).await
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let prepared = self
+            .signer
+            .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
+        self.run(&prepared.sql).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let (_, schema) = self.engine()?.plan(&query.query).await?;
+        let IpcMessage(dataset_schema) =
+            SchemaAsIpc::new(&schema, &Default::default())
+                .try_into()
+                .map_err(|e| Status::internal(format!("cannot encode result schema: {e}")))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: self.signer.issue(TicketKind::Prepared, &query.query).into(),
+            dataset_schema,
+            parameter_schema: Default::default(),
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        cmd: ActionClosePreparedStatementRequest,
+        _request: Request<arrow_flight::Action>,
+    ) -> Result<(), Status> {
+        // Handles are stateless: closing one only checks that it is ours.
+        self.signer
+            .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
+        Ok(())
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        cmd: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::sql_info(cmd.clone())?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        cmd: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::sql_info(cmd)?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        cmd: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::catalogs(self.engine()?.base_state())?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        _cmd: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::catalogs(self.engine()?.base_state())?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        cmd: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::db_schemas(self.engine()?.base_state(), cmd.clone())?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        cmd: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::db_schemas(self.engine()?.base_state(), cmd)?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        cmd: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::tables(self.engine()?.base_state(), cmd.clone()).await?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        cmd: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::tables(self.engine()?.base_state(), cmd).await?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        cmd: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::table_types()?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        _cmd: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::table_types()?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
