@@ -66,7 +66,14 @@ pub async fn run(data_dir: &Path, scale_factor: f64, iterations: usize) -> anyho
     }
     let exe = std::env::current_exe().context("cannot locate the quiver executable")?;
     let mut up = Command::new(exe)
-        .args(["up", "--listen", "127.0.0.1:0", "--workers", "1", "--scale-factor"])
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--scale-factor",
+        ])
         .arg(scale_factor.to_string())
         .arg("--data-dir")
         .arg(data_dir)

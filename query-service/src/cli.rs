@@ -60,6 +60,9 @@ pub struct UpArgs {
     /// TPC-H scale factor to generate (1.0 is about 1 GB of CSV, 250 MB of Parquet).
     #[arg(long, env = "QUIVER_SCALE_FACTOR", default_value_t = 0.1)]
     pub scale_factor: f64,
+    /// Address of the admin HTTP port (metrics, demand); port 0 picks a free port.
+    #[arg(long, env = "QUIVER_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
     /// Number of worker processes.
     #[arg(long, env = "QUIVER_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
@@ -74,8 +77,16 @@ pub struct GatewayArgs {
     /// Address to listen on for Flight SQL clients.
     #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+    /// Address of the admin HTTP port: /metrics, /v1/pools (demand), /healthz.
+    #[arg(long, env = "QUIVER_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
     /// A worker endpoint (grpc://host:port); repeat for each worker.
-    #[arg(long = "worker", env = "QUIVER_WORKER_ENDPOINTS", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "worker",
+        env = "QUIVER_WORKER_ENDPOINTS",
+        value_delimiter = ',',
+        required = true
+    )]
     pub workers: Vec<String>,
     /// Key shared with the workers to sign query tickets.
     #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
@@ -117,7 +128,11 @@ pub struct DatagenArgs {
 #[derive(Debug, Args)]
 pub struct SqlArgs {
     /// Gateway (or worker) endpoint.
-    #[arg(long, env = "QUIVER_ENDPOINT", default_value = "grpc://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "QUIVER_ENDPOINT",
+        default_value = "grpc://127.0.0.1:50051"
+    )]
     pub endpoint: String,
     /// The statement.
     pub sql: String,

@@ -10,6 +10,7 @@
 //! `ticket` signs the stateless tickets that let any worker run any query; `status` is the one
 //! place errors become gRPC statuses; `local` runs the whole service on one machine.
 
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod client;
@@ -18,6 +19,7 @@ pub mod dispatch;
 pub mod flight;
 pub mod gateway;
 pub mod local;
+pub mod metrics;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;

@@ -26,6 +26,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let admin = TcpListener::bind(args.admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
             let config = quiver::local::UpConfig {
                 data_dir: args
                     .data_dir
@@ -36,18 +39,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 query_timeout: humantime::format_duration(args.limits.query_timeout).to_string(),
                 drain_timeout: args.limits.drain_timeout,
             };
-            quiver::local::run(listener, config, quiver::shutdown::signal()).await?;
+            quiver::local::run(listener, admin, config, quiver::shutdown::signal()).await?;
         }
         Command::Gateway(args) => {
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let admin = TcpListener::bind(args.admin_listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
             let pool = quiver::dispatch::pool::WorkerPool::new("default");
             for endpoint in &args.workers {
                 pool.add(endpoint)?;
             }
             let signer = quiver::ticket::TicketSigner::new(args.ticket_key.as_bytes());
-            quiver::gateway::run(listener, pool, signer, quiver::shutdown::signal()).await?;
+            let metrics = std::sync::Arc::new(quiver::metrics::GatewayMetrics::default());
+            quiver::gateway::run(
+                listener,
+                Some(admin),
+                pool,
+                metrics,
+                signer,
+                quiver::shutdown::signal(),
+            )
+            .await?;
         }
         Command::Worker(args) => {
             // The catalog is checked before binding: a bad file is a start-up error, not a

@@ -144,7 +144,10 @@ impl WorkerPool {
         });
         let task = tokio::spawn(watch_health(Arc::downgrade(self), Arc::downgrade(&worker)));
         *worker.health.lock().expect("health lock") = Some(task);
-        self.workers.write().expect("pool lock").push(worker.clone());
+        self.workers
+            .write()
+            .expect("pool lock")
+            .push(worker.clone());
         self.notify();
         Ok(worker)
     }

@@ -5,9 +5,11 @@
 //! serve simple gRPC clients such as k6: a `DoGet` whose ticket is UTF-8 SQL and a
 //! `GetFlightInfo` whose command is UTF-8 SQL.
 
+mod recorded;
 pub mod ticket;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::{CommandStatementQuery, ProstMessageExt};
@@ -20,8 +22,10 @@ use futures::Stream;
 use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
+use self::recorded::RecordedStream;
 use self::ticket::{GatewayTicket, is_flight_sql};
 use crate::dispatch::{Dispatcher, FlightDataStream};
+use crate::metrics::{GatewayMetrics, Outcome};
 use crate::ticket::TicketSigner;
 use crate::worker::MAX_MESSAGE_BYTES;
 
@@ -44,12 +48,17 @@ const RELAYED_ACTIONS: [(&str, &str); 2] = [
 pub struct GatewayService {
     dispatcher: Dispatcher,
     signer: TicketSigner,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl GatewayService {
     /// A gateway dispatching to `dispatcher`'s pool, signing tickets with `signer`.
-    pub fn new(dispatcher: Dispatcher, signer: TicketSigner) -> Self {
-        Self { dispatcher, signer }
+    pub fn new(dispatcher: Dispatcher, signer: TicketSigner, metrics: Arc<GatewayMetrics>) -> Self {
+        Self {
+            dispatcher,
+            signer,
+            metrics,
+        }
     }
 
     /// The tonic service, with message limits matching the workers'.
@@ -118,9 +127,18 @@ impl FlightService for GatewayService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let descriptor = normalise_descriptor(request.into_inner())?;
-        let info = self.dispatcher.get_flight_info(descriptor).await?;
-        Ok(Response::new(info))
+        let result = async {
+            let descriptor = normalise_descriptor(request.into_inner())?;
+            Ok::<_, Status>(self.dispatcher.get_flight_info(descriptor).await?)
+        }
+        .await;
+        // A query refused while planning never reaches DoGet; count it here so rejected SQL
+        // shows in the outcome metrics.
+        if let Err(status) = &result {
+            let mut record = self.metrics.start_query(self.dispatcher.pool().name());
+            record.finish(Outcome::from_code(status.code()));
+        }
+        Ok(Response::new(result?))
     }
 
     async fn poll_flight_info(
@@ -145,10 +163,20 @@ impl FlightService for GatewayService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        // Forged tickets are refused here, before a worker is touched.
-        let ticket = GatewayTicket::decode(&request.get_ref().ticket, &self.signer)?;
-        let stream = self.dispatcher.do_get(ticket.into_worker_ticket()).await?;
-        Ok(Response::new(stream))
+        let mut record = self.metrics.start_query(self.dispatcher.pool().name());
+        let result = async {
+            // Forged tickets are refused here, before a worker is touched.
+            let ticket = GatewayTicket::decode(&request.get_ref().ticket, &self.signer)?;
+            Ok::<_, Status>(self.dispatcher.do_get(ticket.into_worker_ticket()).await?)
+        }
+        .await;
+        match result {
+            Ok(stream) => Ok(Response::new(Box::pin(RecordedStream::new(stream, record)))),
+            Err(status) => {
+                record.finish(Outcome::from_code(status.code()));
+                Err(status)
+            }
+        }
     }
 
     async fn do_put(
@@ -165,7 +193,10 @@ impl FlightService for GatewayService {
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let action = request.into_inner();
-        if !RELAYED_ACTIONS.iter().any(|(name, _)| *name == action.r#type) {
+        if !RELAYED_ACTIONS
+            .iter()
+            .any(|(name, _)| *name == action.r#type)
+        {
             return Err(Status::unimplemented(format!(
                 "action {:?} is not supported",
                 action.r#type

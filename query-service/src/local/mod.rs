@@ -4,6 +4,7 @@
 pub mod supervisor;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 use self::supervisor::{SupervisorError, WorkerCommand, supervise};
 use crate::datagen;
 use crate::dispatch::pool::WorkerPool;
+use crate::metrics::GatewayMetrics;
 use crate::ticket::TicketSigner;
 
 /// Settings for one local deployment.
@@ -54,6 +56,7 @@ const GATEWAY_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Runs until `shutdown` resolves, then stops the gateway and drains every worker.
 pub async fn run(
     listener: TcpListener,
+    admin: TcpListener,
     config: UpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), UpError> {
@@ -88,9 +91,20 @@ pub async fn run(
         .map(|a| format!("grpc://{a}"))
         .unwrap_or_default();
     let (gateway_stop_tx, gateway_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut gateway = tokio::spawn(crate::gateway::run(listener, pool.clone(), signer, async {
-        let _ = gateway_stop_rx.await;
-    }));
+    if let Ok(addr) = admin.local_addr() {
+        println!("quiver admin: http://{addr}");
+    }
+    let metrics = Arc::new(GatewayMetrics::default());
+    let mut gateway = tokio::spawn(crate::gateway::run(
+        listener,
+        Some(admin),
+        pool.clone(),
+        metrics,
+        signer,
+        async {
+            let _ = gateway_stop_rx.await;
+        },
+    ));
 
     tokio::pin!(shutdown);
     let mut failure: Option<UpError> = None;
@@ -111,7 +125,11 @@ pub async fn run(
 
     tracing::info!("stopping: gateway first, then draining workers");
     let _ = gateway_stop_tx.send(());
-    if !gateway.is_finished() && tokio::time::timeout(GATEWAY_STOP_GRACE, &mut gateway).await.is_err() {
+    if !gateway.is_finished()
+        && tokio::time::timeout(GATEWAY_STOP_GRACE, &mut gateway)
+            .await
+            .is_err()
+    {
         gateway.abort();
     }
     let _ = stop_tx.send(true);
@@ -135,7 +153,9 @@ fn supervisor_failure(
     }
 }
 
-fn gateway_failure(r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>) -> UpError {
+fn gateway_failure(
+    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> UpError {
     match r.expect("gateway panicked") {
         Ok(()) => unreachable!("the gateway only stops when told to"),
         Err(e) => e.into(),

@@ -78,7 +78,9 @@ pub enum SupervisorError {
         source: std::io::Error,
     },
     /// Workers keep exiting before they listen (bad catalog, bad flags).
-    #[error("worker exited {MAX_START_FAILURES} times before it started listening (last: {status}); see its error above")]
+    #[error(
+        "worker exited {MAX_START_FAILURES} times before it started listening (last: {status}); see its error above"
+    )]
     CrashLoop {
         /// The last exit status.
         status: String,
@@ -159,7 +161,8 @@ async fn run_slot(
         println!("worker started: pid={pid} endpoint=grpc://{addr}");
         tracing::info!(slot, pid, %addr, "worker started");
         // Nothing more is expected on stdout; keep reading so the pipe never fills.
-        let stdout_drain = tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let stdout_drain =
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
         tokio::select! {
             status = child.wait() => {
@@ -181,11 +184,18 @@ async fn run_slot(
 }
 
 /// Closes the child's stdin (its signal to drain), waits for it, and kills it if it overstays.
-async fn drain(mut child: Child, stdin: Option<tokio::process::ChildStdin>, command: &WorkerCommand) {
+async fn drain(
+    mut child: Child,
+    stdin: Option<tokio::process::ChildStdin>,
+    command: &WorkerCommand,
+) {
     drop(stdin);
     let limit = command.drain_timeout + KILL_GRACE;
     if tokio::time::timeout(limit, child.wait()).await.is_err() {
-        tracing::warn!(pid = child.id(), "worker did not exit after draining; killing it");
+        tracing::warn!(
+            pid = child.id(),
+            "worker did not exit after draining; killing it"
+        );
         let _ = child.kill().await;
     }
 }

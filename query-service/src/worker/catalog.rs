@@ -161,7 +161,10 @@ impl Catalog {
             }
         }
         if file.tables.is_empty() {
-            return Err(invalid("tables".into(), "at least one table is required".into()));
+            return Err(invalid(
+                "tables".into(),
+                "at least one table is required".into(),
+            ));
         }
         let mut seen = HashSet::new();
         let mut tables = Vec::with_capacity(file.tables.len());
@@ -274,7 +277,10 @@ mod tests {
     #[test]
     fn missing_file_names_field_and_path() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "tables:\n  - {name: t, location: nope.parquet}\n");
+        let path = write(
+            dir.path(),
+            "tables:\n  - {name: t, location: nope.parquet}\n",
+        );
         let err = Catalog::load(&path).unwrap_err().to_string();
         assert!(err.contains("catalog.yaml"), "{err}");
         assert!(err.contains("tables[0].location"), "{err}");
@@ -284,7 +290,10 @@ mod tests {
     #[test]
     fn unknown_field_is_refused_with_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = write(dir.path(), "tables:\n  - {name: t, location: x, colour: red}\n");
+        let path = write(
+            dir.path(),
+            "tables:\n  - {name: t, location: x, colour: red}\n",
+        );
         let err = Catalog::load(&path).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(err.contains("line 2"), "{err}");
@@ -298,12 +307,38 @@ mod tests {
             dir.path(),
             "tables:\n  - {name: t, location: t.parquet}\n  - {name: T, location: t.parquet}\n",
         );
-        assert!(Catalog::load(&dup).unwrap_err().to_string().contains("declared twice"));
-        let bad = write(dir.path(), "tables:\n  - {name: 'a b', location: t.parquet}\n");
-        assert!(Catalog::load(&bad).unwrap_err().to_string().contains("tables[0].name"));
+        assert!(
+            Catalog::load(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("declared twice")
+        );
+        let bad = write(
+            dir.path(),
+            "tables:\n  - {name: 'a b', location: t.parquet}\n",
+        );
+        assert!(
+            Catalog::load(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("tables[0].name")
+        );
         let empty = write(dir.path(), "tables: []\n");
-        assert!(Catalog::load(&empty).unwrap_err().to_string().contains("at least one"));
-        let scheme = write(dir.path(), "tables:\n  - {name: t, location: 'ftp://h/x'}\n");
-        assert!(Catalog::load(&scheme).unwrap_err().to_string().contains("unsupported scheme"));
+        assert!(
+            Catalog::load(&empty)
+                .unwrap_err()
+                .to_string()
+                .contains("at least one")
+        );
+        let scheme = write(
+            dir.path(),
+            "tables:\n  - {name: t, location: 'ftp://h/x'}\n",
+        );
+        assert!(
+            Catalog::load(&scheme)
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported scheme")
+        );
     }
 }

@@ -126,9 +126,13 @@ impl Engine {
                 let store = object_store_for(&table.url).map_err(fail)?;
                 registry.register_store(&table.url, store);
             }
-            ctx.register_parquet(&table.name, table.url.as_str(), ParquetReadOptions::default())
-                .await
-                .map_err(fail)?;
+            ctx.register_parquet(
+                &table.name,
+                table.url.as_str(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(fail)?;
             if table.hot {
                 let df = ctx.table(&table.name).await.map_err(fail)?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

@@ -45,7 +45,11 @@ pub struct WorkerService {
 
 impl WorkerService {
     /// A service that answers once `engine` is set.
-    pub fn new(engine: Arc<OnceLock<Arc<Engine>>>, signer: TicketSigner, in_flight: InFlight) -> Self {
+    pub fn new(
+        engine: Arc<OnceLock<Arc<Engine>>>,
+        signer: TicketSigner,
+        in_flight: InFlight,
+    ) -> Self {
         Self {
             engine,
             signer,
@@ -129,7 +133,8 @@ impl FlightSqlService for WorkerService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(&query.query, request.into_inner()).await
+        self.statement_info(&query.query, request.into_inner())
+            .await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -140,7 +145,8 @@ impl FlightSqlService for WorkerService {
         let prepared = self
             .signer
             .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
-        self.statement_info(&prepared.sql, request.into_inner()).await
+        self.statement_info(&prepared.sql, request.into_inner())
+            .await
     }
 
     async fn do_get_statement(
@@ -171,10 +177,9 @@ impl FlightSqlService for WorkerService {
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let (_, schema) = self.engine()?.plan(&query.query).await?;
-        let IpcMessage(dataset_schema) =
-            SchemaAsIpc::new(&schema, &Default::default())
-                .try_into()
-                .map_err(|e| Status::internal(format!("cannot encode result schema: {e}")))?;
+        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &Default::default())
+            .try_into()
+            .map_err(|e| Status::internal(format!("cannot encode result schema: {e}")))?;
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.signer.issue(TicketKind::Prepared, &query.query).into(),
             dataset_schema,

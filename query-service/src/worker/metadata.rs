@@ -94,7 +94,9 @@ pub async fn tables(
         names.sort();
         for name in names {
             let Some(table) = schema.table(&name).await.map_err(|e| {
-                Status::internal(format!("cannot read table {catalog}.{schema_name}.{name}: {e}"))
+                Status::internal(format!(
+                    "cannot read table {catalog}.{schema_name}.{name}: {e}"
+                ))
             })?
             else {
                 continue;

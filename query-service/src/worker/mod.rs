@@ -162,7 +162,10 @@ pub async fn run(
     };
     let _ = engine_cell.set(Arc::new(engine));
     health.set_service_status("", ServingStatus::Serving).await;
-    tracing::info!(tables = config.catalog.tables.len(), "worker warm and serving");
+    tracing::info!(
+        tables = config.catalog.tables.len(),
+        "worker warm and serving"
+    );
 
     // Once the drain has released the server, streams that outlived the drain timeout get a
     // short grace to see their connection close rather than holding the exit forever.

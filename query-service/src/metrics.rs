@@ -1,0 +1,258 @@
+//! Gateway metrics and the demand signal.
+//!
+//! Every query is counted once, by pool and outcome, and timed from arrival to the last relayed
+//! message; both are recorded by a guard on drop, so early returns and client disconnects count.
+//! Pool sizes are read from the live pool at scrape time. Arrivals are also kept in a one-second
+//! sliding window, which the operator and the local supervisor read as the arrival rate.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tonic::Code;
+
+use crate::dispatch::pool::WorkerPool;
+
+/// Query latency buckets in seconds: interactive queries live between 1 ms and a few seconds, so
+/// buckets are dense there; the top buckets catch queries nearing their time limit.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+/// The window over which the arrival rate is measured: one second, so the operator reacts to a
+/// burst within about a second.
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(1);
+
+/// How a query ended, as a metric label (never an error's text).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// All batches delivered.
+    Ok,
+    /// Bad SQL or unknown table.
+    Invalid,
+    /// A memory limit or admission rejection.
+    ResourceExhausted,
+    /// The query ran past its time limit.
+    Timeout,
+    /// No worker could take it, or its worker died.
+    Unavailable,
+    /// The client went away before the end.
+    Cancelled,
+    /// Credentials or ticket refused.
+    Unauthenticated,
+    /// Anything else.
+    Error,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Invalid => "invalid",
+            Outcome::ResourceExhausted => "resource_exhausted",
+            Outcome::Timeout => "timeout",
+            Outcome::Unavailable => "unavailable",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Unauthenticated => "unauthenticated",
+            Outcome::Error => "error",
+        }
+    }
+
+    /// The outcome a final status stands for.
+    pub fn from_code(code: Code) -> Self {
+        match code {
+            Code::Ok => Outcome::Ok,
+            Code::InvalidArgument | Code::NotFound | Code::Unimplemented => Outcome::Invalid,
+            Code::ResourceExhausted => Outcome::ResourceExhausted,
+            Code::DeadlineExceeded => Outcome::Timeout,
+            Code::Unavailable => Outcome::Unavailable,
+            Code::Cancelled => Outcome::Cancelled,
+            Code::Unauthenticated | Code::PermissionDenied => Outcome::Unauthenticated,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    pool: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+/// The gateway's metrics registry.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    registry: Registry,
+    queries: Family<QueryLabels, Counter>,
+    duration: Family<PoolLabels, Histogram, fn() -> Histogram>,
+    workers: Family<PoolLabels, Gauge>,
+    ready: Family<PoolLabels, Gauge>,
+    in_flight: Family<PoolLabels, Gauge>,
+    arrivals: Mutex<VecDeque<Instant>>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let queries = Family::<QueryLabels, Counter>::default();
+        let duration = Family::<PoolLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            (|| Histogram::new(LATENCY_BUCKETS)) as fn() -> Histogram,
+        );
+        let workers = Family::<PoolLabels, Gauge>::default();
+        let ready = Family::<PoolLabels, Gauge>::default();
+        let in_flight = Family::<PoolLabels, Gauge>::default();
+        let mut registry = Registry::with_prefix("quiver");
+        registry.register("queries", "Queries by pool and outcome", queries.clone());
+        registry.register(
+            "query_duration_seconds",
+            "Time from a query's arrival to its last result message",
+            duration.clone(),
+        );
+        registry.register("pool_workers", "Workers in the pool", workers.clone());
+        registry.register(
+            "pool_ready_workers",
+            "Workers reporting SERVING",
+            ready.clone(),
+        );
+        registry.register(
+            "pool_in_flight",
+            "Queries running on the pool",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            queries,
+            duration,
+            workers,
+            ready,
+            in_flight,
+            arrivals: Mutex::new(VecDeque::new()),
+        }
+    }
+}
+
+impl GatewayMetrics {
+    /// Notes a query's arrival and returns the guard that records its end.
+    pub fn start_query(self: &Arc<Self>, pool: &str) -> QueryRecord {
+        let now = Instant::now();
+        {
+            let mut arrivals = self.arrivals.lock().expect("arrivals lock");
+            arrivals.push_back(now);
+            prune(&mut arrivals, now);
+        }
+        QueryRecord {
+            metrics: self.clone(),
+            pool: pool.to_owned(),
+            started: now,
+            outcome: Outcome::Cancelled,
+        }
+    }
+
+    /// Queries that arrived in the last second.
+    pub fn arrivals_per_sec(&self) -> f64 {
+        let mut arrivals = self.arrivals.lock().expect("arrivals lock");
+        prune(&mut arrivals, Instant::now());
+        arrivals.len() as f64 / ARRIVAL_WINDOW.as_secs_f64()
+    }
+
+    /// Prometheus text for the registry, with pool gauges read from `pools` now.
+    pub fn encode(&self, pools: &[Arc<WorkerPool>]) -> String {
+        for pool in pools {
+            let labels = PoolLabels {
+                pool: pool.name().to_owned(),
+            };
+            self.workers
+                .get_or_create(&labels)
+                .set(pool.workers().len() as i64);
+            self.ready
+                .get_or_create(&labels)
+                .set(pool.ready_count() as i64);
+            self.in_flight
+                .get_or_create(&labels)
+                .set(pool.in_flight() as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+fn prune(arrivals: &mut VecDeque<Instant>, now: Instant) {
+    while arrivals
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > ARRIVAL_WINDOW)
+    {
+        arrivals.pop_front();
+    }
+}
+
+/// Records one query's outcome and duration when dropped. Until told otherwise the outcome is
+/// `Cancelled`: a stream dropped before its end was abandoned by the client.
+#[derive(Debug)]
+pub struct QueryRecord {
+    metrics: Arc<GatewayMetrics>,
+    pool: String,
+    started: Instant,
+    outcome: Outcome,
+}
+
+impl QueryRecord {
+    /// Sets how the query ended.
+    pub fn finish(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for QueryRecord {
+    fn drop(&mut self) {
+        let pool = std::mem::take(&mut self.pool);
+        self.metrics
+            .duration
+            .get_or_create(&PoolLabels { pool: pool.clone() })
+            .observe(self.started.elapsed().as_secs_f64());
+        self.metrics
+            .queries
+            .get_or_create(&QueryLabels {
+                pool,
+                outcome: self.outcome.as_str(),
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_outcomes_on_drop() {
+        let metrics = Arc::new(GatewayMetrics::default());
+        {
+            let mut r = metrics.start_query("default");
+            r.finish(Outcome::Ok);
+        }
+        drop(metrics.start_query("default"));
+        let text = metrics.encode(&[]);
+        assert!(
+            text.contains(r#"quiver_queries_total{pool="default",outcome="ok"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"outcome="cancelled"} 1"#), "{text}");
+        assert!(
+            text.contains("quiver_query_duration_seconds_count{pool=\"default\"} 2"),
+            "{text}"
+        );
+        assert_eq!(metrics.arrivals_per_sec(), 2.0);
+    }
+}
