@@ -206,8 +206,13 @@ impl WorkerPool {
 
     /// Resolves when at least `n` workers are ready.
     pub async fn wait_ready(&self, n: usize) {
+        self.wait_until(|pool| pool.ready_count() >= n).await
+    }
+
+    /// Resolves once `condition` holds, re-checking on every membership or readiness change.
+    pub async fn wait_until(&self, condition: impl Fn(&Self) -> bool) {
         let mut rx = self.changed.subscribe();
-        while self.ready_count() < n {
+        while !condition(self) {
             if rx.changed().await.is_err() {
                 return;
             }

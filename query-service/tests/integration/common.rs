@@ -1,0 +1,95 @@
+//! Shared fixtures: a tiny TPC-H data set generated once per test binary, and helpers that start
+//! workers and gateways on port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use quiver::dispatch::pool::WorkerPool;
+use quiver::metrics::GatewayMetrics;
+use quiver::ticket::TicketSigner;
+use quiver::worker::WorkerConfig;
+use quiver::worker::catalog::Catalog;
+use quiver::worker::engine::QueryLimits;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub const KEY: &[u8] = b"integration-test-key";
+
+/// TPC-H at scale 0.001, generated once for the whole binary.
+pub fn catalog_path() -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        quiver::datagen::generate(dir.path(), 0.001).expect("datagen");
+        dir
+    });
+    dir.path().join(quiver::datagen::CATALOG_FILE)
+}
+
+pub fn default_limits() -> QueryLimits {
+    QueryLimits {
+        memory_limit: 256 << 20,
+        timeout: Duration::from_secs(30),
+    }
+}
+
+/// A running worker; dropping `stop` (or sending on it) starts its drain.
+pub struct TestWorker {
+    pub addr: SocketAddr,
+    pub stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), quiver::worker::WorkerError>>,
+}
+
+pub async fn start_worker(limits: QueryLimits) -> TestWorker {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = WorkerConfig {
+        catalog: Catalog::load(&catalog_path()).unwrap(),
+        limits,
+        drain_timeout: Duration::from_secs(10),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(quiver::worker::run(
+        listener,
+        config,
+        TicketSigner::new(KEY),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    TestWorker {
+        addr,
+        stop: Some(stop),
+        task,
+    }
+}
+
+/// Starts a gateway over `workers` and waits until `ready` of them report SERVING.
+pub async fn start_gateway(workers: &[SocketAddr], ready: usize) -> (SocketAddr, Arc<WorkerPool>) {
+    let pool = WorkerPool::new("default");
+    for w in workers {
+        pool.add(&w.to_string()).unwrap();
+    }
+    tokio::time::timeout(Duration::from_secs(30), pool.wait_ready(ready))
+        .await
+        .expect("workers ready in time");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(quiver::gateway::run(
+        listener,
+        None,
+        pool.clone(),
+        Arc::new(GatewayMetrics::default()),
+        TicketSigner::new(KEY),
+        std::future::pending(),
+    ));
+    (addr, pool)
+}
+
+pub async fn client(addr: SocketAddr) -> FlightSqlServiceClient<Channel> {
+    quiver::client::connect(&addr.to_string()).await.unwrap()
+}

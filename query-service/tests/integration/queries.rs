@@ -1,0 +1,187 @@
+//! Queries through the gateway: the Flight SQL flow, prepared statements, plain SQL tickets,
+//! metadata, and draining.
+
+use arrow::array::{AsArray, Int64Array};
+use arrow::datatypes::Int64Type;
+use arrow_flight::sql::{CommandGetTables, TicketStatementQuery};
+use arrow_flight::{FlightClient, Ticket};
+use futures::TryStreamExt;
+use prost::Message;
+
+use crate::common::*;
+
+fn single_i64(batches: &[arrow::record_batch::RecordBatch]) -> i64 {
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    let b = batches.iter().find(|b| b.num_rows() == 1).unwrap();
+    b.column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .map(|a| a.value(0))
+        .unwrap_or_else(|| b.column(0).as_primitive::<Int64Type>().value(0))
+}
+
+#[tokio::test]
+async fn statement_through_gateway_matches_direct() {
+    let worker = start_worker(default_limits()).await;
+    let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
+    let sql = "SELECT count(*) FROM lineitem WHERE l_quantity < 10";
+    let direct = quiver::client::query(&mut client(worker.addr).await, sql)
+        .await
+        .unwrap();
+    let via = quiver::client::query(&mut client(gateway).await, sql)
+        .await
+        .unwrap();
+    assert!(single_i64(&direct) > 0);
+    assert_eq!(single_i64(&direct), single_i64(&via));
+}
+
+#[tokio::test]
+async fn plain_sql_ticket_and_prepared_statement() {
+    let worker = start_worker(default_limits()).await;
+    let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
+
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = FlightClient::new(channel);
+    let batches: Vec<_> = flight
+        .do_get(Ticket::new("SELECT count(*) FROM nation"))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&batches), 25);
+
+    let mut sql = client(gateway).await;
+    let mut prepared = sql
+        .prepare("SELECT count(*) FROM region".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(prepared.dataset_schema().unwrap().fields().len(), 1);
+    for _ in 0..2 {
+        let info = prepared.execute().await.unwrap();
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let batches: Vec<_> = sql
+            .do_get(ticket)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(single_i64(&batches), 5);
+    }
+    prepared.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn tables_with_schemas() {
+    let worker = start_worker(default_limits()).await;
+    let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
+    let mut sql = client(gateway).await;
+    let info = sql
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: Some("line%".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let batches: Vec<_> = sql
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let names: Vec<String> = batches
+        .iter()
+        .flat_map(|b| {
+            let col = b.column_by_name("table_name").unwrap().as_string::<i32>();
+            col.iter()
+                .map(|v| v.unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(names, vec!["lineitem".to_owned()]);
+    assert!(batches[0].column_by_name("table_schema").is_some());
+}
+
+#[tokio::test]
+async fn draining_worker_finishes_its_query_while_the_other_serves() {
+    let a = start_worker(default_limits()).await;
+    let b = start_worker(default_limits()).await;
+    let (gateway, pool) = start_gateway(&[a.addr, b.addr], 2).await;
+    let mut sql = client(gateway).await;
+    // Large enough (hundreds of MB) that HTTP/2 flow control keeps it streaming.
+    let big = "SELECT l.*, n.n_comment FROM lineitem l CROSS JOIN nation n CROSS JOIN region r";
+    let expected = single_i64(
+        &quiver::client::query(&mut sql, "SELECT count(*) * 125 FROM lineitem")
+            .await
+            .unwrap(),
+    ) as usize;
+
+    let info = sql.execute(big.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut stream = sql.do_get(ticket).await.unwrap();
+    let mut rows = stream.try_next().await.unwrap().unwrap().num_rows();
+    assert_eq!(pool.in_flight(), 1);
+    let busy_port: u16 = pool
+        .workers()
+        .into_iter()
+        .find(|w| w.in_flight() == 1)
+        .and_then(|w| w.endpoint().rsplit(':').next().map(str::to_owned))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut busy, idle) = if busy_port == a.addr.port() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+
+    // Drain the busy worker: it leaves rotation at once but finishes the running stream.
+    drop(busy.stop.take());
+    pool.wait_until(|p| p.ready_count() == 1).await;
+    let n = quiver::client::query(&mut client(gateway).await, "SELECT count(*) FROM orders")
+        .await
+        .unwrap();
+    assert!(single_i64(&n) > 0);
+    assert!(!busy.task.is_finished());
+    while let Some(batch) = stream.try_next().await.unwrap() {
+        rows += batch.num_rows();
+    }
+    assert_eq!(rows, expected);
+    busy.task.await.unwrap().unwrap();
+    drop(idle);
+}
+
+#[tokio::test]
+async fn signed_ticket_from_one_worker_runs_on_another() {
+    let a = start_worker(default_limits()).await;
+    let b = start_worker(default_limits()).await;
+    // Both warm (the gateway is only used here to wait for readiness).
+    let _gateway = start_gateway(&[a.addr, b.addr], 2).await;
+    let mut on_a = client(a.addr).await;
+    let info = on_a
+        .execute("SELECT count(*) FROM part".into(), None)
+        .await
+        .unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let any = arrow_flight::sql::Any::decode(&*ticket.ticket).unwrap();
+    assert!(any.is::<TicketStatementQuery>());
+    let mut on_b = client(b.addr).await;
+    let batches: Vec<_> = on_b
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&batches), 200);
+}
