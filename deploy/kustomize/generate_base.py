@@ -3,7 +3,8 @@
 
 The base is the chart rendered by Helm's own engine with base/chart-values.yaml, one file per
 component, with the Helm-only labels removed, so `kubectl apply -k` and `helm install` install
-the same objects. The CRD is copied from operator/crd/querypool.yaml byte for byte.
+the same objects. The CRD is copied from operator/crd/querypool.yaml (the output of
+`quiver-operator crd`) byte for byte into base/crd/ and charts/quiver/crds/.
 tests/deploy/test_kustomize.py fails when the committed base differs from a fresh run.
 
 Usage: .venv/bin/python deploy/kustomize/generate_base.py [--check]
@@ -62,7 +63,9 @@ def expected() -> dict[pathlib.Path, bytes]:
     """Every generated file of the base with its expected bytes."""
     out = {BASE / name: text.encode() for name, text in render().items()}
     if CRD_SOURCE.exists():
-        out[BASE / "crd" / "querypool.yaml"] = CRD_SOURCE.read_bytes()
+        # The CRD, byte for byte, in the base and in the chart's crds/ (Helm installs it first).
+        for copy in (BASE / "crd" / "querypool.yaml", CHART / "crds" / "querypool.yaml"):
+            out[copy] = CRD_SOURCE.read_bytes()
     return out
 
 
