@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from checks import (
+from deploy_checks import (
     GATEWAY_RULES,
     LEASE_RULES,
     OPERATOR_RULES,
@@ -22,7 +22,7 @@ from checks import (
     pod_spec,
     rules_map,
 )
-from conftest import ALL_ON_VALUES, CHART, NAMESPACE, RELEASE, helm_chart, load_values, render_chart, validate_object
+from deploy_helpers import ALL_ON_VALUES, CHART, NAMESPACE, RELEASE, helm_chart, load_values, render_chart, validate_object
 
 RENDERINGS = ("default_objects", "all_on_objects")
 

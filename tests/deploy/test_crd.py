@@ -14,7 +14,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import CRD_COPIES, CRD_SOURCE, ROOT, validate_object
+from deploy_helpers import CRD_COPIES, CRD_SOURCE, ROOT, validate_object
 
 
 def crd_source() -> bytes:

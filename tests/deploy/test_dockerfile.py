@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 import tomllib
 
-from conftest import ROOT
+from deploy_helpers import ROOT
 
 DOCKERFILE = (ROOT / "deploy" / "Dockerfile").read_text()
 

@@ -8,7 +8,7 @@ import sys
 
 import yaml
 
-from checks import (
+from deploy_checks import (
     GATEWAY_RULES,
     LEASE_RULES,
     OPERATOR_RULES,
@@ -22,7 +22,7 @@ from checks import (
     pod_spec,
     rules_map,
 )
-from conftest import KUSTOMIZE, OVERLAYS, ROOT, validate_object
+from deploy_helpers import KUSTOMIZE, OVERLAYS, ROOT, validate_object
 
 
 def test_base_is_generated_from_the_chart():
