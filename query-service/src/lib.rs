@@ -11,6 +11,8 @@
 //! place errors become gRPC statuses; `local` runs the whole service on one machine.
 
 pub mod admin;
+pub mod admission;
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod client;

@@ -1,0 +1,192 @@
+//! Classification: which resource group a query belongs to, and whether its tenant may read the
+//! tables it names. Runs after authentication and before rate limiting, because group-keyed
+//! policies need the group.
+//!
+//! The SQL is parsed once here with DataFusion's own parser (the same the worker uses) to find
+//! the statement kind and the tables it reads; planning stays on the worker.
+
+use datafusion::sql::sqlparser::ast::{Statement, visit_relations};
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+use std::ops::ControlFlow;
+
+use super::config::{GroupNode, Policy, StatementKind};
+use super::group::GroupLimits;
+use crate::auth::Identity;
+use crate::worker::catalog::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
+
+/// What a selector can see of a query besides its SQL.
+#[derive(Debug, Clone, Default)]
+pub struct ClientHints {
+    /// `x-quiver-source` (e.g. a dashboard's name).
+    pub source: Option<String>,
+    /// `x-quiver-tags`, comma-separated.
+    pub tags: Vec<String>,
+}
+
+/// The facts of a statement the gateway needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatementFacts {
+    /// Kind, for selectors.
+    pub kind: StatementKind,
+    /// Fully qualified tables read (`catalog.schema.table`).
+    pub tables: Vec<String>,
+}
+
+/// Parses `sql` for its kind and tables; `None` when it does not parse (the worker then
+/// reports DataFusion's syntax error).
+pub fn inspect(sql: &str) -> Option<StatementFacts> {
+    let statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
+    let mut kind = StatementKind::Other;
+    let mut tables = Vec::new();
+    for statement in &statements {
+        kind = match statement {
+            Statement::Query(_) => StatementKind::Select,
+            Statement::Explain { .. } | Statement::ExplainTable { .. } => StatementKind::Explain,
+            Statement::ShowTables { .. } | Statement::ShowColumns { .. } => StatementKind::Show,
+            _ => StatementKind::Other,
+        };
+        let _ = visit_relations(statement, |name| {
+            let parts: Vec<String> = name
+                .0
+                .iter()
+                .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase())
+                .collect();
+            let qualified = match parts.as_slice() {
+                [t] => format!("{DEFAULT_CATALOG}.{DEFAULT_SCHEMA}.{t}"),
+                [s, t] => format!("{DEFAULT_CATALOG}.{s}.{t}"),
+                _ => parts.join("."),
+            };
+            tables.push(qualified);
+            ControlFlow::<()>::Continue(())
+        });
+    }
+    // CTE names look like tables to the visitor; keep them, they resolve to the default schema
+    // where an allowed tenant can read them anyway.
+    tables.sort();
+    tables.dedup();
+    Some(StatementFacts { kind, tables })
+}
+
+/// The first table `tenant` may not read, if any.
+pub fn forbidden_table<'a>(policy: &Policy, identity: &Identity, tables: &'a [String]) -> Option<&'a str> {
+    let tenant = policy.tenants.iter().find(|t| t.name == identity.tenant)?;
+    tables
+        .iter()
+        .find(|table| {
+            !tenant.catalogs.iter().any(|pattern| {
+                pattern == "*" || table.starts_with(&format!("{}.", pattern.to_ascii_lowercase()))
+            })
+        })
+        .map(String::as_str)
+}
+
+/// The group chain a query runs in, from top-level group to leaf, with templates expanded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    /// `(name, limits)` from the top-level group down to the leaf.
+    pub chain: Vec<(String, GroupLimits)>,
+    /// Dotted path of the leaf.
+    pub path: String,
+    /// Pool the group runs on.
+    pub pool: String,
+    /// Per-query memory limit of the leaf group, if set.
+    pub memory_limit: Option<u64>,
+}
+
+/// Picks the group for a query: the first matching selector, else the default group.
+pub fn classify(policy: &Policy, identity: &Identity, hints: &ClientHints, kind: StatementKind) -> Placement {
+    let target = policy
+        .selectors
+        .iter()
+        .find(|s| {
+            s.tenant.as_ref().is_none_or(|t| *t == identity.tenant)
+                && s.user.as_ref().is_none_or(|r| r.is_match(&identity.user))
+                && s.source
+                    .as_ref()
+                    .is_none_or(|r| hints.source.as_deref().is_some_and(|src| r.is_match(src)))
+                && s.tags.iter().all(|t| hints.tags.contains(t))
+                && s.statement.is_none_or(|k| k == kind)
+        })
+        .map(|s| s.group.as_str())
+        .unwrap_or(&policy.default_group);
+    place(&policy.groups, target, identity, hints)
+}
+
+fn place(groups: &[GroupNode], target: &str, identity: &Identity, hints: &ClientHints) -> Placement {
+    let mut chain = Vec::new();
+    let mut level = groups;
+    let mut node: Option<&GroupNode> = None;
+    for part in target.split('.') {
+        let Some(n) = level.iter().find(|g| g.name == part) else {
+            break;
+        };
+        chain.push((n.name.clone(), n.limits));
+        level = &n.subgroups;
+        node = Some(n);
+    }
+    let mut node = node.expect("selectors and the default group are validated at load");
+    // Descend through templated subgroups: `adhoc` with `${user}` becomes `adhoc.alice`.
+    while let Some(t) = node.subgroups.iter().find(|g| g.name.contains("${")) {
+        let value = match t.name.as_str() {
+            "${user}" => identity.user.as_str(),
+            "${tenant}" => identity.tenant.as_str(),
+            _ => hints.source.as_deref().unwrap_or("unknown"),
+        };
+        chain.push((value.replace('.', "_"), t.limits));
+        node = t;
+    }
+    Placement {
+        path: chain.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("."),
+        chain,
+        pool: node.pool.clone(),
+        memory_limit: node.memory_limit,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn example() -> Policy {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/admission.yaml");
+        Policy::load(&path, &["default"]).unwrap()
+    }
+
+    fn id(tenant: &str, user: &str) -> Identity {
+        Identity {
+            tenant: tenant.into(),
+            user: user.into(),
+        }
+    }
+
+    #[test]
+    fn selectors_and_templates() {
+        let p = example();
+        let noisy = classify(&p, &id("noisy", "bob"), &ClientHints::default(), StatementKind::Select);
+        assert_eq!(noisy.path, "adhoc.bob");
+        assert_eq!(noisy.chain[1].1.hard_concurrency, 1);
+        let quiet = classify(&p, &id("quiet", "quiet"), &ClientHints::default(), StatementKind::Select);
+        assert_eq!(quiet.path, "dashboards");
+        assert_eq!(quiet.pool, "default");
+    }
+
+    #[test]
+    fn inspect_finds_kind_and_tables() {
+        let s = inspect("SELECT * FROM lineitem l JOIN quiver.public.orders o ON l.l_orderkey = o.o_orderkey").unwrap();
+        assert_eq!(s.kind, StatementKind::Select);
+        assert_eq!(s.tables, vec!["quiver.public.lineitem", "quiver.public.orders"]);
+        assert_eq!(inspect("EXPLAIN SELECT 1").unwrap().kind, StatementKind::Explain);
+        assert!(inspect("SELEC 1").is_none());
+    }
+
+    #[test]
+    fn catalogs_restrict_tables() {
+        let mut p = example();
+        p.tenants[0].catalogs = vec!["other".into()];
+        let tables = vec!["quiver.public.lineitem".to_owned()];
+        assert_eq!(forbidden_table(&p, &id("quiet", "quiet"), &tables), Some("quiver.public.lineitem"));
+        assert_eq!(forbidden_table(&p, &id("noisy", "noisy"), &tables), None);
+    }
+}

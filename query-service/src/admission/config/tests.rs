@@ -1,0 +1,71 @@
+use std::path::Path;
+
+use super::*;
+
+const POOLS: &[&str] = &[DEFAULT_POOL];
+
+fn parse(text: &str) -> Result<Policy, ConfigError> {
+    Policy::parse(text, Path::new("admission.yaml"), POOLS)
+}
+
+fn err(text: &str) -> String {
+    parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn the_documented_example_loads_as_written() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/admission.yaml");
+    let p = Policy::load(&path, POOLS).unwrap();
+    assert!(!p.open);
+    assert_eq!(p.tenants.len(), 2);
+    assert_eq!(p.tokens.len(), 2);
+    assert_eq!(p.rate_limits[1].tenant.as_deref(), Some("noisy"));
+    let adhoc = resolve_group(&p.groups, "adhoc").unwrap();
+    assert_eq!(adhoc.limits.hard_concurrency, 2);
+    assert_eq!(adhoc.subgroups[0].name, "${user}");
+    // Unset fields inherit from the parent.
+    assert_eq!(adhoc.subgroups[0].limits.queue_timeout, Duration::from_secs(2));
+    assert_eq!(adhoc.subgroups[0].limits.max_queued, 20);
+    assert_eq!(p.default_group, "dashboards");
+}
+
+#[test]
+fn invalid_configs_name_field_and_reason() {
+    let cases = [
+        ("selectors: [{group: nowhere}]", "selectors[0].group", "unknown group"),
+        (
+            "tenants: [{name: a}, {name: a}]",
+            "tenants[1].name",
+            "declared twice",
+        ),
+        (
+            "resource_groups: [{name: g, hard_concurrency: -1}]",
+            "hard_concurrency",
+            "expected u32",
+        ),
+        ("rate_limits: [{name: r, qps: -5}]", "rate_limits[0].qps", "positive"),
+        ("resource_groups: [{name: g, weight: 0}]", "resource_groups[0].weight", "at least 1"),
+        ("resource_groups: [{name: g, pool: gpu}]", "resource_groups[0].pool", "unknown pool"),
+        ("tenants: [{name: a, tokens: [plain-token]}]", "tenants[0].tokens[0]", "sha256"),
+        ("resource_groups: [{name: g, colour: red}]", "colour", "unknown field"),
+        (
+            "resource_groups: [{name: g, subgroups: [{name: a}, {name: a}]}]",
+            "resource_groups[0].subgroups[1].name",
+            "declared twice",
+        ),
+        ("selectors: [{user: '(', group: default}]", "selectors[0].user", "regular expression"),
+    ];
+    for (text, field, reason) in cases {
+        let e = err(text);
+        assert!(e.contains("admission.yaml"), "{text}: {e}");
+        assert!(e.contains(field), "{text}: {e}");
+        assert!(e.contains(reason), "{text}: {e}");
+    }
+}
+
+#[test]
+fn empty_config_is_open() {
+    let p = parse("{}").unwrap();
+    assert!(p.open);
+    assert_eq!(p.default_group, "default");
+}

@@ -1,0 +1,421 @@
+//! Admission: between authentication and dispatch, decides for each query which resource group
+//! it runs in, whether a rate-limit policy refuses it, and when it may start.
+//!
+//! ```text
+//!  identity ──► classify (selectors → group, tables → permission)
+//!           ──► rate_limit (every matching policy; the first to refuse wins)
+//!           ──► group (run now / wait in the group's queue / shed) ──► Permit
+//! ```
+//!
+//! Cheapest rejection first: a rate-limit check is one hash lookup, queueing holds memory and a
+//! task. The [`Permit`] frees its slot on drop and travels with the result stream, so a slot is
+//! held until the last batch or the client's disconnect.
+//!
+//! Several gateway replicas each enforce `1/replicas` of every rate and concurrency limit
+//! (`--gateway-replicas`). That needs no coordination; its cost is accuracy when load is uneven
+//! across replicas: a tenant whose traffic all lands on one replica gets `1/replicas` of its
+//! quota until the load balancer spreads it.
+
+pub mod classify;
+pub mod config;
+pub mod group;
+pub mod rate_limit;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use self::classify::{ClientHints, Placement};
+use self::config::{KeyPart, Policy, StatementKind};
+use self::group::{Decision, GroupId, Rejection, Scheduler, WaiterId};
+use self::rate_limit::Gcra;
+use crate::auth::Identity;
+
+/// Slots per ready worker: how many queries the pool root admits per worker.
+pub const DEFAULT_WORKER_SLOTS: u32 = 8;
+
+/// Why admission refused a query.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmissionError {
+    /// The tenant may not read a table the query names.
+    #[error("tenant {tenant:?} may not read {table}")]
+    Forbidden {
+        /// The tenant.
+        tenant: String,
+        /// The table.
+        table: String,
+    },
+    /// A rate-limit policy refused the query.
+    #[error("rate limit {policy:?} exceeded for {key}; retry in {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// The policy.
+        policy: String,
+        /// The key it counted (e.g. `tenant=noisy`).
+        key: String,
+        /// When a retry would be admitted.
+        retry_after: Duration,
+    },
+    /// The group's queue is full.
+    #[error("resource group {group:?} has {max_queued} queries queued already; retry later")]
+    QueueFull {
+        /// The group.
+        group: String,
+        /// Its queue limit.
+        max_queued: u32,
+        /// A suggested wait.
+        retry_after: Duration,
+    },
+    /// The expected wait is longer than the group's queue timeout.
+    #[error("resource group {group:?} is overloaded: expected wait {} ms exceeds its queue timeout of {} ms", expected.as_millis(), timeout.as_millis())]
+    Shed {
+        /// The group.
+        group: String,
+        /// The estimate.
+        expected: Duration,
+        /// The group's queue timeout.
+        timeout: Duration,
+    },
+    /// The query waited for its group's whole queue timeout.
+    #[error("query timed out in the queue of resource group {group:?} after {} ms", waited.as_millis())]
+    QueueTimeout {
+        /// The group.
+        group: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+}
+
+impl AdmissionError {
+    /// How long the client should wait before retrying, where that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AdmissionError::RateLimited { retry_after, .. } | AdmissionError::QueueFull { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            AdmissionError::Shed { expected, timeout, .. } => Some(expected.saturating_sub(*timeout)),
+            AdmissionError::QueueTimeout { waited, .. } => Some(*waited / 2),
+            AdmissionError::Forbidden { .. } => None,
+        }
+    }
+
+    /// The policy or group that refused, for metrics.
+    pub fn source(&self) -> &str {
+        match self {
+            AdmissionError::RateLimited { policy, .. } => policy,
+            AdmissionError::Forbidden { .. } => "catalogs",
+            AdmissionError::QueueFull { .. } => "queue_full",
+            AdmissionError::Shed { .. } => "shed",
+            AdmissionError::QueueTimeout { .. } => "queue_timeout",
+        }
+    }
+}
+
+/// The scheduler state that one policy version owns; replaced on reload, while permits of the
+/// old version release into the old state.
+#[derive(Debug)]
+struct Groups {
+    scheduler: Mutex<Scheduler>,
+    waiters: Mutex<HashMap<WaiterId, Arc<Waiter>>>,
+}
+
+/// Where a waiting query stands. Whoever moves it out of `Waiting` decides who owns its slot,
+/// so a slot is released exactly once however the wait ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WaitState {
+    Waiting,
+    Started,
+    Abandoned,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    leaf: GroupId,
+    state: Mutex<WaitState>,
+    started: tokio::sync::Notify,
+}
+
+impl Groups {
+    fn new(capacity: u32) -> Arc<Self> {
+        let mut root = group::GroupLimits::unlimited();
+        root.hard_concurrency = capacity;
+        Arc::new(Self {
+            scheduler: Mutex::new(Scheduler::new(root)),
+            waiters: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Frees a slot of `leaf` and wakes the queries that start in its place.
+    fn release(&self, leaf: GroupId, held: Duration) {
+        let started = self.scheduler.lock().expect("scheduler").release(leaf, held);
+        self.wake(started);
+    }
+
+    /// Tells started queries to go; a slot given to an abandoned waiter is released again.
+    fn wake(&self, started: Vec<WaiterId>) {
+        for id in started {
+            let Some(waiter) = self.waiters.lock().expect("waiters").remove(&id) else {
+                continue;
+            };
+            let mut state = waiter.state.lock().expect("wait state");
+            match *state {
+                WaitState::Waiting => {
+                    *state = WaitState::Started;
+                    waiter.started.notify_one();
+                }
+                WaitState::Abandoned => {
+                    drop(state);
+                    self.release(waiter.leaf, Duration::ZERO);
+                }
+                WaitState::Started => {}
+            }
+        }
+    }
+
+    /// Gives up waiting. True if the query now owns a slot anyway (it started first).
+    fn abandon(&self, id: WaiterId, waiter: &Waiter) -> bool {
+        let mut state = waiter.state.lock().expect("wait state");
+        match *state {
+            WaitState::Started => true,
+            WaitState::Abandoned => false,
+            WaitState::Waiting => {
+                *state = WaitState::Abandoned;
+                drop(state);
+                if self.scheduler.lock().expect("scheduler").cancel(waiter.leaf, id) {
+                    self.waiters.lock().expect("waiters").remove(&id);
+                }
+                // Otherwise the scheduler started it an instant ago; `wake` will see
+                // `Abandoned` and release the slot.
+                false
+            }
+        }
+    }
+}
+
+/// A query's claim on its group's slot; frees it on drop and starts the next waiting query.
+#[derive(Debug)]
+pub struct Permit {
+    groups: Arc<Groups>,
+    leaf: GroupId,
+    started: Instant,
+    /// The placement the query was admitted with.
+    pub placement: Placement,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.groups.release(self.leaf, self.started.elapsed());
+    }
+}
+
+/// The admission stage: policy, rate-limit state and the group scheduler.
+#[derive(Debug)]
+pub struct Admission {
+    policy: RwLock<Arc<Policy>>,
+    limiters: Mutex<Vec<Gcra>>,
+    groups: RwLock<Arc<Groups>>,
+    origin: Instant,
+    replicas: u32,
+    capacity: Mutex<u32>,
+}
+
+impl Admission {
+    /// Admission under `policy`, sharing limits with `replicas - 1` other gateways.
+    pub fn new(policy: Policy, replicas: u32) -> Arc<Self> {
+        let n = policy.rate_limits.len();
+        Arc::new(Self {
+            policy: RwLock::new(Arc::new(policy)),
+            limiters: Mutex::new((0..n).map(|_| Gcra::default()).collect()),
+            groups: RwLock::new(Groups::new(u32::MAX)),
+            origin: Instant::now(),
+            replicas: replicas.max(1),
+            capacity: Mutex::new(u32::MAX),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("policy").clone()
+    }
+
+    /// Replaces the policy (a config reload). Rate-limit state restarts; running queries keep
+    /// their slots in the old groups, new queries use the new ones.
+    pub fn replace(&self, policy: Policy) {
+        let n = policy.rate_limits.len();
+        *self.limiters.lock().expect("limiters") = (0..n).map(|_| Gcra::default()).collect();
+        *self.policy.write().expect("policy") = Arc::new(policy);
+        let capacity = *self.capacity.lock().expect("capacity");
+        *self.groups.write().expect("groups") = Groups::new(capacity);
+    }
+
+    /// Sets the pool's capacity (ready workers × slots), starting waiting queries it allows.
+    pub fn set_capacity(&self, slots: u32) {
+        *self.capacity.lock().expect("capacity") = slots;
+        let groups = self.groups.read().expect("groups").clone();
+        let started = groups.scheduler.lock().expect("scheduler").set_capacity(slots);
+        groups.wake(started);
+    }
+
+    /// Running and queued queries per group path, for metrics and the demand signal.
+    pub fn snapshot(&self) -> Vec<(String, u32, u32)> {
+        let groups = self.groups.read().expect("groups").clone();
+        let s = groups.scheduler.lock().expect("scheduler");
+        s.snapshot()
+    }
+
+    /// Queries waiting in any group.
+    pub fn queued(&self) -> u32 {
+        let groups = self.groups.read().expect("groups").clone();
+        let s = groups.scheduler.lock().expect("scheduler");
+        s.queued(s.root())
+    }
+
+    /// Classifies and checks permission; no state changes, so it can run at GetFlightInfo.
+    pub fn check(
+        &self,
+        identity: &Identity,
+        hints: &ClientHints,
+        sql: &str,
+    ) -> Result<(Arc<Policy>, Placement), AdmissionError> {
+        let policy = self.policy();
+        let facts = classify::inspect(sql);
+        if let Some(facts) = &facts {
+            if let Some(table) = classify::forbidden_table(&policy, identity, &facts.tables) {
+                return Err(AdmissionError::Forbidden {
+                    tenant: identity.tenant.clone(),
+                    table: table.to_owned(),
+                });
+            }
+        }
+        let kind = facts.map_or(StatementKind::Other, |f| f.kind);
+        let placement = classify::classify(&policy, identity, hints, kind);
+        Ok((policy, placement))
+    }
+
+    /// The whole decision: classify, rate-limit, then run, wait or shed.
+    pub async fn admit(
+        &self,
+        identity: &Identity,
+        hints: &ClientHints,
+        sql: &str,
+    ) -> Result<Permit, AdmissionError> {
+        let (policy, placement) = self.check(identity, hints, sql)?;
+        self.rate_limit(&policy, identity, &placement)?;
+        let groups = self.groups.read().expect("groups").clone();
+        let (leaf, decision, timeout) = {
+            let mut s = groups.scheduler.lock().expect("scheduler");
+            let mut node = s.root();
+            for (name, limits) in &placement.chain {
+                let mut limits = *limits;
+                if self.replicas > 1 && limits.hard_concurrency != u32::MAX {
+                    limits.hard_concurrency = limits.hard_concurrency.div_ceil(self.replicas);
+                }
+                node = s.ensure(node, name, limits);
+            }
+            (node, s.submit(node), s.queue_timeout(node))
+        };
+        let permit = |groups: Arc<Groups>| Permit {
+            groups,
+            leaf,
+            started: Instant::now(),
+            placement: placement.clone(),
+        };
+        match decision {
+            Decision::Run => Ok(permit(groups)),
+            Decision::Rejected(Rejection::QueueFull { group, max_queued }) => Err(AdmissionError::QueueFull {
+                group,
+                max_queued,
+                retry_after: timeout.min(Duration::from_secs(1)),
+            }),
+            Decision::Rejected(Rejection::ExpectedWaitTooLong { group, expected, timeout }) => {
+                Err(AdmissionError::Shed { group, expected, timeout })
+            }
+            Decision::Queued(id) => {
+                let waiter = Arc::new(Waiter {
+                    leaf,
+                    state: Mutex::new(WaitState::Waiting),
+                    started: tokio::sync::Notify::new(),
+                });
+                groups.waiters.lock().expect("waiters").insert(id, waiter.clone());
+                let waiting = Instant::now();
+                // If this future is dropped (the client went away), the guard gives up the
+                // place, or the slot if it was already granted.
+                let mut guard = WaitGuard {
+                    groups: groups.clone(),
+                    waiter: waiter.clone(),
+                    id,
+                    armed: true,
+                };
+                let started = tokio::time::timeout(timeout, waiter.started.notified()).await.is_ok();
+                guard.armed = false;
+                if started || groups.abandon(id, &waiter) {
+                    Ok(permit(groups))
+                } else {
+                    Err(AdmissionError::QueueTimeout {
+                        group: placement.path.clone(),
+                        waited: waiting.elapsed(),
+                    })
+                }
+            }
+        }
+    }
+
+    fn rate_limit(&self, policy: &Policy, identity: &Identity, placement: &Placement) -> Result<(), AdmissionError> {
+        let now = self.origin.elapsed();
+        let mut limiters = self.limiters.lock().expect("limiters");
+        for (i, rule) in policy.rate_limits.iter().enumerate() {
+            if rule.tenant.as_ref().is_some_and(|t| *t != identity.tenant)
+                || rule.user.as_ref().is_some_and(|u| !u.is_match(&identity.user))
+                || rule.group.as_ref().is_some_and(|g| {
+                    placement.path != *g && !placement.path.starts_with(&format!("{g}."))
+                })
+            {
+                continue;
+            }
+            let key = rule
+                .key
+                .iter()
+                .map(|part| match part {
+                    KeyPart::Global => "global".to_owned(),
+                    KeyPart::Tenant => format!("tenant={}", identity.tenant),
+                    KeyPart::User => format!("user={}", identity.user),
+                    KeyPart::Group => format!("group={}", placement.path),
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let Some(gcra) = limiters.get_mut(i) else { continue };
+            if let Err(retry_after) = gcra.check(&key, rule.rate.share(self.replicas), now) {
+                return Err(AdmissionError::RateLimited {
+                    policy: rule.name.clone(),
+                    key,
+                    retry_after,
+                });
+            }
+            if gcra.len() > PRUNE_AT {
+                gcra.prune(now);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keys per policy above which idle keys are dropped.
+const PRUNE_AT: usize = 100_000;
+
+struct WaitGuard {
+    groups: Arc<Groups>,
+    waiter: Arc<Waiter>,
+    id: WaiterId,
+    armed: bool,
+}
+
+impl Drop for WaitGuard {
+    fn drop(&mut self) {
+        if self.armed && self.groups.abandon(self.id, &self.waiter) {
+            // Granted a slot nobody will use: give it back.
+            self.groups.release(self.waiter.leaf, Duration::ZERO);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
