@@ -173,6 +173,33 @@ def test_admission_config_and_tenants(all_on_objects):
     assert all(t.startswith("sha256:") for tenant in tenants["tenants"] for t in tenant["tokens"])
 
 
+def test_tenants_inline_in_the_config_map():
+    values = load_values(ALL_ON_VALUES)
+    values["admission"]["tenants"]["inConfigMap"] = True
+    objects = render_chart(values)
+    assert not objects.named("Secret", f"{RELEASE}-tenants")
+    admission = yaml.safe_load(objects.one("ConfigMap", f"{RELEASE}-admission")["data"]["admission.yaml"])
+    assert admission["tenants"] == values["admission"]["tenants"]["list"]
+    deploy = objects.one("Deployment", f"{RELEASE}-gateway")
+    assert "QUIVER_TENANTS_FILE" not in env(container(deploy, "gateway"))
+    volume = next(v for v in pod_spec(deploy)["volumes"] if v["name"] == "config")
+    assert [list(s) for s in volume["projected"]["sources"]] == [["configMap"]]
+    assert "inline in ConfigMap" in objects.notes
+    helm, chart = helm_chart()
+    with chart, pytest.raises(helm.HelmError, match="exclude each other"):
+        chart.render(values={"admission": {"tenants": {"inConfigMap": True, "existingSecret": "x"}}},
+                     name=RELEASE, namespace=NAMESPACE)
+
+
+def test_rate_limit_shares_follow_the_replica_count(default_objects, all_on_objects):
+    def shares(objects):
+        return env(container(objects.one("Deployment", f"{RELEASE}-gateway"), "gateway"))["QUIVER_GATEWAY_REPLICAS"]
+
+    assert shares(default_objects) == "2"  # the HPA's minimum
+    assert shares(all_on_objects) == "3"
+    assert shares(render_chart({"gateway": {"autoscaling": {"enabled": False}, "replicas": 4}})) == "4"
+
+
 def test_admission_off_runs_open_without_mounts():
     objects = render_chart({"admission": {"enabled": False}})
     assert not objects.named("ConfigMap", f"{RELEASE}-admission")
@@ -245,7 +272,7 @@ def test_notes_tell_how_to_connect(default_objects):
     notes = default_objects.notes
     assert f"port-forward service/{RELEASE}-gateway 50051:50051" in notes
     assert "grpc://127.0.0.1:50051" in notes
-    assert "No tenants are configured" in notes
+    assert "admits every client" in notes  # open without tenants, and it says so
 
 
 BAD_VALUES = [

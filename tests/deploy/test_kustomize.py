@@ -86,7 +86,9 @@ def test_secrets_referenced_exist_or_are_documented(overlays):
 def test_dev_is_small(overlays):
     dev = overlays["dev"]
     assert not dev.of("HorizontalPodAutoscaler") and not dev.of("PodDisruptionBudget")
-    assert dev.one("Deployment", "quiver-gateway")["spec"]["replicas"] == 1
+    gateway = dev.one("Deployment", "quiver-gateway")
+    assert gateway["spec"]["replicas"] == 1
+    assert env(container(gateway, "gateway"))["QUIVER_GATEWAY_REPLICAS"] == "1"
     pool = dev.one("QueryPool", "default")["spec"]
     assert pool["minReplicas"] == pool["maxReplicas"] == 1
     admission = yaml.safe_load(dev.one("ConfigMap", "quiver-admission")["data"]["admission.yaml"])
@@ -97,6 +99,8 @@ def test_production_is_highly_available(overlays):
     prod = overlays["production"]
     hpa = prod.one("HorizontalPodAutoscaler", "quiver-gateway")["spec"]
     assert hpa["minReplicas"] >= 3
+    gateway_env = env(container(prod.one("Deployment", "quiver-gateway"), "gateway"))
+    assert gateway_env["QUIVER_GATEWAY_REPLICAS"] == str(hpa["minReplicas"])
     pdbs = {p.name for p in prod.of("PodDisruptionBudget")}
     assert pdbs == {"quiver-gateway", "quiver-operator"}
     gateway = pod_spec(prod.one("Deployment", "quiver-gateway"))

@@ -80,6 +80,21 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-admission" (include "quiver.fullname" .) }}
 {{- end }}
 
+{{/* "true" when tenants come from a Secret (the default), "" when inline in the ConfigMap. */}}
+{{- define "quiver.admission.tenantsFromSecret" -}}
+{{- if not .Values.admission.tenants.inConfigMap }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the gateway will admit everyone: no config, or no tenants anywhere. */}}
+{{- define "quiver.admission.open" -}}
+{{- if or (not .Values.admission.enabled) (and (not .Values.admission.tenants.existingSecret) (not .Values.admission.tenants.list)) }}true{{ end }}
+{{- end }}
+
+{{/* Gateway replicas that share every rate limit (each enforces 1/N of it). */}}
+{{- define "quiver.gateway.limitShares" -}}
+{{- if .Values.gateway.autoscaling.enabled }}{{ .Values.gateway.autoscaling.minReplicas }}{{ else }}{{ max 1 (int .Values.gateway.replicas) }}{{ end }}
+{{- end }}
+
 {{- define "quiver.admission.tenantsSecretName" -}}
 {{- default (printf "%s-tenants" (include "quiver.fullname" .)) .Values.admission.tenants.existingSecret }}
 {{- end }}
@@ -185,6 +200,9 @@ Checks of the admission config that the values schema cannot express: every reso
 {{- $known := include "quiver.knownPools" . | fromJsonArray }}
 {{- if hasKey .Values.admission.config "tenants" }}
 {{- fail "admission.config.tenants: put tenants under admission.tenants.list (kept in a Secret), not in the ConfigMap config" }}
+{{- end }}
+{{- if and .Values.admission.tenants.inConfigMap .Values.admission.tenants.existingSecret }}
+{{- fail "admission.tenants: existingSecret and inConfigMap=true exclude each other: tenants come either from your Secret or from admission.tenants.list in the ConfigMap" }}
 {{- end }}
 {{- include "quiver.admission.checkGroups" (dict "groups" (default list .Values.admission.config.resource_groups) "known" $known) }}
 {{- end }}
