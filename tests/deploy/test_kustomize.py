@@ -47,7 +47,7 @@ def test_overlays_are_secure(overlays):
         assert ns.name == namespace
         assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
         for obj in objects:
-            if obj.kind not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            if obj.kind not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
                 assert obj["metadata"]["namespace"] == namespace, f"{name}: {obj.kind}/{obj.name}"
         for obj in objects:
             if obj.kind in WORKLOAD_KINDS:
@@ -81,6 +81,18 @@ def test_secrets_referenced_exist_or_are_documented(overlays):
     header = (KUSTOMIZE / "overlays" / "production" / "kustomization.yaml").read_text()
     assert "create secret generic quiver-ticket-key" in header
     assert "create secret generic quiver-tenants" in header
+
+
+def test_overlays_install_the_crd(overlays):
+    from deploy_helpers import CRD_SOURCE
+
+    import pytest
+
+    if not CRD_SOURCE.exists():
+        pytest.skip("operator/crd/querypool.yaml is not generated yet")
+    for name, objects in overlays.items():
+        crd = objects.one("CustomResourceDefinition", "querypools.quiver.dev")
+        assert crd.body == yaml.safe_load(CRD_SOURCE.read_text()), name
 
 
 def test_dev_is_small(overlays):
