@@ -18,6 +18,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
+use crate::admission::Admission;
 use crate::dispatch::pool::WorkerPool;
 use crate::metrics::GatewayMetrics;
 
@@ -65,6 +66,8 @@ pub struct AdminState {
     pub pools: Vec<Arc<WorkerPool>>,
     /// The gateway's metrics.
     pub metrics: Arc<GatewayMetrics>,
+    /// Admission, for queue depths.
+    pub admission: Arc<Admission>,
 }
 
 impl AdminState {
@@ -82,7 +85,7 @@ impl AdminState {
                         workers: workers.len(),
                         ready: workers.iter().filter(|w| w.is_ready()).count(),
                         in_flight: workers.iter().map(|w| w.in_flight()).sum(),
-                        queued: 0,
+                        queued: self.admission.queued() as usize,
                         arrivals_per_sec: arrivals,
                         worker_loads: workers
                             .iter()
@@ -105,7 +108,9 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.metrics.encode(&state.pools),
+        state
+            .metrics
+            .encode(&state.pools, &state.admission.snapshot()),
     )
 }
 

@@ -45,7 +45,11 @@ pub enum AuthError {
 }
 
 /// Authenticates a call from its headers.
-pub fn authenticate(policy: &Policy, key: &[u8], headers: &MetadataMap) -> Result<Identity, AuthError> {
+pub fn authenticate(
+    policy: &Policy,
+    key: &[u8],
+    headers: &MetadataMap,
+) -> Result<Identity, AuthError> {
     let header = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -71,7 +75,11 @@ pub fn authenticate(policy: &Policy, key: &[u8], headers: &MetadataMap) -> Resul
 }
 
 /// The Handshake: checks `authorization: Basic` credentials and returns a session token.
-pub fn handshake(policy: &Policy, key: &[u8], headers: &MetadataMap) -> Result<(Identity, String), AuthError> {
+pub fn handshake(
+    policy: &Policy,
+    key: &[u8],
+    headers: &MetadataMap,
+) -> Result<(Identity, String), AuthError> {
     let header = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -136,7 +144,8 @@ fn verify_session(policy: &Policy, key: &[u8], token: &str) -> Result<Identity, 
     m.verify_slice(&tag).map_err(|_| AuthError::BadToken)?;
     let text = String::from_utf8(payload).map_err(|_| AuthError::BadToken)?;
     let mut parts = text.split('\n');
-    let (Some(tenant), Some(user), Some(issued)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(tenant), Some(user), Some(issued)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err(AuthError::BadToken);
     };
     let issued: u64 = issued.parse().map_err(|_| AuthError::BadToken)?;
@@ -145,7 +154,9 @@ fn verify_session(policy: &Policy, key: &[u8], token: &str) -> Result<Identity, 
         .map(|d| d.as_secs())
         .unwrap_or_default();
     // A tenant removed by a config reload loses its sessions too.
-    if now.saturating_sub(issued) > SESSION_TTL.as_secs() || !policy.tenants.iter().any(|t| t.name == tenant) {
+    if now.saturating_sub(issued) > SESSION_TTL.as_secs()
+        || !policy.tenants.iter().any(|t| t.name == tenant)
+    {
         return Err(AuthError::BadToken);
     }
     Ok(Identity {
@@ -183,9 +194,18 @@ mod tests {
         let p = policy();
         let id = authenticate(&p, b"k", &headers("Bearer quiet-token-1")).unwrap();
         assert_eq!(id.tenant, "quiet");
-        assert_eq!(authenticate(&p, b"k", &headers("Bearer nope")), Err(AuthError::BadToken));
-        assert_eq!(authenticate(&p, b"k", &MetadataMap::new()), Err(AuthError::Missing));
-        assert_eq!(authenticate(&p, b"k", &headers("Digest x")), Err(AuthError::Scheme));
+        assert_eq!(
+            authenticate(&p, b"k", &headers("Bearer nope")),
+            Err(AuthError::BadToken)
+        );
+        assert_eq!(
+            authenticate(&p, b"k", &MetadataMap::new()),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            authenticate(&p, b"k", &headers("Digest x")),
+            Err(AuthError::Scheme)
+        );
     }
 
     #[test]

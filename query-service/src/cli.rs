@@ -63,6 +63,12 @@ pub struct UpArgs {
     /// Address of the admin HTTP port (metrics, demand); port 0 picks a free port.
     #[arg(long, env = "QUIVER_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
+    /// Admission config (tenants, rate limits, resource groups); without it the gateway is open.
+    #[arg(long, env = "QUIVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Query slots per ready worker: the pool admits this many queries per worker at once.
+    #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = crate::admission::DEFAULT_WORKER_SLOTS)]
+    pub worker_slots: u32,
     /// Number of worker processes.
     #[arg(long, env = "QUIVER_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub workers: u16,
@@ -80,6 +86,15 @@ pub struct GatewayArgs {
     /// Address of the admin HTTP port: /metrics, /v1/pools (demand), /healthz.
     #[arg(long, env = "QUIVER_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
+    /// Admission config (tenants, rate limits, resource groups); reloaded when it changes.
+    #[arg(long, env = "QUIVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Gateway replicas behind the same Service: each enforces its share of every limit.
+    #[arg(long, env = "QUIVER_GATEWAY_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub gateway_replicas: u32,
+    /// Query slots per ready worker: the pool admits this many queries per worker at once.
+    #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = crate::admission::DEFAULT_WORKER_SLOTS)]
+    pub worker_slots: u32,
     /// A worker endpoint (grpc://host:port); repeat for each worker.
     #[arg(
         long = "worker",

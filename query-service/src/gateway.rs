@@ -6,57 +6,158 @@
 //! ```
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
+use crate::admission::Admission;
+use crate::admission::config::{DEFAULT_POOL, Policy};
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pool::WorkerPool;
 use crate::flight::GatewayService;
 use crate::metrics::GatewayMetrics;
-use crate::ticket::TicketSigner;
 
-/// Serves the gateway on `listener` (and the admin port on `admin`, if given) until `shutdown`
-/// resolves; running streams finish first.
+/// How often the admission config file is checked for changes.
+const CONFIG_POLL: Duration = Duration::from_secs(2);
+
+/// Everything the gateway needs besides its Flight socket.
+pub struct GatewayConfig {
+    /// Admin HTTP socket (metrics, demand), if any.
+    pub admin: Option<TcpListener>,
+    /// The worker pool.
+    pub pool: Arc<WorkerPool>,
+    /// Metrics registry.
+    pub metrics: Arc<GatewayMetrics>,
+    /// Key shared with the workers (tickets) and used for session tokens.
+    pub key: Vec<u8>,
+    /// Admission config file; `None` runs open.
+    pub config: Option<PathBuf>,
+    /// Gateway replicas sharing the limits.
+    pub replicas: u32,
+    /// Query slots per ready worker.
+    pub worker_slots: u32,
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The admission config is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::admission::config::ConfigError),
+    /// The gRPC server failed.
+    #[error("gateway server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Loads the admission policy, or the open policy without a file.
+pub fn load_policy(
+    config: Option<&PathBuf>,
+) -> Result<Policy, crate::admission::config::ConfigError> {
+    match config {
+        Some(path) => Policy::load(path, &[DEFAULT_POOL]),
+        None => Ok(Policy::open()),
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves; running streams finish first.
 pub async fn run(
     listener: TcpListener,
-    admin: Option<TcpListener>,
-    pool: Arc<WorkerPool>,
-    metrics: Arc<GatewayMetrics>,
-    signer: TicketSigner,
+    config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), GatewayError> {
+    let policy = load_policy(config.config.as_ref())?;
+    if policy.open {
+        tracing::info!(
+            "admission is open: no authentication, one default group (pass --config to configure tenants)"
+        );
+    } else {
+        tracing::info!(
+            tenants = policy.tenants.len(),
+            rate_limits = policy.rate_limits.len(),
+            "admission config loaded"
+        );
+    }
+    let admission = Admission::new(policy, config.replicas);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    let (admin_stop, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    if let Some(admin) = admin {
+    let mut background = tokio::task::JoinSet::new();
+    if let Some(admin) = config.admin {
         let state = AdminState {
-            pools: vec![pool.clone()],
-            metrics: metrics.clone(),
+            pools: vec![config.pool.clone()],
+            metrics: config.metrics.clone(),
+            admission: admission.clone(),
         };
-        tokio::spawn(async move {
-            if let Err(e) = admin::serve(admin, state, async {
-                let _ = admin_stopped.await;
-            })
-            .await
-            {
+        background.spawn(async move {
+            if let Err(e) = admin::serve(admin, state, std::future::pending()).await {
                 tracing::error!(error = %e, "admin server failed");
             }
         });
     }
-    let service = GatewayService::new(Dispatcher::new(pool), signer, metrics);
+    background.spawn(track_capacity(
+        config.pool.clone(),
+        admission.clone(),
+        config.worker_slots,
+    ));
+    if let Some(path) = config.config.clone() {
+        background.spawn(reload_on_change(path, admission.clone()));
+    }
+    let service = GatewayService::new(
+        Dispatcher::new(config.pool),
+        &config.key,
+        admission,
+        config.metrics,
+    );
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
-        "gateway serving (open mode: no authentication, one default group)"
+        "gateway serving"
     );
     let result = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
-    let _ = admin_stop.send(());
-    result
+    background.shutdown().await;
+    Ok(result?)
+}
+
+/// Keeps the pool root's capacity at ready workers × slots. With no worker ready, one worker's
+/// worth is admitted, so dispatch can answer UNAVAILABLE instead of letting queries time out.
+async fn track_capacity(pool: Arc<WorkerPool>, admission: Arc<Admission>, slots: u32) {
+    let mut changes = pool.subscribe();
+    loop {
+        let ready = u32::try_from(pool.ready_count()).unwrap_or(u32::MAX).max(1);
+        admission.set_capacity(ready.saturating_mul(slots));
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reloads the admission config when its file changes; a bad file keeps the running policy.
+async fn reload_on_change(path: PathBuf, admission: Arc<Admission>) {
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let mut last: Option<SystemTime> = modified(&path);
+    let mut tick = tokio::time::interval(CONFIG_POLL);
+    loop {
+        tick.tick().await;
+        let now = modified(&path);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match Policy::load(&path, &[DEFAULT_POOL]) {
+            Ok(policy) => {
+                admission.replace(policy);
+                tracing::info!(path = %path.display(), "admission config reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admission config reload failed; keeping the running config")
+            }
+        }
+    }
 }

@@ -38,6 +38,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 memory_limit: args.limits.memory_limit.to_string(),
                 query_timeout: humantime::format_duration(args.limits.query_timeout).to_string(),
                 drain_timeout: args.limits.drain_timeout,
+                config: args.config,
+                worker_slots: args.worker_slots,
             };
             quiver::local::run(listener, admin, config, quiver::shutdown::signal()).await?;
         }
@@ -52,17 +54,16 @@ async fn run(command: Command) -> anyhow::Result<()> {
             for endpoint in &args.workers {
                 pool.add(endpoint)?;
             }
-            let signer = quiver::ticket::TicketSigner::new(args.ticket_key.as_bytes());
-            let metrics = std::sync::Arc::new(quiver::metrics::GatewayMetrics::default());
-            quiver::gateway::run(
-                listener,
-                Some(admin),
+            let config = quiver::gateway::GatewayConfig {
+                admin: Some(admin),
                 pool,
-                metrics,
-                signer,
-                quiver::shutdown::signal(),
-            )
-            .await?;
+                metrics: std::sync::Arc::new(quiver::metrics::GatewayMetrics::default()),
+                key: args.ticket_key.into_bytes(),
+                config: args.config,
+                replicas: args.gateway_replicas,
+                worker_slots: args.worker_slots,
+            };
+            quiver::gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }
         Command::Worker(args) => {
             // The catalog is checked before binding: a bad file is a start-up error, not a

@@ -100,6 +100,21 @@ pub struct GatewayMetrics {
     ready: Family<PoolLabels, Gauge>,
     in_flight: Family<PoolLabels, Gauge>,
     arrivals: Mutex<VecDeque<Instant>>,
+    admitted: Family<GroupLabels, Counter>,
+    rejected: Family<ReasonLabels, Counter>,
+    queue_wait: Histogram,
+    group_running: Family<GroupLabels, Gauge>,
+    group_queued: Family<GroupLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    policy: String,
 }
 
 impl Default for GatewayMetrics {
@@ -111,7 +126,37 @@ impl Default for GatewayMetrics {
         let workers = Family::<PoolLabels, Gauge>::default();
         let ready = Family::<PoolLabels, Gauge>::default();
         let in_flight = Family::<PoolLabels, Gauge>::default();
+        let admitted = Family::<GroupLabels, Counter>::default();
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        let queue_wait = Histogram::new(LATENCY_BUCKETS);
+        let group_running = Family::<GroupLabels, Gauge>::default();
+        let group_queued = Family::<GroupLabels, Gauge>::default();
         let mut registry = Registry::with_prefix("quiver");
+        registry.register(
+            "admission_admitted",
+            "Queries admitted, by resource group",
+            admitted.clone(),
+        );
+        registry.register(
+            "admission_rejected",
+            "Queries refused by admission, by policy or reason",
+            rejected.clone(),
+        );
+        registry.register(
+            "admission_running",
+            "Queries running, by resource group (subtree)",
+            group_running.clone(),
+        );
+        registry.register(
+            "admission_queued",
+            "Queries waiting, by resource group (subtree)",
+            group_queued.clone(),
+        );
+        registry.register(
+            "admission_queue_wait_seconds",
+            "Time from arrival to admission, queueing included",
+            queue_wait.clone(),
+        );
         registry.register("queries", "Queries by pool and outcome", queries.clone());
         registry.register(
             "query_duration_seconds",
@@ -137,6 +182,11 @@ impl Default for GatewayMetrics {
             ready,
             in_flight,
             arrivals: Mutex::new(VecDeque::new()),
+            admitted,
+            rejected,
+            queue_wait,
+            group_running,
+            group_queued,
         }
     }
 }
@@ -158,6 +208,25 @@ impl GatewayMetrics {
         }
     }
 
+    /// Counts an admission into `group` after waiting `waited`.
+    pub fn admitted(&self, group: &str, waited: Duration) {
+        self.admitted
+            .get_or_create(&GroupLabels {
+                group: group.to_owned(),
+            })
+            .inc();
+        self.queue_wait.observe(waited.as_secs_f64());
+    }
+
+    /// Counts a refusal by `policy` (a rate-limit policy's name or a queue reason).
+    pub fn admission_rejected(&self, policy: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabels {
+                policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
     /// Queries that arrived in the last second.
     pub fn arrivals_per_sec(&self) -> f64 {
         let mut arrivals = self.arrivals.lock().expect("arrivals lock");
@@ -166,7 +235,18 @@ impl GatewayMetrics {
     }
 
     /// Prometheus text for the registry, with pool gauges read from `pools` now.
-    pub fn encode(&self, pools: &[Arc<WorkerPool>]) -> String {
+    pub fn encode(&self, pools: &[Arc<WorkerPool>], groups: &[(String, u32, u32)]) -> String {
+        for (group, running, queued) in groups {
+            let labels = GroupLabels {
+                group: group.clone(),
+            };
+            self.group_running
+                .get_or_create(&labels)
+                .set(i64::from(*running));
+            self.group_queued
+                .get_or_create(&labels)
+                .set(i64::from(*queued));
+        }
         for pool in pools {
             let labels = PoolLabels {
                 pool: pool.name().to_owned(),
@@ -243,7 +323,11 @@ mod tests {
             r.finish(Outcome::Ok);
         }
         drop(metrics.start_query("default"));
-        let text = metrics.encode(&[]);
+        let text = metrics.encode(&[], &[("g".into(), 1, 2)]);
+        assert!(
+            text.contains(r#"quiver_admission_queued{group="g"} 2"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"quiver_queries_total{pool="default",outcome="ok"} 1"#),
             "{text}"

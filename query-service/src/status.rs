@@ -6,6 +6,8 @@
 
 use tonic::Status;
 
+use crate::admission::AdmissionError;
+use crate::auth::AuthError;
 use crate::dispatch::DispatchError;
 use crate::ticket::TicketError;
 use crate::worker::engine::EngineError;
@@ -54,6 +56,31 @@ impl From<DispatchError> for Status {
                 Status::internal("the gateway's worker pool is misconfigured; see the gateway log")
             }
         }
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(err: AuthError) -> Self {
+        Status::unauthenticated(err.to_string())
+    }
+}
+
+/// Trailer with how many milliseconds a rejected client should wait before retrying.
+pub const RETRY_AFTER_TRAILER: &str = "retry-after-ms";
+
+impl From<AdmissionError> for Status {
+    fn from(err: AdmissionError) -> Self {
+        if let AdmissionError::Forbidden { .. } = err {
+            return Status::permission_denied(err.to_string());
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Some(wait) = err.retry_after() {
+            let ms = wait.as_millis().max(1).to_string();
+            if let Ok(value) = ms.parse() {
+                metadata.insert(RETRY_AFTER_TRAILER, value);
+            }
+        }
+        Status::with_metadata(tonic::Code::ResourceExhausted, err.to_string(), metadata)
     }
 }
 

@@ -53,6 +53,9 @@ pub struct QueryTicket {
     pub sql: String,
     /// Issue time, milliseconds since the Unix epoch.
     pub issued_at_ms: u64,
+    /// A memory limit tighter than the worker's own, set by the query's resource group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
 }
 
 /// Why a ticket was refused.
@@ -106,10 +109,16 @@ impl TicketSigner {
 
     /// Signs a new ticket of `kind` for `sql`.
     pub fn issue(&self, kind: TicketKind, sql: &str) -> Vec<u8> {
+        self.issue_limited(kind, sql, None)
+    }
+
+    /// Signs a ticket that also caps the query's memory at `memory_limit` bytes.
+    pub fn issue_limited(&self, kind: TicketKind, sql: &str, memory_limit: Option<u64>) -> Vec<u8> {
         let ticket = QueryTicket {
             kind,
             sql: sql.to_owned(),
             issued_at_ms: now_ms(),
+            memory_limit,
         };
         self.encode(&ticket)
     }
@@ -183,8 +192,8 @@ mod tests {
     fn altered_sql_is_refused() {
         let signer = TicketSigner::new(b"k");
         let mut t = signer.issue(TicketKind::Statement, "SELECT 1");
-        let last = t.len() - 3;
-        t[last] = b'2';
+        let at = t.windows(8).position(|w| w == b"SELECT 1").unwrap() + 7;
+        t[at] = b'2';
         assert_eq!(
             signer.verify(&t, TicketKind::Statement),
             Err(TicketError::BadSignature)
@@ -217,6 +226,7 @@ mod tests {
             kind: TicketKind::Statement,
             sql: "SELECT 1".into(),
             issued_at_ms: now_ms() - STATEMENT_TICKET_TTL.as_millis() as u64 - 1000,
+            memory_limit: None,
         };
         let t = signer.encode(&old);
         assert_eq!(

@@ -69,7 +69,11 @@ pub fn inspect(sql: &str) -> Option<StatementFacts> {
 }
 
 /// The first table `tenant` may not read, if any.
-pub fn forbidden_table<'a>(policy: &Policy, identity: &Identity, tables: &'a [String]) -> Option<&'a str> {
+pub fn forbidden_table<'a>(
+    policy: &Policy,
+    identity: &Identity,
+    tables: &'a [String],
+) -> Option<&'a str> {
     let tenant = policy.tenants.iter().find(|t| t.name == identity.tenant)?;
     tables
         .iter()
@@ -95,7 +99,12 @@ pub struct Placement {
 }
 
 /// Picks the group for a query: the first matching selector, else the default group.
-pub fn classify(policy: &Policy, identity: &Identity, hints: &ClientHints, kind: StatementKind) -> Placement {
+pub fn classify(
+    policy: &Policy,
+    identity: &Identity,
+    hints: &ClientHints,
+    kind: StatementKind,
+) -> Placement {
     let target = policy
         .selectors
         .iter()
@@ -113,7 +122,12 @@ pub fn classify(policy: &Policy, identity: &Identity, hints: &ClientHints, kind:
     place(&policy.groups, target, identity, hints)
 }
 
-fn place(groups: &[GroupNode], target: &str, identity: &Identity, hints: &ClientHints) -> Placement {
+fn place(
+    groups: &[GroupNode],
+    target: &str,
+    identity: &Identity,
+    hints: &ClientHints,
+) -> Placement {
     let mut chain = Vec::new();
     let mut level = groups;
     let mut node: Option<&GroupNode> = None;
@@ -137,7 +151,11 @@ fn place(groups: &[GroupNode], target: &str, identity: &Identity, hints: &Client
         node = t;
     }
     Placement {
-        path: chain.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join("."),
+        path: chain
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join("."),
         chain,
         pool: node.pool.clone(),
         memory_limit: node.memory_limit,
@@ -164,20 +182,39 @@ mod tests {
     #[test]
     fn selectors_and_templates() {
         let p = example();
-        let noisy = classify(&p, &id("noisy", "bob"), &ClientHints::default(), StatementKind::Select);
+        let noisy = classify(
+            &p,
+            &id("noisy", "bob"),
+            &ClientHints::default(),
+            StatementKind::Select,
+        );
         assert_eq!(noisy.path, "adhoc.bob");
         assert_eq!(noisy.chain[1].1.hard_concurrency, 1);
-        let quiet = classify(&p, &id("quiet", "quiet"), &ClientHints::default(), StatementKind::Select);
+        let quiet = classify(
+            &p,
+            &id("quiet", "quiet"),
+            &ClientHints::default(),
+            StatementKind::Select,
+        );
         assert_eq!(quiet.path, "dashboards");
         assert_eq!(quiet.pool, "default");
     }
 
     #[test]
     fn inspect_finds_kind_and_tables() {
-        let s = inspect("SELECT * FROM lineitem l JOIN quiver.public.orders o ON l.l_orderkey = o.o_orderkey").unwrap();
+        let s = inspect(
+            "SELECT * FROM lineitem l JOIN quiver.public.orders o ON l.l_orderkey = o.o_orderkey",
+        )
+        .unwrap();
         assert_eq!(s.kind, StatementKind::Select);
-        assert_eq!(s.tables, vec!["quiver.public.lineitem", "quiver.public.orders"]);
-        assert_eq!(inspect("EXPLAIN SELECT 1").unwrap().kind, StatementKind::Explain);
+        assert_eq!(
+            s.tables,
+            vec!["quiver.public.lineitem", "quiver.public.orders"]
+        );
+        assert_eq!(
+            inspect("EXPLAIN SELECT 1").unwrap().kind,
+            StatementKind::Explain
+        );
         assert!(inspect("SELEC 1").is_none());
     }
 
@@ -186,7 +223,10 @@ mod tests {
         let mut p = example();
         p.tenants[0].catalogs = vec!["other".into()];
         let tables = vec!["quiver.public.lineitem".to_owned()];
-        assert_eq!(forbidden_table(&p, &id("quiet", "quiet"), &tables), Some("quiver.public.lineitem"));
+        assert_eq!(
+            forbidden_table(&p, &id("quiet", "quiet"), &tables),
+            Some("quiver.public.lineitem")
+        );
         assert_eq!(forbidden_table(&p, &id("noisy", "noisy"), &tables), None);
     }
 }

@@ -89,10 +89,11 @@ impl AdmissionError {
     /// How long the client should wait before retrying, where that is known.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            AdmissionError::RateLimited { retry_after, .. } | AdmissionError::QueueFull { retry_after, .. } => {
-                Some(*retry_after)
-            }
-            AdmissionError::Shed { expected, timeout, .. } => Some(expected.saturating_sub(*timeout)),
+            AdmissionError::RateLimited { retry_after, .. }
+            | AdmissionError::QueueFull { retry_after, .. } => Some(*retry_after),
+            AdmissionError::Shed {
+                expected, timeout, ..
+            } => Some(expected.saturating_sub(*timeout)),
             AdmissionError::QueueTimeout { waited, .. } => Some(*waited / 2),
             AdmissionError::Forbidden { .. } => None,
         }
@@ -146,7 +147,11 @@ impl Groups {
 
     /// Frees a slot of `leaf` and wakes the queries that start in its place.
     fn release(&self, leaf: GroupId, held: Duration) {
-        let started = self.scheduler.lock().expect("scheduler").release(leaf, held);
+        let started = self
+            .scheduler
+            .lock()
+            .expect("scheduler")
+            .release(leaf, held);
         self.wake(started);
     }
 
@@ -180,7 +185,12 @@ impl Groups {
             WaitState::Waiting => {
                 *state = WaitState::Abandoned;
                 drop(state);
-                if self.scheduler.lock().expect("scheduler").cancel(waiter.leaf, id) {
+                if self
+                    .scheduler
+                    .lock()
+                    .expect("scheduler")
+                    .cancel(waiter.leaf, id)
+                {
                     self.waiters.lock().expect("waiters").remove(&id);
                 }
                 // Otherwise the scheduler started it an instant ago; `wake` will see
@@ -251,7 +261,11 @@ impl Admission {
     pub fn set_capacity(&self, slots: u32) {
         *self.capacity.lock().expect("capacity") = slots;
         let groups = self.groups.read().expect("groups").clone();
-        let started = groups.scheduler.lock().expect("scheduler").set_capacity(slots);
+        let started = groups
+            .scheduler
+            .lock()
+            .expect("scheduler")
+            .set_capacity(slots);
         groups.wake(started);
     }
 
@@ -321,21 +335,33 @@ impl Admission {
         };
         match decision {
             Decision::Run => Ok(permit(groups)),
-            Decision::Rejected(Rejection::QueueFull { group, max_queued }) => Err(AdmissionError::QueueFull {
-                group,
-                max_queued,
-                retry_after: timeout.min(Duration::from_secs(1)),
-            }),
-            Decision::Rejected(Rejection::ExpectedWaitTooLong { group, expected, timeout }) => {
-                Err(AdmissionError::Shed { group, expected, timeout })
+            Decision::Rejected(Rejection::QueueFull { group, max_queued }) => {
+                Err(AdmissionError::QueueFull {
+                    group,
+                    max_queued,
+                    retry_after: timeout.min(Duration::from_secs(1)),
+                })
             }
+            Decision::Rejected(Rejection::ExpectedWaitTooLong {
+                group,
+                expected,
+                timeout,
+            }) => Err(AdmissionError::Shed {
+                group,
+                expected,
+                timeout,
+            }),
             Decision::Queued(id) => {
                 let waiter = Arc::new(Waiter {
                     leaf,
                     state: Mutex::new(WaitState::Waiting),
                     started: tokio::sync::Notify::new(),
                 });
-                groups.waiters.lock().expect("waiters").insert(id, waiter.clone());
+                groups
+                    .waiters
+                    .lock()
+                    .expect("waiters")
+                    .insert(id, waiter.clone());
                 let waiting = Instant::now();
                 // If this future is dropped (the client went away), the guard gives up the
                 // place, or the slot if it was already granted.
@@ -345,7 +371,9 @@ impl Admission {
                     id,
                     armed: true,
                 };
-                let started = tokio::time::timeout(timeout, waiter.started.notified()).await.is_ok();
+                let started = tokio::time::timeout(timeout, waiter.started.notified())
+                    .await
+                    .is_ok();
                 guard.armed = false;
                 if started || groups.abandon(id, &waiter) {
                     Ok(permit(groups))
@@ -359,12 +387,20 @@ impl Admission {
         }
     }
 
-    fn rate_limit(&self, policy: &Policy, identity: &Identity, placement: &Placement) -> Result<(), AdmissionError> {
+    fn rate_limit(
+        &self,
+        policy: &Policy,
+        identity: &Identity,
+        placement: &Placement,
+    ) -> Result<(), AdmissionError> {
         let now = self.origin.elapsed();
         let mut limiters = self.limiters.lock().expect("limiters");
         for (i, rule) in policy.rate_limits.iter().enumerate() {
             if rule.tenant.as_ref().is_some_and(|t| *t != identity.tenant)
-                || rule.user.as_ref().is_some_and(|u| !u.is_match(&identity.user))
+                || rule
+                    .user
+                    .as_ref()
+                    .is_some_and(|u| !u.is_match(&identity.user))
                 || rule.group.as_ref().is_some_and(|g| {
                     placement.path != *g && !placement.path.starts_with(&format!("{g}."))
                 })
@@ -382,7 +418,9 @@ impl Admission {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let Some(gcra) = limiters.get_mut(i) else { continue };
+            let Some(gcra) = limiters.get_mut(i) else {
+                continue;
+            };
             if let Err(retry_after) = gcra.check(&key, rule.rate.share(self.replicas), now) {
                 return Err(AdmissionError::RateLimited {
                     policy: rule.name.clone(),

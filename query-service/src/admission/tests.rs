@@ -3,7 +3,10 @@ use std::path::Path;
 use super::*;
 
 fn admission(yaml: &str) -> Arc<Admission> {
-    Admission::new(Policy::parse(yaml, Path::new("a.yaml"), &["default"]).unwrap(), 1)
+    Admission::new(
+        Policy::parse(yaml, Path::new("a.yaml"), &["default"]).unwrap(),
+        1,
+    )
 }
 
 fn who(tenant: &str) -> Identity {
@@ -31,9 +34,15 @@ async fn rate_limit_names_policy_and_retry_hint() {
     drop(p1);
     drop(adm.admit(&who("a"), &hints, "SELECT 1").await.unwrap());
     let err = adm.admit(&who("a"), &hints, "SELECT 1").await.unwrap_err();
-    assert!(matches!(&err, AdmissionError::RateLimited { policy, .. } if policy == "per-tenant"), "{err}");
+    assert!(
+        matches!(&err, AdmissionError::RateLimited { policy, .. } if policy == "per-tenant"),
+        "{err}"
+    );
     let hint = err.retry_after().unwrap();
-    assert!(hint <= Duration::from_millis(100) && hint > Duration::from_millis(50), "{hint:?}");
+    assert!(
+        hint <= Duration::from_millis(100) && hint > Duration::from_millis(50),
+        "{hint:?}"
+    );
     // Another tenant has its own bucket.
     assert!(adm.admit(&who("b"), &hints, "SELECT 1").await.is_ok());
 }
@@ -49,7 +58,10 @@ async fn queue_timeout_then_slot_handover() {
     assert!(err.to_string().contains("timed out in the queue"));
     // A waiter gets the slot as soon as the running query's permit drops.
     let adm2 = adm.clone();
-    let waiter = tokio::spawn(async move { adm2.admit(&who("b"), &ClientHints::default(), "SELECT 2").await });
+    let waiter = tokio::spawn(async move {
+        adm2.admit(&who("b"), &ClientHints::default(), "SELECT 2")
+            .await
+    });
     tokio::task::yield_now().await;
     assert_eq!(adm.queued(), 1);
     drop(running);
@@ -61,9 +73,15 @@ async fn queue_timeout_then_slot_handover() {
 #[tokio::test]
 async fn abandoned_waiter_frees_its_place() {
     let adm = admission(TWO_TENANTS);
-    let running = adm.admit(&who("a"), &ClientHints::default(), "SELECT 1").await.unwrap();
+    let running = adm
+        .admit(&who("a"), &ClientHints::default(), "SELECT 1")
+        .await
+        .unwrap();
     let adm2 = adm.clone();
-    let waiter = tokio::spawn(async move { adm2.admit(&who("b"), &ClientHints::default(), "SELECT 1").await });
+    let waiter = tokio::spawn(async move {
+        adm2.admit(&who("b"), &ClientHints::default(), "SELECT 1")
+            .await
+    });
     tokio::task::yield_now().await;
     assert_eq!(adm.queued(), 1);
     waiter.abort();

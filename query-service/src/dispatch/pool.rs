@@ -219,6 +219,11 @@ impl WorkerPool {
         }
     }
 
+    /// A receiver that changes whenever membership or readiness does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }

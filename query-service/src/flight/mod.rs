@@ -23,7 +23,10 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::recorded::RecordedStream;
-use self::ticket::{GatewayTicket, is_flight_sql};
+use self::ticket::{GatewayTicket, is_flight_sql, worker_ticket};
+use crate::admission::Admission;
+use crate::admission::classify::ClientHints;
+use crate::auth::{self, Identity};
 use crate::dispatch::{Dispatcher, FlightDataStream};
 use crate::metrics::{GatewayMetrics, Outcome};
 use crate::ticket::TicketSigner;
@@ -48,17 +51,32 @@ const RELAYED_ACTIONS: [(&str, &str); 2] = [
 pub struct GatewayService {
     dispatcher: Dispatcher,
     signer: TicketSigner,
+    key: Arc<[u8]>,
+    admission: Arc<Admission>,
     metrics: Arc<GatewayMetrics>,
 }
 
 impl GatewayService {
     /// A gateway dispatching to `dispatcher`'s pool, signing tickets with `signer`.
-    pub fn new(dispatcher: Dispatcher, signer: TicketSigner, metrics: Arc<GatewayMetrics>) -> Self {
+    pub fn new(
+        dispatcher: Dispatcher,
+        key: &[u8],
+        admission: Arc<Admission>,
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
         Self {
             dispatcher,
-            signer,
+            signer: TicketSigner::new(key),
+            key: key.into(),
+            admission,
             metrics,
         }
+    }
+
+    /// Authentication: the first and cheapest check of every call.
+    fn identify(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Identity, Status> {
+        let policy = self.admission.policy();
+        auth::authenticate(&policy, &self.key, metadata).map_err(Status::from)
     }
 
     /// The tonic service, with message limits matching the workers'.
@@ -66,6 +84,46 @@ impl GatewayService {
         FlightServiceServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+/// The client hints a selector may match, from the `x-quiver-source` and `x-quiver-tags` headers.
+fn client_hints(metadata: &tonic::metadata::MetadataMap) -> ClientHints {
+    let header = |name| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    ClientHints {
+        source: header("x-quiver-source")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
+        tags: header("x-quiver-tags")
+            .map(|t| {
+                t.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+/// The SQL a descriptor will run, for the permission check at planning time.
+fn descriptor_sql(descriptor: &FlightDescriptor, signer: &TicketSigner) -> Option<String> {
+    use arrow_flight::sql::{Any, Command};
+    let any = Any::decode(&*descriptor.cmd).ok()?;
+    match Command::try_from(any).ok()? {
+        Command::CommandStatementQuery(q) => Some(q.query),
+        Command::CommandPreparedStatementQuery(p) => signer
+            .verify(
+                &p.prepared_statement_handle,
+                crate::ticket::TicketKind::Prepared,
+            )
+            .ok()
+            .map(|t| t.sql),
+        _ => None,
     }
 }
 
@@ -104,14 +162,27 @@ impl FlightService for GatewayService {
 
     async fn handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        // Open mode: every client is welcome and needs no token.
+        let policy = self.admission.policy();
+        let token = if policy.open {
+            String::new()
+        } else {
+            auth::handshake(&policy, &self.key, request.metadata())?.1
+        };
         let reply = HandshakeResponse {
             protocol_version: 0,
-            payload: Default::default(),
+            payload: token.clone().into(),
         };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(reply)]))))
+        let mut response =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])) as Self::HandshakeStream);
+        if !token.is_empty() {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| Status::internal("session token is not a valid header"))?;
+            response.metadata_mut().insert("authorization", value);
+        }
+        Ok(response)
     }
 
     async fn list_flights(
@@ -128,7 +199,13 @@ impl FlightService for GatewayService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let result = async {
+            let identity = self.identify(request.metadata())?;
+            let hints = client_hints(request.metadata());
             let descriptor = normalise_descriptor(request.into_inner())?;
+            // Refuse tables the tenant may not read before a worker plans anything.
+            if let Some(sql) = descriptor_sql(&descriptor, &self.signer) {
+                self.admission.check(&identity, &hints, &sql)?;
+            }
             Ok::<_, Status>(self.dispatcher.get_flight_info(descriptor).await?)
         }
         .await;
@@ -165,13 +242,34 @@ impl FlightService for GatewayService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let mut record = self.metrics.start_query(self.dispatcher.pool().name());
         let result = async {
-            // Forged tickets are refused here, before a worker is touched.
-            let ticket = GatewayTicket::decode(&request.get_ref().ticket, &self.signer)?;
-            Ok::<_, Status>(self.dispatcher.do_get(ticket.into_worker_ticket()).await?)
+            let identity = self.identify(request.metadata())?;
+            // Forged tickets are refused here, before admission or a worker is touched.
+            let (ticket, permit) =
+                match GatewayTicket::decode(&request.get_ref().ticket, &self.signer)? {
+                    GatewayTicket::Metadata(bytes) => (Ticket::new(bytes), None),
+                    GatewayTicket::Query(sql) => {
+                        let hints = client_hints(request.metadata());
+                        let admitted = std::time::Instant::now();
+                        let permit = self
+                            .admission
+                            .admit(&identity, &hints, &sql)
+                            .await
+                            .inspect_err(|e| self.metrics.admission_rejected(e.source()))?;
+                        self.metrics
+                            .admitted(&permit.placement.path, admitted.elapsed());
+                        let ticket =
+                            worker_ticket(&self.signer, &sql, permit.placement.memory_limit);
+                        (ticket, Some(permit))
+                    }
+                };
+            let stream = self.dispatcher.do_get(ticket).await?;
+            Ok::<_, Status>((stream, permit))
         }
         .await;
         match result {
-            Ok(stream) => Ok(Response::new(Box::pin(RecordedStream::new(stream, record)))),
+            Ok((stream, permit)) => Ok(Response::new(Box::pin(RecordedStream::new(
+                stream, record, permit,
+            )))),
             Err(status) => {
                 record.finish(Outcome::from_code(status.code()));
                 Err(status)
@@ -192,6 +290,7 @@ impl FlightService for GatewayService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
+        self.identify(request.metadata())?;
         let action = request.into_inner();
         if !RELAYED_ACTIONS
             .iter()

@@ -7,20 +7,27 @@ use arrow_flight::FlightData;
 use futures::Stream;
 use tonic::Status;
 
+use crate::admission::Permit;
 use crate::dispatch::FlightDataStream;
 use crate::metrics::{Outcome, QueryRecord};
 
 /// Passes messages through; the first error or the end of the stream sets the outcome, and
 /// dropping the stream early leaves it `cancelled`.
+/// The admission permit rides along, so the group's slot is held until the stream ends.
 pub struct RecordedStream {
     inner: FlightDataStream,
     record: QueryRecord,
+    _permit: Option<Permit>,
 }
 
 impl RecordedStream {
-    /// Wraps `inner`, recording into `record`.
-    pub fn new(inner: FlightDataStream, record: QueryRecord) -> Self {
-        Self { inner, record }
+    /// Wraps `inner`, recording into `record` and holding `permit`.
+    pub fn new(inner: FlightDataStream, record: QueryRecord, permit: Option<Permit>) -> Self {
+        Self {
+            inner,
+            record,
+            _permit: permit,
+        }
     }
 }
 

@@ -22,32 +22,32 @@ fn decode_flight_sql(bytes: &[u8]) -> Option<Any> {
         .filter(|any| any.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
 }
 
-/// A ticket the gateway has checked and can forward.
+/// A ticket the gateway has checked.
 #[derive(Debug)]
 pub enum GatewayTicket {
-    /// A statement ticket whose signature verified; forwarded as received.
-    Statement(Vec<u8>),
-    /// A Flight SQL metadata command (catalogs, tables, …); carries no SQL to sign.
+    /// A query: a verified statement ticket or prepared handle, or plain SQL.
+    Query(String),
+    /// A Flight SQL metadata command (catalogs, tables, …), forwarded as received.
     Metadata(Vec<u8>),
-    /// Plain SQL, signed here into a statement ticket.
-    PlainSql(Vec<u8>),
 }
 
 impl GatewayTicket {
-    /// Classifies and checks a client's ticket.
+    /// Classifies and checks a client's ticket; forged or altered tickets stop here.
     pub fn decode(bytes: &[u8], signer: &TicketSigner) -> Result<Self, Status> {
         if let Some(any) = decode_flight_sql(bytes) {
             let command = Command::try_from(any)
                 .map_err(|e| Status::invalid_argument(format!("invalid Flight SQL ticket: {e}")))?;
             return match command {
-                Command::TicketStatementQuery(t) => {
-                    signer.verify(&t.statement_handle, TicketKind::Statement)?;
-                    Ok(Self::Statement(bytes.to_vec()))
-                }
-                Command::CommandPreparedStatementQuery(p) => {
-                    signer.verify(&p.prepared_statement_handle, TicketKind::Prepared)?;
-                    Ok(Self::Statement(bytes.to_vec()))
-                }
+                Command::TicketStatementQuery(t) => Ok(Self::Query(
+                    signer
+                        .verify(&t.statement_handle, TicketKind::Statement)?
+                        .sql,
+                )),
+                Command::CommandPreparedStatementQuery(p) => Ok(Self::Query(
+                    signer
+                        .verify(&p.prepared_statement_handle, TicketKind::Prepared)?
+                        .sql,
+                )),
                 Command::CommandGetCatalogs(_)
                 | Command::CommandGetDbSchemas(_)
                 | Command::CommandGetTables(_)
@@ -65,18 +65,18 @@ impl GatewayTicket {
         if sql.trim().is_empty() {
             return Err(Status::invalid_argument("the ticket's SQL is empty"));
         }
-        let signed = TicketStatementQuery {
-            statement_handle: signer.issue(TicketKind::Statement, sql).into(),
-        };
-        Ok(Self::PlainSql(signed.as_any().encode_to_vec()))
+        Ok(Self::Query(sql.to_owned()))
     }
+}
 
-    /// The ticket to send to a worker.
-    pub fn into_worker_ticket(self) -> Ticket {
-        match self {
-            Self::Statement(b) | Self::Metadata(b) | Self::PlainSql(b) => Ticket::new(b),
-        }
-    }
+/// A fresh statement ticket for a worker, carrying the group's memory limit.
+pub fn worker_ticket(signer: &TicketSigner, sql: &str, memory_limit: Option<u64>) -> Ticket {
+    let signed = TicketStatementQuery {
+        statement_handle: signer
+            .issue_limited(TicketKind::Statement, sql, memory_limit)
+            .into(),
+    };
+    Ticket::new(signed.as_any().encode_to_vec())
 }
 
 #[cfg(test)]
@@ -89,12 +89,11 @@ mod tests {
     fn classifies_tickets() {
         let signer = TicketSigner::new(b"k");
         let plain = GatewayTicket::decode(b"SELECT 1", &signer).unwrap();
-        let GatewayTicket::PlainSql(bytes) = plain else {
-            panic!("plain SQL")
-        };
+        assert!(matches!(&plain, GatewayTicket::Query(sql) if sql == "SELECT 1"));
+        let ticket = worker_ticket(&signer, "SELECT 2", Some(1 << 20));
         assert!(matches!(
-            GatewayTicket::decode(&bytes, &signer).unwrap(),
-            GatewayTicket::Statement(_)
+            GatewayTicket::decode(&ticket.ticket, &signer).unwrap(),
+            GatewayTicket::Query(sql) if sql == "SELECT 2"
         ));
         let meta = CommandGetCatalogs {}.as_any().encode_to_vec();
         assert!(matches!(

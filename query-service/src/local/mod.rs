@@ -31,6 +31,10 @@ pub struct UpConfig {
     pub query_timeout: String,
     /// Drain timeout for workers.
     pub drain_timeout: Duration,
+    /// Admission config file, if any.
+    pub config: Option<PathBuf>,
+    /// Query slots per ready worker.
+    pub worker_slots: u32,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -44,7 +48,10 @@ pub enum UpError {
     Supervisor(#[from] SupervisorError),
     /// The gateway failed.
     #[error("gateway failed: {0}")]
-    Gateway(#[from] tonic::transport::Error),
+    Gateway(#[from] crate::gateway::GatewayError),
+    /// The admission config is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::admission::config::ConfigError),
     /// The current executable could not be found to start workers.
     #[error("cannot locate the quiver executable to start workers: {0}")]
     Exe(#[source] std::io::Error),
@@ -60,6 +67,8 @@ pub async fn run(
     config: UpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), UpError> {
+    // A bad admission config is refused before any data is generated or worker started.
+    crate::gateway::load_policy(config.config.as_ref())?;
     let catalog = if datagen::exists(&config.data_dir) {
         tracing::info!(dir = %config.data_dir.display(), "using existing data");
         config.data_dir.join(datagen::CATALOG_FILE)
@@ -73,7 +82,6 @@ pub async fn run(
     };
 
     let ticket_key = TicketSigner::random_key();
-    let signer = TicketSigner::new(ticket_key.as_bytes());
     let pool = WorkerPool::new("default");
     let command = WorkerCommand {
         exe: std::env::current_exe().map_err(UpError::Exe)?,
@@ -81,7 +89,7 @@ pub async fn run(
         memory_limit: config.memory_limit.clone(),
         query_timeout: config.query_timeout.clone(),
         drain_timeout: config.drain_timeout,
-        ticket_key,
+        ticket_key: ticket_key.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut supervisor = tokio::spawn(supervise(pool.clone(), command, config.workers, stop_rx));
@@ -95,16 +103,18 @@ pub async fn run(
         println!("quiver admin: http://{addr}");
     }
     let metrics = Arc::new(GatewayMetrics::default());
-    let mut gateway = tokio::spawn(crate::gateway::run(
-        listener,
-        Some(admin),
-        pool.clone(),
+    let gateway_config = crate::gateway::GatewayConfig {
+        admin: Some(admin),
+        pool: pool.clone(),
         metrics,
-        signer,
-        async {
-            let _ = gateway_stop_rx.await;
-        },
-    ));
+        key: ticket_key.clone().into_bytes(),
+        config: config.config.clone(),
+        replicas: 1,
+        worker_slots: config.worker_slots,
+    };
+    let mut gateway = tokio::spawn(crate::gateway::run(listener, gateway_config, async {
+        let _ = gateway_stop_rx.await;
+    }));
 
     tokio::pin!(shutdown);
     let mut failure: Option<UpError> = None;
@@ -154,7 +164,7 @@ fn supervisor_failure(
 }
 
 fn gateway_failure(
-    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+    r: Result<Result<(), crate::gateway::GatewayError>, tokio::task::JoinError>,
 ) -> UpError {
     match r.expect("gateway panicked") {
         Ok(()) => unreachable!("the gateway only stops when told to"),

@@ -170,10 +170,10 @@ impl Engine {
     }
 
     /// A session for one query: the warmed catalog and caches, with a memory pool of its own.
-    fn session(&self) -> SessionContext {
+    fn session(&self, memory_limit: usize) -> SessionContext {
         let shared = self.base.runtime_env();
         let pool = TrackConsumersPool::new(
-            GreedyMemoryPool::new(self.limits.memory_limit),
+            GreedyMemoryPool::new(memory_limit),
             NonZeroUsize::new(3).expect("non-zero"),
         );
         let runtime = Arc::new(RuntimeEnv {
@@ -190,26 +190,44 @@ impl Engine {
 
     /// Plans `sql` as a read-only query, for its result schema.
     pub async fn plan(&self, sql: &str) -> Result<(DataFrame, SchemaRef), EngineError> {
+        self.plan_limited(sql, &self.limits).await
+    }
+
+    async fn plan_limited(
+        &self,
+        sql: &str,
+        limits: &QueryLimits,
+    ) -> Result<(DataFrame, SchemaRef), EngineError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
         let df = self
-            .session()
+            .session(limits.memory_limit)
             .sql_with_options(sql, options)
             .await
-            .map_err(|e| EngineError::classify(e, &self.limits))?;
+            .map_err(|e| EngineError::classify(e, limits))?;
         let schema = Arc::new(df.schema().as_arrow().clone());
         Ok((df, schema))
     }
 
     /// Plans and starts `sql`; batches stream as DataFusion produces them, ending with
     /// [`EngineError::Timeout`] if the deadline passes first.
-    pub async fn execute(&self, sql: &str) -> Result<QueryStream, EngineError> {
-        let deadline = Instant::now() + self.limits.timeout;
-        let limits = self.limits;
+    /// `memory_limit`, from the query's resource group, can only tighten the worker's limit.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        memory_limit: Option<u64>,
+    ) -> Result<QueryStream, EngineError> {
+        let mut limits = self.limits;
+        if let Some(cap) = memory_limit {
+            limits.memory_limit = limits
+                .memory_limit
+                .min(usize::try_from(cap).unwrap_or(usize::MAX));
+        }
+        let deadline = Instant::now() + limits.timeout;
         let started = tokio::time::timeout_at(deadline, async {
-            let (df, schema) = self.plan(sql).await?;
+            let (df, schema) = self.plan_limited(sql, &limits).await?;
             let stream = df
                 .execute_stream()
                 .await

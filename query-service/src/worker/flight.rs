@@ -98,8 +98,12 @@ impl WorkerService {
         Self::flight_info(schema, command.as_any().encode_to_vec(), descriptor)
     }
 
-    async fn run(&self, sql: &str) -> Result<Response<FlightStream>, Status> {
-        let stream = self.engine()?.execute(sql).await?;
+    async fn run(
+        &self,
+        sql: &str,
+        memory_limit: Option<u64>,
+    ) -> Result<Response<FlightStream>, Status> {
+        let stream = self.engine()?.execute(sql, memory_limit).await?;
         let schema = stream.schema();
         // The guard lives as long as the response stream, so draining waits for the last batch.
         let guard = self.in_flight.enter();
@@ -157,7 +161,7 @@ impl FlightSqlService for WorkerService {
         let verified = self
             .signer
             .verify(&ticket.statement_handle, TicketKind::Statement)?;
-        self.run(&verified.sql).await
+        self.run(&verified.sql, verified.memory_limit).await
     }
 
     async fn do_get_prepared_statement(
@@ -168,7 +172,7 @@ impl FlightSqlService for WorkerService {
         let prepared = self
             .signer
             .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
-        self.run(&prepared.sql).await
+        self.run(&prepared.sql, prepared.memory_limit).await
     }
 
     async fn do_action_create_prepared_statement(

@@ -79,12 +79,18 @@ pub async fn start_gateway(workers: &[SocketAddr], ready: usize) -> (SocketAddr,
         .expect("workers ready in time");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let config = quiver::gateway::GatewayConfig {
+        admin: None,
+        pool: pool.clone(),
+        metrics: Arc::new(GatewayMetrics::default()),
+        key: KEY.to_vec(),
+        config: None,
+        replicas: 1,
+        worker_slots: 8,
+    };
     tokio::spawn(quiver::gateway::run(
         listener,
-        None,
-        pool.clone(),
-        Arc::new(GatewayMetrics::default()),
-        TicketSigner::new(KEY),
+        config,
         std::future::pending(),
     ));
     (addr, pool)

@@ -343,8 +343,9 @@ impl Policy {
                 }
             }
             for (j, u) in t.users.iter().enumerate() {
-                let hash = parse_hash(&u.password)
-                    .map_err(|reason| invalid(format!("tenants[{i}].users[{j}].password"), reason))?;
+                let hash = parse_hash(&u.password).map_err(|reason| {
+                    invalid(format!("tenants[{i}].users[{j}].password"), reason)
+                })?;
                 if users.insert(u.name.clone(), (i, hash)).is_some() {
                     return Err(invalid(
                         format!("tenants[{i}].users[{j}].name"),
@@ -363,7 +364,10 @@ impl Policy {
         for (i, g) in file.resource_groups.into_iter().enumerate() {
             let field = format!("resource_groups[{i}]");
             if !top.insert(g.name.clone()) {
-                return Err(invalid(format!("{field}.name"), format!("group {:?} is declared twice", g.name)));
+                return Err(invalid(
+                    format!("{field}.name"),
+                    format!("group {:?} is declared twice", g.name),
+                ));
             }
             groups.push(compile_group(g, None, &field, pools, &invalid)?);
         }
@@ -375,18 +379,32 @@ impl Policy {
         for (i, r) in file.rate_limits.into_iter().enumerate() {
             let field = format!("rate_limits[{i}]");
             if !(r.qps.is_finite() && r.qps > 0.0) {
-                return Err(invalid(format!("{field}.qps"), format!("must be a positive number, got {}", r.qps)));
+                return Err(invalid(
+                    format!("{field}.qps"),
+                    format!("must be a positive number, got {}", r.qps),
+                ));
             }
             if r.key.is_empty() {
-                return Err(invalid(format!("{field}.key"), "must name at least one of global, tenant, user, group".into()));
+                return Err(invalid(
+                    format!("{field}.key"),
+                    "must name at least one of global, tenant, user, group".into(),
+                ));
             }
             if let Some(t) = &r.matcher.tenant {
                 if !names.contains(t) {
-                    return Err(invalid(format!("{field}.match.tenant"), format!("unknown tenant {t:?}")));
+                    return Err(invalid(
+                        format!("{field}.match.tenant"),
+                        format!("unknown tenant {t:?}"),
+                    ));
                 }
             }
             if let Some(g) = &r.matcher.group {
-                resolve_group(&groups, g).ok_or_else(|| invalid(format!("{field}.match.group"), format!("unknown group {g:?}")))?;
+                resolve_group(&groups, g).ok_or_else(|| {
+                    invalid(
+                        format!("{field}.match.group"),
+                        format!("unknown group {g:?}"),
+                    )
+                })?;
             }
             let burst = r.burst.unwrap_or_else(|| r.qps.ceil() as u32).max(1);
             rate_limits.push(RateLimitPolicy {
@@ -409,15 +427,30 @@ impl Policy {
             let field = format!("selectors[{i}]");
             if let Some(t) = &s.tenant {
                 if !names.contains(t) {
-                    return Err(invalid(format!("{field}.tenant"), format!("unknown tenant {t:?}")));
+                    return Err(invalid(
+                        format!("{field}.tenant"),
+                        format!("unknown tenant {t:?}"),
+                    ));
                 }
             }
-            resolve_group(&groups, &s.group)
-                .ok_or_else(|| invalid(format!("{field}.group"), format!("unknown group {:?}", s.group)))?;
+            resolve_group(&groups, &s.group).ok_or_else(|| {
+                invalid(
+                    format!("{field}.group"),
+                    format!("unknown group {:?}", s.group),
+                )
+            })?;
             selectors.push(Selector {
                 tenant: s.tenant,
-                user: s.user.map(|u| anchored(&u)).transpose().map_err(|e| invalid(format!("{field}.user"), e))?,
-                source: s.source.map(|u| anchored(&u)).transpose().map_err(|e| invalid(format!("{field}.source"), e))?,
+                user: s
+                    .user
+                    .map(|u| anchored(&u))
+                    .transpose()
+                    .map_err(|e| invalid(format!("{field}.user"), e))?,
+                source: s
+                    .source
+                    .map(|u| anchored(&u))
+                    .transpose()
+                    .map_err(|e| invalid(format!("{field}.source"), e))?,
                 tags: s.tags,
                 statement: s.statement,
                 group: s.group,
@@ -425,7 +458,9 @@ impl Policy {
         }
         let default_group = match file.default_group {
             Some(g) => {
-                resolve_group(&groups, &g).ok_or_else(|| invalid("default_group".into(), format!("unknown group {g:?}")))?;
+                resolve_group(&groups, &g).ok_or_else(|| {
+                    invalid("default_group".into(), format!("unknown group {g:?}"))
+                })?;
                 g
             }
             None => selectors
@@ -435,7 +470,11 @@ impl Policy {
         };
         Ok(Self {
             open: tenants.is_empty(),
-            tenants: if tenants.is_empty() { Policy::open().tenants } else { tenants },
+            tenants: if tenants.is_empty() {
+                Policy::open().tenants
+            } else {
+                tenants
+            },
             tokens,
             users,
             rate_limits,
@@ -454,14 +493,29 @@ fn compile_group(
     invalid: &dyn Fn(String, String) -> ConfigError,
 ) -> Result<GroupNode, ConfigError> {
     if g.name.is_empty() || g.name.contains('.') {
-        return Err(invalid(format!("{field}.name"), format!("{:?} must be non-empty and contain no '.'", g.name)));
+        return Err(invalid(
+            format!("{field}.name"),
+            format!("{:?} must be non-empty and contain no '.'", g.name),
+        ));
     }
     if g.name.contains("${") && !matches!(g.name.as_str(), "${user}" | "${tenant}" | "${source}") {
-        return Err(invalid(format!("{field}.name"), format!("unknown template {:?}; use ${{user}}, ${{tenant}} or ${{source}}", g.name)));
+        return Err(invalid(
+            format!("{field}.name"),
+            format!(
+                "unknown template {:?}; use ${{user}}, ${{tenant}} or ${{source}}",
+                g.name
+            ),
+        ));
     }
-    for (value, name) in [(g.hard_concurrency, "hard_concurrency"), (g.weight, "weight")] {
+    for (value, name) in [
+        (g.hard_concurrency, "hard_concurrency"),
+        (g.weight, "weight"),
+    ] {
         if value == Some(0) {
-            return Err(invalid(format!("{field}.{name}"), "must be at least 1".into()));
+            return Err(invalid(
+                format!("{field}.{name}"),
+                "must be at least 1".into(),
+            ));
         }
     }
     let pool = g
@@ -469,7 +523,10 @@ fn compile_group(
         .or_else(|| parent.map(|p| p.pool.clone()))
         .unwrap_or_else(|| DEFAULT_POOL.into());
     if !pools.contains(&pool.as_str()) {
-        return Err(invalid(format!("{field}.pool"), format!("unknown pool {pool:?}; known pools: {pools:?}")));
+        return Err(invalid(
+            format!("{field}.pool"),
+            format!("unknown pool {pool:?}; known pools: {pools:?}"),
+        ));
     }
     let memory_limit = g
         .memory_limit
@@ -501,16 +558,31 @@ fn compile_group(
     for (i, child) in g.subgroups.into_iter().enumerate() {
         let child_field = format!("{field}.subgroups[{i}]");
         if !seen.insert(child.name.clone()) {
-            return Err(invalid(format!("{child_field}.name"), format!("group {:?} is declared twice", child.name)));
+            return Err(invalid(
+                format!("{child_field}.name"),
+                format!("group {:?} is declared twice", child.name),
+            ));
         }
         let compiled = compile_group(child, Some(&node), &child_field, pools, invalid)?;
         if compiled.pool != node.pool {
-            return Err(invalid(format!("{child_field}.pool"), "a subgroup runs on its parent's pool".into()));
+            return Err(invalid(
+                format!("{child_field}.pool"),
+                "a subgroup runs on its parent's pool".into(),
+            ));
         }
         node.subgroups.push(compiled);
     }
-    if node.subgroups.iter().filter(|s| s.name.contains("${")).count() > 1 {
-        return Err(invalid(format!("{field}.subgroups"), "at most one templated subgroup per group".into()));
+    if node
+        .subgroups
+        .iter()
+        .filter(|s| s.name.contains("${"))
+        .count()
+        > 1
+    {
+        return Err(invalid(
+            format!("{field}.subgroups"),
+            "at most one templated subgroup per group".into(),
+        ));
     }
     Ok(node)
 }
@@ -528,9 +600,9 @@ pub fn resolve_group<'a>(groups: &'a [GroupNode], path: &str) -> Option<&'a Grou
 }
 
 fn parse_hash(s: &str) -> Result<String, String> {
-    let hex = s
-        .strip_prefix("sha256:")
-        .ok_or_else(|| "must be \"sha256:<64 hex digits>\" (the token is never stored in clear)".to_owned())?;
+    let hex = s.strip_prefix("sha256:").ok_or_else(|| {
+        "must be \"sha256:<64 hex digits>\" (the token is never stored in clear)".to_owned()
+    })?;
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err("must be \"sha256:<64 hex digits>\"".into());
     }

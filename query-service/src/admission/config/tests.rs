@@ -24,7 +24,10 @@ fn the_documented_example_loads_as_written() {
     assert_eq!(adhoc.limits.hard_concurrency, 2);
     assert_eq!(adhoc.subgroups[0].name, "${user}");
     // Unset fields inherit from the parent.
-    assert_eq!(adhoc.subgroups[0].limits.queue_timeout, Duration::from_secs(2));
+    assert_eq!(
+        adhoc.subgroups[0].limits.queue_timeout,
+        Duration::from_secs(2)
+    );
     assert_eq!(adhoc.subgroups[0].limits.max_queued, 20);
     assert_eq!(p.default_group, "dashboards");
 }
@@ -32,7 +35,11 @@ fn the_documented_example_loads_as_written() {
 #[test]
 fn invalid_configs_name_field_and_reason() {
     let cases = [
-        ("selectors: [{group: nowhere}]", "selectors[0].group", "unknown group"),
+        (
+            "selectors: [{group: nowhere}]",
+            "selectors[0].group",
+            "unknown group",
+        ),
         (
             "tenants: [{name: a}, {name: a}]",
             "tenants[1].name",
@@ -43,17 +50,41 @@ fn invalid_configs_name_field_and_reason() {
             "hard_concurrency",
             "expected u32",
         ),
-        ("rate_limits: [{name: r, qps: -5}]", "rate_limits[0].qps", "positive"),
-        ("resource_groups: [{name: g, weight: 0}]", "resource_groups[0].weight", "at least 1"),
-        ("resource_groups: [{name: g, pool: gpu}]", "resource_groups[0].pool", "unknown pool"),
-        ("tenants: [{name: a, tokens: [plain-token]}]", "tenants[0].tokens[0]", "sha256"),
-        ("resource_groups: [{name: g, colour: red}]", "colour", "unknown field"),
+        (
+            "rate_limits: [{name: r, qps: -5}]",
+            "rate_limits[0].qps",
+            "positive",
+        ),
+        (
+            "resource_groups: [{name: g, weight: 0}]",
+            "resource_groups[0].weight",
+            "at least 1",
+        ),
+        (
+            "resource_groups: [{name: g, pool: gpu}]",
+            "resource_groups[0].pool",
+            "unknown pool",
+        ),
+        (
+            "tenants: [{name: a, tokens: [plain-token]}]",
+            "tenants[0].tokens[0]",
+            "sha256",
+        ),
+        (
+            "resource_groups: [{name: g, colour: red}]",
+            "colour",
+            "unknown field",
+        ),
         (
             "resource_groups: [{name: g, subgroups: [{name: a}, {name: a}]}]",
             "resource_groups[0].subgroups[1].name",
             "declared twice",
         ),
-        ("selectors: [{user: '(', group: default}]", "selectors[0].user", "regular expression"),
+        (
+            "selectors: [{user: '(', group: default}]",
+            "selectors[0].user",
+            "regular expression",
+        ),
     ];
     for (text, field, reason) in cases {
         let e = err(text);

@@ -19,7 +19,10 @@ fn saturate(s: &mut Scheduler, groups: &[GroupId], rounds: usize) -> Vec<usize> 
     let mut running: VecDeque<GroupId> = VecDeque::new();
     let mut waiting: std::collections::HashMap<WaiterId, GroupId> = Default::default();
     let mut counts = vec![0; groups.len()];
-    let top_up = |s: &mut Scheduler, waiting: &mut std::collections::HashMap<_, _>, running: &mut VecDeque<_>, counts: &mut Vec<usize>| {
+    let top_up = |s: &mut Scheduler,
+                  waiting: &mut std::collections::HashMap<_, _>,
+                  running: &mut VecDeque<_>,
+                  counts: &mut Vec<usize>| {
         for (i, g) in groups.iter().enumerate() {
             while s.queued(*g) < 50 {
                 match s.submit(*g) {
@@ -55,7 +58,10 @@ fn weights_3_to_1_give_3_to_1_shares() {
     let b = s.ensure(0, "adhoc", limits(100, 1));
     let counts = saturate(&mut s, &[a, b], 8000);
     let ratio = counts[0] as f64 / counts[1] as f64;
-    assert!((ratio - 3.0).abs() / 3.0 <= 0.05, "{counts:?} ratio {ratio}");
+    assert!(
+        (ratio - 3.0).abs() / 3.0 <= 0.05,
+        "{counts:?} ratio {ratio}"
+    );
 }
 
 #[test]
@@ -80,8 +86,12 @@ fn priority_runs_higher_priority_first() {
     let low = s.ensure(0, "low", limits(10, 1));
     let high = s.ensure(0, "high", high);
     assert_eq!(s.submit(low), Decision::Run);
-    let Decision::Queued(l) = s.submit(low) else { panic!() };
-    let Decision::Queued(h) = s.submit(high) else { panic!() };
+    let Decision::Queued(l) = s.submit(low) else {
+        panic!()
+    };
+    let Decision::Queued(h) = s.submit(high) else {
+        panic!()
+    };
     assert_eq!(s.release(low, Duration::ZERO), vec![h]);
     assert_eq!(s.release(high, Duration::ZERO), vec![l]);
 }
@@ -94,7 +104,9 @@ fn parent_limit_bounds_children_together() {
     let bob = s.ensure(adhoc, "bob", limits(2, 1));
     assert_eq!(s.submit(alice), Decision::Run);
     assert_eq!(s.submit(bob), Decision::Run);
-    let Decision::Queued(third) = s.submit(alice) else { panic!("parent full") };
+    let Decision::Queued(third) = s.submit(alice) else {
+        panic!("parent full")
+    };
     assert_eq!(s.running(adhoc), 2);
     assert_eq!(s.release(bob, Duration::ZERO), vec![third]);
     assert_eq!(s.running(alice), 2);
@@ -121,8 +133,13 @@ fn queue_full_and_cancel() {
     l.max_queued = 1;
     let g = s.ensure(0, "g", l);
     assert_eq!(s.submit(g), Decision::Run);
-    let Decision::Queued(w) = s.submit(g) else { panic!() };
-    assert!(matches!(s.submit(g), Decision::Rejected(Rejection::QueueFull { max_queued: 1, .. })));
+    let Decision::Queued(w) = s.submit(g) else {
+        panic!()
+    };
+    assert!(matches!(
+        s.submit(g),
+        Decision::Rejected(Rejection::QueueFull { max_queued: 1, .. })
+    ));
     // A timed-out waiter leaves the queue and frees its place.
     assert!(s.cancel(g, w));
     assert!(!s.cancel(g, w));
@@ -144,15 +161,22 @@ fn sheds_when_expected_wait_exceeds_timeout() {
     assert!(matches!(s.submit(g), Decision::Queued(_)));
     // A third waiter would expect 3 × 400 ms > 1 s.
     let d = s.submit(g);
-    assert!(matches!(d, Decision::Rejected(Rejection::ExpectedWaitTooLong { .. })), "{d:?}");
+    assert!(
+        matches!(d, Decision::Rejected(Rejection::ExpectedWaitTooLong { .. })),
+        "{d:?}"
+    );
 }
 
 #[test]
 fn capacity_growth_starts_waiters() {
     let mut s = Scheduler::new(limits(0, 1));
     let g = s.ensure(0, "g", limits(10, 1));
-    let Decision::Queued(a) = s.submit(g) else { panic!() };
-    let Decision::Queued(b) = s.submit(g) else { panic!() };
+    let Decision::Queued(a) = s.submit(g) else {
+        panic!()
+    };
+    let Decision::Queued(b) = s.submit(g) else {
+        panic!()
+    };
     assert_eq!(s.set_capacity(1), vec![a]);
     assert_eq!(s.set_capacity(4), vec![b]);
 }
