@@ -292,13 +292,13 @@ impl Admission {
     ) -> Result<(Arc<Policy>, Placement), AdmissionError> {
         let policy = self.policy();
         let facts = classify::inspect(sql);
-        if let Some(facts) = &facts {
-            if let Some(table) = classify::forbidden_table(&policy, identity, &facts.tables) {
-                return Err(AdmissionError::Forbidden {
-                    tenant: identity.tenant.clone(),
-                    table: table.to_owned(),
-                });
-            }
+        if let Some(facts) = &facts
+            && let Some(table) = classify::forbidden_table(&policy, identity, &facts.tables)
+        {
+            return Err(AdmissionError::Forbidden {
+                tenant: identity.tenant.clone(),
+                table: table.to_owned(),
+            });
         }
         let kind = facts.map_or(StatementKind::Other, |f| f.kind);
         let placement = classify::classify(&policy, identity, hints, kind);
@@ -395,6 +395,7 @@ impl Admission {
     ) -> Result<(), AdmissionError> {
         let now = self.origin.elapsed();
         let mut limiters = self.limiters.lock().expect("limiters");
+        let mut passed = Vec::new();
         for (i, rule) in policy.rate_limits.iter().enumerate() {
             if rule.tenant.as_ref().is_some_and(|t| *t != identity.tenant)
                 || rule
@@ -418,16 +419,24 @@ impl Admission {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let Some(gcra) = limiters.get_mut(i) else {
+            let Some(gcra) = limiters.get(i) else {
                 continue;
             };
-            if let Err(retry_after) = gcra.check(&key, rule.rate.share(self.replicas), now) {
-                return Err(AdmissionError::RateLimited {
-                    policy: rule.name.clone(),
-                    key,
-                    retry_after,
-                });
+            match gcra.peek(&key, rule.rate.share(self.replicas), now) {
+                Ok(next) => passed.push((i, key, next)),
+                Err(retry_after) => {
+                    return Err(AdmissionError::RateLimited {
+                        policy: rule.name.clone(),
+                        key,
+                        retry_after,
+                    });
+                }
             }
+        }
+        // Every policy agreed: only now does the request count against them.
+        for (i, key, next) in passed {
+            let gcra = &mut limiters[i];
+            gcra.commit(&key, next);
             if gcra.len() > PRUNE_AT {
                 gcra.prune(now);
             }

@@ -48,8 +48,16 @@ pub struct Gcra {
 impl Gcra {
     /// Admits one request for `key` at `now`, or says how long until it would be admitted.
     pub fn check(&mut self, key: &str, rate: Rate, now: Duration) -> Result<(), Duration> {
+        let next = self.peek(key, rate, now)?;
+        self.commit(key, next);
+        Ok(())
+    }
+
+    /// Whether `key` would be admitted at `now`, without counting it: `Ok` holds the state to
+    /// [`commit`](Self::commit) once every other policy has agreed, so a request refused by one
+    /// policy does not use up another's quota.
+    pub fn peek(&self, key: &str, rate: Rate, now: Duration) -> Result<u128, Duration> {
         let now = now.as_nanos();
-        let interval = rate.interval.as_nanos();
         let tolerance = rate.tolerance.as_nanos();
         let tat = self.tat.get(key).copied().unwrap_or(now).max(now);
         if tat > now + tolerance {
@@ -57,13 +65,17 @@ impl Gcra {
                 u64::try_from(tat - tolerance - now).unwrap_or(u64::MAX),
             ));
         }
+        Ok(tat + rate.interval.as_nanos())
+    }
+
+    /// Records an admission checked with [`peek`](Self::peek).
+    pub fn commit(&mut self, key: &str, next: u128) {
         match self.tat.get_mut(key) {
-            Some(t) => *t = tat + interval,
+            Some(t) => *t = next,
             None => {
-                self.tat.insert(key.to_owned(), tat + interval);
+                self.tat.insert(key.to_owned(), next);
             }
         }
-        Ok(())
     }
 
     /// Forgets keys idle long enough that they are back at full burst, bounding memory.

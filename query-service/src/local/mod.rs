@@ -143,10 +143,10 @@ pub async fn run(
         gateway.abort();
     }
     let _ = stop_tx.send(true);
-    if !supervisor.is_finished() {
-        if let Err(e) = supervisor.await.expect("supervisor panicked") {
-            failure.get_or_insert(e.into());
-        }
+    if !supervisor.is_finished()
+        && let Err(e) = supervisor.await.expect("supervisor panicked")
+    {
+        failure.get_or_insert(e.into());
     }
     match failure {
         Some(e) => Err(e),

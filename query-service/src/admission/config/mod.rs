@@ -390,13 +390,13 @@ impl Policy {
                     "must name at least one of global, tenant, user, group".into(),
                 ));
             }
-            if let Some(t) = &r.matcher.tenant {
-                if !names.contains(t) {
-                    return Err(invalid(
-                        format!("{field}.match.tenant"),
-                        format!("unknown tenant {t:?}"),
-                    ));
-                }
+            if let Some(t) = &r.matcher.tenant
+                && !names.contains(t)
+            {
+                return Err(invalid(
+                    format!("{field}.match.tenant"),
+                    format!("unknown tenant {t:?}"),
+                ));
             }
             if let Some(g) = &r.matcher.group {
                 resolve_group(&groups, g).ok_or_else(|| {
@@ -425,13 +425,13 @@ impl Policy {
         let mut selectors = Vec::new();
         for (i, s) in file.selectors.into_iter().enumerate() {
             let field = format!("selectors[{i}]");
-            if let Some(t) = &s.tenant {
-                if !names.contains(t) {
-                    return Err(invalid(
-                        format!("{field}.tenant"),
-                        format!("unknown tenant {t:?}"),
-                    ));
-                }
+            if let Some(t) = &s.tenant
+                && !names.contains(t)
+            {
+                return Err(invalid(
+                    format!("{field}.tenant"),
+                    format!("unknown tenant {t:?}"),
+                ));
             }
             resolve_group(&groups, &s.group).ok_or_else(|| {
                 invalid(
