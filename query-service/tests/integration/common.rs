@@ -70,6 +70,15 @@ pub async fn start_worker(limits: QueryLimits) -> TestWorker {
 
 /// Starts a gateway over `workers` and waits until `ready` of them report SERVING.
 pub async fn start_gateway(workers: &[SocketAddr], ready: usize) -> (SocketAddr, Arc<WorkerPool>) {
+    start_gateway_with(workers, ready, None).await
+}
+
+/// Like [`start_gateway`], with an admission config file.
+pub async fn start_gateway_with(
+    workers: &[SocketAddr],
+    ready: usize,
+    admission: Option<PathBuf>,
+) -> (SocketAddr, Arc<WorkerPool>) {
     let pool = WorkerPool::new("default");
     for w in workers {
         pool.add(&w.to_string()).unwrap();
@@ -84,7 +93,7 @@ pub async fn start_gateway(workers: &[SocketAddr], ready: usize) -> (SocketAddr,
         pool: pool.clone(),
         metrics: Arc::new(GatewayMetrics::default()),
         key: KEY.to_vec(),
-        config: None,
+        config: admission,
         replicas: 1,
         worker_slots: 8,
     };

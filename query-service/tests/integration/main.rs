@@ -1,6 +1,7 @@
 //! Integration tests: real workers and gateways in-process on loopback, queried with the Flight
 //! SQL client from arrow-flight. One test binary, a module per area, to save link time.
 
+mod admission;
 mod common;
 mod errors;
 mod queries;
