@@ -197,6 +197,15 @@ export function checkUp(token) {
   connected = false;
 }
 
+/**
+ * The setup() of every scenario: checks the gateway answers as `token`, then returns the start
+ * time of the load (ms since the epoch), which the runner uses as time zero of its plots.
+ */
+export function setupCheck(token) {
+  checkUp(token);
+  return { t0: Date.now() };
+}
+
 /** Picks the API for one query: API=doget|flightsql, or mix (half each). */
 export function pickApi(api) {
   if (api === 'mix') return Math.random() < 0.5 ? 'doget' : 'flightsql';

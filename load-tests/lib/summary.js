@@ -42,10 +42,15 @@ function text(scenario, data) {
   return lines.join('\n');
 }
 
-export function summaryHandler(scenario) {
+/**
+ * handleSummary for `scenario`. `phases` ([{name, start, end}] in seconds from the start of the
+ * load) go into the JSON so the runner can mark them on its plots and compare them.
+ */
+export function summaryHandler(scenario, phases = []) {
   return function handleSummary(data) {
     const out = { stdout: text(scenario, data) };
-    out[__ENV.SUMMARY_JSON || 'k6-summary.json'] = JSON.stringify(data, null, 1);
+    const json = { quiver: { scenario, phases }, ...data };
+    out[__ENV.SUMMARY_JSON || 'k6-summary.json'] = JSON.stringify(json, null, 1);
     return out;
   };
 }
