@@ -3,33 +3,43 @@
 // finished, so an overloaded gateway shows up as latency and rejections, not as a slower client).
 import { RATE_SCALE, TIME_SCALE, num } from './config.js';
 
-const rate = (r) => Math.max(1, Math.round(r * RATE_SCALE));
 export const secs = (s) => `${Math.max(1, Math.round(s * TIME_SCALE))}s`;
 
-/** Constant arrival rate for `seconds`, starting at `startSeconds`. */
+// k6 rates are integers per timeUnit: fractional queries/s are counted per 10 s instead.
+function unitFor(qpsList) {
+  const frac = qpsList.some((q) => Math.abs(q * RATE_SCALE - Math.round(q * RATE_SCALE)) > 1e-9);
+  return frac ? { timeUnit: '10s', per: 10 } : { timeUnit: '1s', per: 1 };
+}
+const perUnit = (qps, per) => Math.round(qps * RATE_SCALE * per);
+// VUs: enough for the peak rate at about a second per query, and room for a slow patch.
+const vus = (peakQps) => ({
+  preAllocatedVUs: Math.max(4, Math.ceil(peakQps * RATE_SCALE)),
+  maxVUs: Math.max(20, Math.ceil(peakQps * RATE_SCALE * 10)),
+});
+
+/** Constant arrival rate of `qps` queries per second for `seconds`. */
 export function constant(qps, seconds, extra = {}) {
-  const r = rate(qps);
+  const { timeUnit, per } = unitFor([qps]);
   return {
     executor: 'constant-arrival-rate',
-    rate: r,
-    timeUnit: '1s',
+    rate: perUnit(qps, per),
+    timeUnit,
     duration: secs(seconds),
-    preAllocatedVUs: Math.max(4, r),
-    maxVUs: Math.max(20, r * 10),
+    ...vus(qps),
     ...extra,
   };
 }
 
 /** Arrival rate through stages [[qps, seconds], …] from `startQps` (linear ramps between). */
 export function stages(startQps, list, extra = {}) {
-  const peak = Math.max(startQps, ...list.map(([q]) => q));
+  const all = [startQps, ...list.map(([q]) => q)];
+  const { timeUnit, per } = unitFor(all);
   return {
     executor: 'ramping-arrival-rate',
-    startRate: rate(startQps),
-    timeUnit: '1s',
-    stages: list.map(([q, s]) => ({ target: rate(q), duration: secs(s) })),
-    preAllocatedVUs: Math.max(4, rate(peak)),
-    maxVUs: Math.max(20, rate(peak) * 10),
+    startRate: perUnit(startQps, per),
+    timeUnit,
+    stages: list.map(([q, s]) => ({ target: perUnit(q, per), duration: secs(s) })),
+    ...vus(Math.max(...all)),
     ...extra,
   };
 }

@@ -161,10 +161,11 @@ def pool_plot(run: A.Run) -> str | None:
         if ts:
             ax2.plot(ts, vs, color=c, ls="--", label=f"{pool} queued")
     # Queue depth per resource group, if the gateway exports it.
-    for key in A.metric_keys(run, lambda k: k.startswith("quiver_") and "queued" in k and "_total" not in k
-                             and not k.startswith("quiver_pool_") and "_sum" not in k and "_count" not in k):
+    for key in A.metric_keys(run, lambda k: k.startswith("quiver_admission_") and ("queued" in k or "running" in k)
+                             and "_total" not in k and "_sum" not in k and "_count" not in k):
         ts, vs = A.series(run, key)
-        ax2.plot(ts, vs, ls=":", label=key.replace("quiver_", ""))
+        if any(vs):
+            ax2.plot(ts, vs, ls=":" if "queued" in key else "-.", label=key.replace("quiver_admission_", "group "))
     for a in (ax, ax2):
         a.grid(alpha=0.3)
         a.legend(fontsize=8, loc="upper right")
