@@ -20,7 +20,8 @@ export const messages = new Counter('flight_messages');
 export const bytes = new Counter('flight_bytes');
 export const retryAfter = new Trend('retry_after_ms', true);
 
-// A few error messages are kept per outcome so a failing run says why.
+// The first error message of each unexpected outcome is logged once per VU, so a failing run
+// says why without flooding the log; rejections are expected in some scenarios and counted only.
 const seen = {};
 
 export function record(baseTags, outcome, ms, msgs, nbytes, hint, message) {
@@ -32,9 +33,9 @@ export function record(baseTags, outcome, ms, msgs, nbytes, hint, message) {
   if (msgs) messages.add(msgs, tags);
   if (nbytes) bytes.add(nbytes, tags);
   if (hint !== undefined && hint !== null && hint !== '') retryAfter.add(Number(hint), tags);
-  if (outcome !== 'ok' && message) {
-    seen[outcome] = (seen[outcome] || 0) + 1;
-    if (seen[outcome] <= 3) console.warn(`query ${outcome} (${baseTags.tenant}/${baseTags.kind}): ${message}`);
+  if (outcome !== 'ok' && outcome !== 'rejected' && message && !seen[outcome]) {
+    seen[outcome] = true;
+    console.warn(`query ${outcome} (${baseTags.tenant}/${baseTags.kind}): ${message}`);
   }
   return { outcome, ms, messages: msgs, bytes: nbytes, message };
 }

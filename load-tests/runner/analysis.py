@@ -157,6 +157,8 @@ def series(run: Run, key: str) -> tuple[list[float], list[float]]:
                     v = p[fld]
         elif key.startswith("rss:"):
             v = (s.get("rss") or {}).get(key[4:])
+        elif key.startswith("cpu:"):
+            v = (s.get("cpu") or {}).get(key[4:])
         else:
             v = (s.get("metrics") or {}).get(key)
         if v is not None:
@@ -195,3 +197,20 @@ def metric_keys(run: Run, pred) -> list[str]:
             if k not in keys and pred(k):
                 keys.append(k)
     return keys
+
+
+def cpu_cores(run: Run, key: str) -> tuple[list[float], list[float]]:
+    """CPU cores in use over time, from a cumulative CPU-seconds series (rss:cpu_… or cpu:…)."""
+    ts, vs = series(run, key)
+    out_t, out_v = [], []
+    for (t0, v0), (t1, v1) in zip(zip(ts, vs), zip(ts[1:], vs[1:])):
+        if t1 > t0 and v1 >= v0:
+            out_t.append(t1)
+            out_v.append((v1 - v0) / (t1 - t0))
+    return out_t, out_v
+
+
+def mean_cores(run: Run, key: str, start: float, end: float) -> float | None:
+    ts, vs = cpu_cores(run, key)
+    xs = [v for t, v in zip(ts, vs) if start <= t < end]
+    return round(sum(xs) / len(xs), 2) if xs else None

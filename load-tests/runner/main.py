@@ -225,6 +225,7 @@ def main(argv: list[str]) -> int:
             actor.start()
         with open(out / "k6.log", "w") as log:
             proc = subprocess.Popen(cmd, env=kenv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+            sampler.client_pid = proc.pid
             assert proc.stdout
             for line in proc.stdout:
                 sys.stdout.write(line)

@@ -122,8 +122,31 @@ class Quiver:
         self.stop()
 
 
-def process_tree_rss(pid: int) -> dict[str, int]:
-    """RSS in bytes of `pid` (the gateway and supervisor) and the sum over its children."""
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of `pid` so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def children(p: int) -> list[int]:
+    """Child processes of `p`, whichever of its threads spawned them."""
+    kids: set[int] = set()
+    for task in Path(f"/proc/{p}/task").glob("*"):
+        try:
+            kids.update(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return sorted(kids)
+
+
+def process_tree_rss(pid: int) -> dict[str, float]:
+    """RSS in bytes and CPU seconds of `pid` (the gateway and supervisor) and of its children."""
     def rss(p: int) -> int:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -133,14 +156,9 @@ def process_tree_rss(pid: int) -> dict[str, int]:
             pass
         return 0
 
-    def children(p: int) -> list[int]:
-        try:
-            return [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            return []
-
     kids = children(pid)
-    return {"gateway": rss(pid), "workers": sum(rss(c) for c in kids), "worker_count": len(kids)}
+    return {"gateway": rss(pid), "workers": sum(rss(c) for c in kids), "worker_count": len(kids),
+            "cpu_gateway": cpu_seconds(pid), "cpu_workers": sum(cpu_seconds(c) for c in kids)}
 
 
 def wait_for(pred, timeout: float, poll: float = 0.1) -> bool:

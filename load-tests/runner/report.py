@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections import defaultdict
 
 import matplotlib
@@ -199,6 +200,23 @@ def rejection_plot(run: A.Run) -> str | None:
     return _png(fig)
 
 
+def cpu_plot(run: A.Run) -> str | None:
+    lines = [("machine (all processes)", "cpu:machine_busy"), ("gateway + supervisor", "rss:cpu_gateway"),
+             ("workers", "rss:cpu_workers"), ("k6 (load generator)", "cpu:k6")]
+    drawn = [(label, A.cpu_cores(run, key)) for label, key in lines]
+    drawn = [(label, tv) for label, tv in drawn if tv[0]]
+    if not drawn:
+        return None
+    fig, ax = _fig(f"CPU in use (cores; this machine has {os.cpu_count()})", "cores")
+    for label, (ts, vs) in drawn:
+        ax.plot(ts, vs, label=label, lw=1)
+    ax.axhline(os.cpu_count() or 0, color="#c62828", lw=0.8, ls="--")
+    ax.set_ylim(bottom=0)
+    _phases(ax, run)
+    ax.legend(fontsize=8, loc="upper right")
+    return _png(fig)
+
+
 def memory_plot(run: A.Run) -> str | None:
     ts, gw = A.series(run, "rss:gateway")
     if not ts:
@@ -287,6 +305,7 @@ def render(summary: dict, run: A.Run | None) -> str:
             ("Throughput by tenant", tenant_plot(run)),
             ("Replicas and queue depth", pool_plot(run)),
             ("Rejections by policy", rejection_plot(run)),
+            ("CPU", cpu_plot(run)),
             ("Memory", memory_plot(run)),
         ]
         parts.append("<h2>Over time</h2>")

@@ -4,7 +4,9 @@ its workers. One JSON object per sample goes to samples.jsonl:
 
     {"t": <unix s>, "metrics": {"quiver_pool_workers{pool=default}": 2, ...},
      "pools": [{"pool": "default", "workers": 2, "ready": 2, "in_flight": 0, "queued": 0, ...}],
-     "rss": {"gateway": <bytes>, "workers": <bytes>, "worker_count": 2}}
+     "rss": {"gateway": <bytes>, "workers": <bytes>, "worker_count": 2,
+             "cpu_gateway": <cpu s>, "cpu_workers": <cpu s>},
+     "cpu": {"k6": <cpu s>, "machine_busy": <cpu s over all cores>}}
 
 It records whatever is there: without an admin URL it records only RSS, an endpoint that fails
 is noted once in `errors` and tried again at the next tick.
@@ -13,13 +15,14 @@ is noted once in `errors` and tried again at the next tick.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
-from quiver import process_tree_rss
+from quiver import cpu_seconds, process_tree_rss
 
 LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})?\s+(\S+)")
 LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -52,6 +55,7 @@ class Sampler(threading.Thread):
         self.interval = interval
         self.errors: dict[str, str] = {}
         self.count = 0
+        self.client_pid: int | None = None  # k6, once started: its CPU time is sampled too
         self._halt = threading.Event()
 
     def _get(self, route: str):
@@ -76,6 +80,16 @@ class Sampler(threading.Thread):
                     self.errors.setdefault("/v1/pools", f"not JSON: {e}")
         if self.pid:
             s["rss"] = process_tree_rss(self.pid)
+        cpu = {}
+        if self.client_pid:
+            cpu["k6"] = cpu_seconds(self.client_pid)
+        try:
+            # Whole machine: busy CPU seconds over all cores, from /proc/stat.
+            f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            cpu["machine_busy"] = (sum(f) - f[3] - f[4]) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            pass
+        s["cpu"] = cpu
         return s
 
     def run(self) -> None:
