@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlparse
@@ -101,17 +102,49 @@ def thresholds(k6: dict) -> list[dict]:
     return rows
 
 
+def _running(pid: int) -> bool:
+    """True while `pid` exists and is not a zombie waiting to be reaped."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("State:"):
+                return "Z" not in line.split()[1]
+    except OSError:
+        return False
+    return True
+
+
+def busiest_worker(q: Quiver, skip: set[int]) -> int | None:
+    """The live worker with the most queries in flight (per the admin /v1/pools), else the oldest."""
+    alive = [p for p in q.alive_workers() if p not in skip]
+    if not alive:
+        return None
+    port_of = {pid: urlparse(ep).port for pid, ep in q.workers.items()}
+    best, load = alive[0], -1
+    if q.admin:
+        try:
+            with urllib.request.urlopen(q.admin.rstrip("/") + "/v1/pools", timeout=2) as r:
+                pools = json.loads(r.read()).get("pools", [])
+            for pool in pools:
+                for w in pool.get("worker_loads") or []:
+                    port = urlparse(w.get("endpoint", "")).port
+                    for pid in alive:
+                        if port_of.get(pid) == port and w.get("in_flight", 0) > load:
+                            best, load = pid, w.get("in_flight", 0)
+        except Exception:  # noqa: BLE001 - fall back to the oldest live worker
+            pass
+    return best
+
+
 def stop_workers(q: Quiver, at: list[float], start: float, stopped: list[dict], done: threading.Event) -> None:
-    """Sends SIGTERM to the oldest live worker at each time in `at` (seconds after `start`)."""
+    """At each time in `at` (seconds after `start`), SIGTERM the busiest live worker not yet stopped."""
     import signal
 
     for t in at:
         if done.wait(max(0.0, start + t - time.monotonic())):
             return
-        alive = q.alive_workers()
-        if not alive:
+        pid = busiest_worker(q, {s["pid"] for s in stopped})
+        if pid is None:
             continue
-        pid = alive[0]
         try:
             os.kill(pid, signal.SIGTERM)
             stopped.append({"at_s": round(time.monotonic() - start, 1), "pid": pid})
@@ -238,6 +271,8 @@ def main(argv: list[str]) -> int:
         summary["run"]["k6 exit code"] = k6_code
         for route, err in sampler.errors.items():
             summary["notes"].append(f"sampler: {route} failed at least once: {err}")
+        for st in ctx["stopped_workers"]:
+            st["exited"] = not _running(st["pid"])
         if ctx["stopped_workers"]:
             summary["notes"].append("runner stopped workers with SIGTERM: " + ", ".join(
                 f"pid {s['pid']} at {s['at_s']} s" for s in ctx["stopped_workers"]))

@@ -101,7 +101,8 @@ class Quiver:
 
     def alive_workers(self) -> list[int]:
         """Worker pids printed so far whose processes still exist."""
-        return [p for p in self.workers if Path(f"/proc/{p}").exists()]
+        return [p for p in self.workers if Path(f"/proc/{p}").exists()
+                and "\tZ" not in _state(p)]
 
     def stop(self, grace: float = 60.0) -> int | None:
         if self.proc is None:
@@ -123,6 +124,13 @@ class Quiver:
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _state(pid: int) -> str:
+    try:
+        return next((ln for ln in Path(f"/proc/{pid}/status").read_text().splitlines() if ln.startswith("State:")), "")
+    except OSError:
+        return ""
 
 
 def cpu_seconds(pid: int) -> float:

@@ -163,6 +163,19 @@ def drain_gates(run: A.Run, ctx: dict) -> list[dict]:
                 "no autoscaling flags: the runner stopped workers itself; the supervisor replaces them",
             )
         )
+        drain_s = float(ctx["env"].get("DRAIN_TIMEOUT_S", "30"))
+        lingering = [st for st in stopped if not st.get("exited") and run.duration - st["at_s"] > drain_s]
+        if stopped:
+            out.append(
+                gate(
+                    "stopped workers exited once drained",
+                    not lingering,
+                    f"{sum(1 for st in stopped if st.get('exited'))} of {len(stopped)} exited",
+                    "all (those stopped more than the drain timeout before the end)",
+                    "still running: " + ", ".join(str(st["pid"]) for st in stopped if not st.get("exited"))
+                    if any(not st.get("exited") for st in stopped) else "",
+                )
+            )
     return out
 
 
