@@ -11,9 +11,10 @@ function unitFor(qpsList) {
   return frac ? { timeUnit: '10s', per: 10 } : { timeUnit: '1s', per: 1 };
 }
 const perUnit = (qps, per) => Math.round(qps * RATE_SCALE * per);
-// VUs: enough for the peak rate at about a second per query, and room for a slow patch.
+// VUs: pre-allocated for the peak rate at two seconds per query (starting a VU mid-run takes
+// long enough to drop iterations), and room for a slower patch.
 const vus = (peakQps) => ({
-  preAllocatedVUs: Math.max(4, Math.ceil(peakQps * RATE_SCALE)),
+  preAllocatedVUs: Math.max(4, Math.ceil(peakQps * RATE_SCALE * 2)),
   maxVUs: Math.max(20, Math.ceil(peakQps * RATE_SCALE * 10)),
 });
 

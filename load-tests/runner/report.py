@@ -252,7 +252,10 @@ def _table(rows: list[dict], cols: list[str]) -> str:
         for c in cols:
             v = r.get(c, "")
             if c in ("ok", "passed"):
-                cells.append(f"<td class={'ok' if v else 'bad'}>{'PASS' if v else 'FAIL'}</td>")
+                if v is None:
+                    cells.append("<td class=note>SKIP</td>")
+                else:
+                    cells.append(f"<td class={'ok' if v else 'bad'}>{'PASS' if v else 'FAIL'}</td>")
             elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 cells.append(f"<td class=num>{v:g}</td>")
             else:

@@ -35,8 +35,9 @@ class Spec:
     gates: Callable[["A.Run", dict], list[dict]] | None = None
 
 
-def gate(name: str, ok: bool, actual, limit, note: str = "") -> dict:
-    return {"gate": name, "ok": bool(ok), "actual": actual, "limit": limit, "note": note}
+def gate(name: str, ok: bool | None, actual, limit, note: str = "") -> dict:
+    """One gate; ok=None means it could not be checked on this run (shown as SKIP, not failed)."""
+    return {"gate": name, "ok": None if ok is None else bool(ok), "actual": actual, "limit": limit, "note": note}
 
 
 def _phase(run: A.Run, name: str) -> dict | None:
@@ -112,8 +113,8 @@ def scale_up_gates(phase_name: str, env_key: str, default: float):
         if not ctx["autoscale"]:
             return [
                 gate(
-                    "ready workers rise after the step",
-                    True,
+                    f"ready workers rise after '{phase_name}'",
+                    None,
                     None,
                     None,
                     "not checked: this quiver has no autoscaling flags (--min-workers …); the pool was fixed",
