@@ -270,6 +270,9 @@ def main(argv: list[str]) -> int:
             actor.join()
         sampler.stop()
         summary["run"]["k6 exit code"] = k6_code
+        if k6_code == 107:
+            summary["notes"].append("k6 stopped with a script exception before its load (see k6.log): "
+                                    "usually setup() found no gateway answering at the endpoint")
         for route, err in sampler.errors.items():
             summary["notes"].append(f"sampler: {route} failed at least once: {err}")
         for st in ctx["stopped_workers"]:
