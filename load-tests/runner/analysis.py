@@ -40,6 +40,7 @@ class Run:
     k6: dict  # the k6 summary JSON (with "quiver": {scenario, phases})
     samples: list[dict]  # sampler rows, "t" rebased to seconds from t0
     phases: list[dict] = field(default_factory=list)
+    events: list[dict] = field(default_factory=list)  # {"at_s", "label"}: what the runner did
 
 
 def load_run(out: Path, samples: list[dict]) -> Run:

@@ -185,6 +185,7 @@ def main(argv: list[str]) -> int:
     ctx = {"env": env, "autoscale": False, "started_quiver": a.endpoint is None, "stopped_workers": []}
 
     quiver: Quiver | None = None
+    k6_wall_start = 0.0
     try:
         if a.endpoint:
             loopback_only(a.endpoint)
@@ -252,6 +253,7 @@ def main(argv: list[str]) -> int:
 
         done = threading.Event()
         t_start = time.monotonic()
+        k6_wall_start = time.time()
         actor = None
         if quiver and spec.stop_workers_at and not ctx["autoscale"]:
             at = [t * time_scale for t in spec.stop_workers_at]
@@ -293,6 +295,11 @@ def main(argv: list[str]) -> int:
             summary["run"]["quiver exit code"] = code
 
     run = A.load_run(out, load_samples(out / "samples.jsonl"))
+    # Runner events were timed from k6's launch; the load starts after k6's init and setup().
+    offset = (run.t0 - k6_wall_start) if run.t0 else 0.0
+    run.events = [{"at_s": round(st["at_s"] - offset, 1), "label": f"SIGTERM worker {st['pid']}"}
+                  for st in ctx["stopped_workers"]]
+    summary["events"] = run.events
     summary["thresholds"] = thresholds(run.k6)
     summary["gates"] = spec.gates(run, ctx) if spec.gates else []
     summary["figures"] = A.totals(run)

@@ -49,6 +49,13 @@ def _phases(ax, run: A.Run) -> None:
                     va="top", ha="left", fontsize=8, color="#555555")
 
 
+def _events(ax, run: A.Run) -> None:
+    for ev in run.events:
+        ax.axvline(ev["at_s"], color="#c62828", lw=1, ls="--")
+        ax.text(ev["at_s"], 0.5, " " + ev["label"], transform=ax.get_xaxis_transform(), rotation=90,
+                va="center", ha="right", fontsize=8, color="#c62828")
+
+
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
@@ -70,24 +77,33 @@ def latency_plot(run: A.Run) -> str | None:
     if not ok:
         return None
     b = _bin(run)
-    tenants = sorted({q.tenant for q in ok})
+    # One set of lines per tenant when there are several, else long vs short queries when the
+    # scenario mixes them (a long query's seconds would hide the short ones' milliseconds).
+    if len({q.tenant for q in ok}) > 1:
+        key = lambda q: q.tenant  # noqa: E731
+    elif any(q.kind == "long" for q in ok):
+        key = lambda q: "long" if q.kind == "long" else "short"  # noqa: E731
+    else:
+        key = lambda q: ""  # noqa: E731
+    groups = sorted({key(q) for q in ok})
     fig, ax = _fig(f"Latency of successful queries ({b:g} s bins)", "ms")
     styles = {50: ":", 95: "--", 99: "-"}
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, tenant in enumerate(tenants):
+    for i, g in enumerate(groups):
         bins = defaultdict(list)
         for q in ok:
-            if q.tenant == tenant:
+            if key(q) == g:
                 bins[int(q.t // b)].append(q.ms)
         xs = sorted(bins)
         for p, ls in styles.items():
             ys = [np.percentile(bins[x], p) for x in xs]
-            label = f"p{p}" if len(tenants) == 1 else f"{tenant} p{p}"
+            label = f"{g} p{p}".strip()
             ax.plot([x * b + b / 2 for x in xs], ys, ls=ls, color=palette[i % len(palette)], label=label)
     all_ms = [q.ms for q in ok]
     if max(all_ms) > 20 * max(1.0, float(np.median(all_ms))):
         ax.set_yscale("log")
     _phases(ax, run)
+    _events(ax, run)
     ax.legend(fontsize=8, ncol=3, loc="upper right")
     return _png(fig)
 
@@ -171,6 +187,7 @@ def pool_plot(run: A.Run) -> str | None:
         a.grid(alpha=0.3)
         a.legend(fontsize=8, loc="upper right")
         _phases(a, run)
+        _events(a, run)
     ax.set_ylabel("workers")
     ax.set_ylim(bottom=0)
     ax.yaxis.get_major_locator().set_params(integer=True)

@@ -161,7 +161,7 @@ def drain_gates(run: A.Run, ctx: dict) -> list[dict]:
                 len(stopped) > 0,
                 len(stopped),
                 "> 0",
-                "no autoscaling flags: the runner stopped workers itself; the supervisor replaces them",
+                "no autoscaling flags: the runner stopped workers itself (the supervisor should replace them)",
             )
         )
         drain_s = float(ctx["env"].get("DRAIN_TIMEOUT_S", "30"))
