@@ -305,6 +305,11 @@ def main(argv: list[str]) -> int:
     summary["figures"] = A.totals(run)
     summary["breakdown"] = A.breakdown(run)
     summary["phases"] = run.phases
+    if run.dropped:
+        summary["notes"].append(
+            f"k6 dropped {len(run.dropped)} iterations (no free VU in time): the load generator did not keep "
+            "the offered rate, so the figures understate it; see the CPU plot for whether k6 or the machine "
+            "was saturated")
     summary["run"]["load seconds"] = round(run.duration, 1)
     if run.samples:
         pools = {}
