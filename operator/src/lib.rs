@@ -1,1 +1,15 @@
-//! Quiver operator.
+//! Quiver operator: keeps each pool of query workers at the size its demand needs.
+//!
+//! ```text
+//!  gateway GET /v1/pools ──► controller ──► scaling (pure) ──► Deployment replicas
+//!                              │                                 + deletion cost on idle pods
+//!                              └─► QueryPool status, Events
+//! ```
+//!
+//! - [`scaling`]: the policy as pure code, shared with the local supervisor of `quiver up`.
+//! - [`simulate`]: the policy against Knative- and HPA-style policies over demand traces.
+//! - `crd`: the `QueryPool` resource (feature `controller`).
+//! - `controller`: the reconciler that turns pools into workers (feature `controller`).
+
+pub mod scaling;
+pub mod simulate;

@@ -1,1 +1,2 @@
+//! `quiver-operator`.
 fn main() {}

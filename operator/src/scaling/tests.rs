@@ -1,0 +1,410 @@
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const TICK: Duration = Duration::from_millis(250);
+
+fn config() -> ScalingConfig {
+    ScalingConfig {
+        min_replicas: 1,
+        max_replicas: 20,
+        warm_replicas: 1,
+        target_concurrency: 4,
+        stable_window: Duration::from_secs(30),
+        panic_window: Duration::from_secs(6),
+        scale_down_delay: Duration::from_secs(10),
+        panic_threshold: 2.0,
+    }
+}
+
+fn concurrent(n: u32) -> DemandSample {
+    DemandSample {
+        in_flight: n,
+        queued: 0,
+        arrivals_per_sec: 0.0,
+    }
+}
+
+/// Feeds `n` ticks of the same sample starting at `*t`, returning the last decision.
+fn run(policy: &mut ScalingPolicy, t: &mut Duration, n: usize, sample: DemandSample) -> Decision {
+    let mut last = None;
+    for _ in 0..n {
+        last = Some(policy.observe(*t, sample));
+        *t += TICK;
+    }
+    last.expect("at least one tick")
+}
+
+#[test]
+fn replicas_for_is_demand_over_target_plus_warm_within_bounds() {
+    let cfg = config();
+    // (demand, expected)
+    let table = [
+        (0.0, 1),
+        (0.5, 2),
+        (4.0, 2),
+        (4.1, 3),
+        (16.0, 5),
+        (200.0, 20),
+        (f64::NAN, 1),
+        (f64::INFINITY, 1),
+        (-3.0, 1),
+    ];
+    for (demand, expected) in table {
+        assert_eq!(cfg.replicas_for(demand), expected, "demand {demand}");
+    }
+    let floor = ScalingConfig {
+        min_replicas: 3,
+        warm_replicas: 0,
+        ..config()
+    };
+    assert_eq!(floor.replicas_for(0.0), 3);
+}
+
+#[test]
+fn invalid_configs_are_refused() {
+    let table = [
+        (
+            ScalingConfig {
+                min_replicas: 5,
+                max_replicas: 2,
+                ..config()
+            },
+            ScalingError::MinAboveMax { min: 5, max: 2 },
+        ),
+        (
+            ScalingConfig {
+                min_replicas: 0,
+                max_replicas: 0,
+                ..config()
+            },
+            ScalingError::ZeroMax,
+        ),
+        (
+            ScalingConfig {
+                target_concurrency: 0,
+                ..config()
+            },
+            ScalingError::ZeroTarget,
+        ),
+        (
+            ScalingConfig {
+                panic_threshold: 1.0,
+                ..config()
+            },
+            ScalingError::PanicThreshold(1.0),
+        ),
+    ];
+    for (cfg, error) in table {
+        assert_eq!(ScalingPolicy::new(cfg).unwrap_err(), error);
+    }
+}
+
+/// One scripted scenario: phases of (ticks, in-flight) and the expected size and reason prefix
+/// at the end of each phase.
+struct Case {
+    name: &'static str,
+    phases: &'static [(usize, u32, u32, &'static str)],
+}
+
+#[test]
+fn scripted_scenarios() {
+    let cases = [
+        Case {
+            name: "idle pool keeps min plus warm",
+            phases: &[(40, 0, 1, "initial"), (400, 0, 1, "steady")],
+        },
+        Case {
+            name: "step up is immediate, down waits for the stable window",
+            phases: &[
+                (4, 2, 2, "steady"),
+                (1, 14, 5, "panic"),
+                (60, 14, 5, "steady"),
+                // Demand drops; 30 s window still remembers 14.
+                (100, 2, 5, "steady"),
+                // After the window, down to the new peak.
+                (30, 2, 2, "steady"),
+            ],
+        },
+        Case {
+            name: "moderate rise is a plain scale-up",
+            phases: &[(4, 4, 2, "steady"), (1, 6, 3, "scale up")],
+        },
+        Case {
+            name: "panic holds scale-down for the panic window",
+            phases: &[(4, 0, 1, "steady"), (1, 40, 11, "panic"), (2, 0, 11, "hold: panic")],
+        },
+    ];
+    for case in cases {
+        let mut policy = ScalingPolicy::new(config()).unwrap();
+        let mut t = Duration::ZERO;
+        for (i, &(ticks, demand, desired, reason)) in case.phases.iter().enumerate() {
+            let d = run(&mut policy, &mut t, ticks, concurrent(demand));
+            assert_eq!(d.desired, desired, "{}: phase {i}: {}", case.name, d.reason);
+            assert!(
+                d.reason.to_string().starts_with(reason),
+                "{}: phase {i}: reason {:?} does not start with {reason:?}",
+                case.name,
+                d.reason.to_string()
+            );
+        }
+    }
+}
+
+#[test]
+fn reasons_read_well() {
+    let table = [
+        (
+            Reason::Panic {
+                demand: 34.0,
+                capacity: 16.0,
+                threshold: 2.0,
+            },
+            "panic: demand 34 > 2x capacity 16",
+        ),
+        (
+            Reason::ScaleDown {
+                peak: 2.5,
+                window: Duration::from_secs(30),
+            },
+            "scale down: peak demand 2.5 over the last 30s",
+        ),
+        (
+            Reason::HoldDelay {
+                remaining: Duration::from_millis(2500),
+            },
+            "hold: scale-down delay, 2.5s left",
+        ),
+        (Reason::Bounds { min: 2, max: 4 }, "bounds: kept within [2, 4]"),
+    ];
+    for (reason, text) in table {
+        assert_eq!(reason.to_string(), text);
+    }
+}
+
+#[test]
+fn scale_down_waits_for_the_delay_after_a_change() {
+    let cfg = ScalingConfig {
+        stable_window: Duration::from_secs(1),
+        scale_down_delay: Duration::from_secs(20),
+        panic_window: Duration::ZERO,
+        ..config()
+    };
+    let mut policy = ScalingPolicy::new(cfg).unwrap();
+    let mut t = Duration::ZERO;
+    run(&mut policy, &mut t, 1, concurrent(0));
+    let up = run(&mut policy, &mut t, 1, concurrent(12));
+    assert_eq!(up.desired, 4);
+    let held = run(&mut policy, &mut t, 20, concurrent(0));
+    assert_eq!(held.desired, 4);
+    assert!(matches!(held.reason, Reason::HoldDelay { .. }), "{}", held.reason);
+    let down = run(&mut policy, &mut t, 80, concurrent(0));
+    assert_eq!(down.desired, 1);
+}
+
+#[test]
+fn arrival_jump_raises_demand_before_the_queue_shows_it() {
+    let mut policy = ScalingPolicy::new(config()).unwrap();
+    let mut t = Duration::ZERO;
+    // 10 queries/s of 0.4 s each: 4 concurrent.
+    let steady = DemandSample {
+        in_flight: 4,
+        queued: 0,
+        arrivals_per_sec: 10.0,
+    };
+    assert_eq!(run(&mut policy, &mut t, 40, steady).desired, 2);
+    // Arrivals quadruple; in-flight has not caught up yet.
+    let jump = DemandSample {
+        arrivals_per_sec: 40.0,
+        ..steady
+    };
+    let d = run(&mut policy, &mut t, 1, jump);
+    assert!(d.demand > 14.0, "demand {}", d.demand);
+    assert!(d.desired >= 5, "{d:?}");
+}
+
+#[test]
+fn config_change_moves_into_new_bounds() {
+    let mut policy = ScalingPolicy::new(config()).unwrap();
+    let mut t = Duration::ZERO;
+    assert_eq!(run(&mut policy, &mut t, 4, concurrent(40)).desired, 11);
+    policy
+        .set_config(ScalingConfig {
+            max_replicas: 6,
+            ..config()
+        })
+        .unwrap();
+    let d = run(&mut policy, &mut t, 1, concurrent(40));
+    assert_eq!(d.desired, 6);
+    assert_eq!(d.reason, Reason::Bounds { min: 1, max: 6 });
+    policy
+        .set_config(ScalingConfig {
+            min_replicas: 8,
+            max_replicas: 9,
+            ..config()
+        })
+        .unwrap();
+    assert_eq!(run(&mut policy, &mut t, 1, concurrent(0)).desired, 8);
+}
+
+#[test]
+fn resume_starts_from_a_known_size() {
+    let mut policy = ScalingPolicy::new(config()).unwrap();
+    policy.resume(Duration::from_secs(100), 7);
+    assert_eq!(policy.desired(), Some(7));
+    let d = policy.observe(Duration::from_secs(101), concurrent(0));
+    assert_eq!(d.desired, 7, "no scale-down inside the delay after resume");
+}
+
+#[test]
+fn time_going_backwards_is_harmless() {
+    let mut policy = ScalingPolicy::new(config()).unwrap();
+    policy.observe(Duration::from_secs(10), concurrent(8));
+    let d = policy.observe(Duration::from_secs(5), concurrent(8));
+    assert_eq!(d.desired, 3);
+}
+
+fn arb_config() -> impl Strategy<Value = ScalingConfig> {
+    (
+        0u32..5,
+        0u32..20,
+        0u32..4,
+        1u32..10,
+        0u64..60,
+        0u64..10,
+        0u64..30,
+        1.1f64..4.0,
+    )
+        .prop_map(
+            |(min, span, warm, target, stable, panic, delay, threshold)| ScalingConfig {
+                min_replicas: min,
+                max_replicas: (min + span).max(1),
+                warm_replicas: warm,
+                target_concurrency: target,
+                stable_window: Duration::from_secs(stable),
+                panic_window: Duration::from_secs(panic),
+                scale_down_delay: Duration::from_secs(delay),
+                panic_threshold: threshold,
+            },
+        )
+}
+
+fn arb_samples() -> impl Strategy<Value = Vec<(u64, DemandSample)>> {
+    prop::collection::vec(
+        (
+            1u64..2000,
+            0u32..200,
+            0u32..100,
+            prop_oneof![Just(0.0), 0.0f64..500.0],
+        )
+            .prop_map(|(gap_ms, in_flight, queued, arrivals)| {
+                (
+                    gap_ms,
+                    DemandSample {
+                        in_flight,
+                        queued,
+                        arrivals_per_sec: arrivals,
+                    },
+                )
+            }),
+        1..300,
+    )
+}
+
+/// A small deterministic generator for noise in properties.
+fn lcg(state: &mut u64) -> u64 {
+    *state = state
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *state >> 33
+}
+
+proptest! {
+    #[test]
+    fn never_below_min_nor_above_max(cfg in arb_config(), samples in arb_samples()) {
+        let mut policy = ScalingPolicy::new(cfg.clone()).unwrap();
+        let mut t = Duration::ZERO;
+        for (gap, sample) in samples {
+            t += Duration::from_millis(gap);
+            let d = policy.observe(t, sample);
+            prop_assert!(d.desired >= cfg.min_replicas && d.desired <= cfg.max_replicas, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn never_scales_down_in_panic(cfg in arb_config(), samples in arb_samples()) {
+        let mut policy = ScalingPolicy::new(cfg).unwrap();
+        let mut t = Duration::ZERO;
+        let mut panic_until = None;
+        for (gap, sample) in samples {
+            t += Duration::from_millis(gap);
+            let d = policy.observe(t, sample);
+            if panic_until.is_some_and(|until| t < until) {
+                prop_assert!(d.desired >= d.previous, "scaled down in panic: {d:?}");
+            }
+            if matches!(d.reason, Reason::Panic { .. }) || d.panic {
+                prop_assert!(d.panic);
+            }
+            if d.panic {
+                let until = policy.panic_until.unwrap();
+                panic_until = Some(panic_until.map_or(until, |u: Duration| u.max(until)));
+            }
+        }
+    }
+
+    #[test]
+    fn scales_up_at_once(cfg in arb_config(), base in 0u32..50, burst in 0u32..400) {
+        let mut policy = ScalingPolicy::new(cfg.clone()).unwrap();
+        let mut t = Duration::ZERO;
+        run(&mut policy, &mut t, 200, concurrent(base));
+        let d = run(&mut policy, &mut t, 1, concurrent(base + burst));
+        prop_assert!(d.desired >= cfg.replicas_for(f64::from(base + burst)), "{d:?}");
+    }
+
+    #[test]
+    fn converges_under_steady_load(cfg in arb_config(), start in 0u32..300, level in 0u32..300) {
+        let mut policy = ScalingPolicy::new(cfg.clone()).unwrap();
+        let mut t = Duration::ZERO;
+        run(&mut policy, &mut t, 40, concurrent(start));
+        // Long enough for every window and delay of arb_config.
+        let settle = 4 * (60 + 10 + 30) + 40;
+        let d = run(&mut policy, &mut t, settle, concurrent(level));
+        prop_assert_eq!(d.desired, cfg.replicas_for(f64::from(level)), "{}", d.reason);
+        let after = run(&mut policy, &mut t, 40, concurrent(level));
+        prop_assert!(!after.changed());
+    }
+
+    #[test]
+    fn no_flapping_under_steady_noisy_load(
+        cfg in arb_config(),
+        mean in 4u32..200,
+        spread in 0u32..4,
+        seed in any::<u64>(),
+    ) {
+        // Only meaningful with a window that sees the noise's range.
+        let cfg = ScalingConfig { stable_window: cfg.stable_window.max(Duration::from_secs(20)), ..cfg };
+        let mut policy = ScalingPolicy::new(cfg).unwrap();
+        let mut state = seed;
+        let mut t = Duration::ZERO;
+        let mut changes = 0;
+        let mut last_direction = 0i8;
+        let mut reversals = 0;
+        for _ in 0..(10 * 60 * 4) {
+            let noise = (lcg(&mut state) % u64::from(2 * spread + 1)) as u32;
+            let d = policy.observe(t, concurrent(mean - spread.min(mean) + noise));
+            if t > Duration::from_secs(60) && d.changed() {
+                changes += 1;
+                let direction = if d.desired > d.previous { 1 } else { -1 };
+                if direction != last_direction && last_direction != 0 {
+                    reversals += 1;
+                }
+                last_direction = direction;
+            }
+            t += TICK;
+        }
+        prop_assert!(changes <= 1, "{changes} changes under steady load");
+        prop_assert_eq!(reversals, 0);
+    }
+}
