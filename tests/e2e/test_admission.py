@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, Quiver
 
 CONFIG = ROOT / "examples" / "admission.yaml"
 QUERY = b"SELECT n_name FROM nation WHERE n_nationkey = 7"
@@ -24,9 +24,8 @@ def query(client, token):
 
 
 @pytest.fixture(scope="module")
-def tenants(tmp_path_factory, data_dir):
-    from conftest import Quiver
-    q = Quiver(data_dir, 0.01, 2, ["--config", str(CONFIG)])
+def tenants(data_dir, logs):
+    q = Quiver(data_dir, 0.01, 2, ["--config", str(CONFIG)], logs)
     yield q
     assert q.stop() == 0
 

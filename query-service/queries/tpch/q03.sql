@@ -19,6 +19,5 @@ group by
     o_shippriority
 order by
     revenue desc,
-    o_orderdate,
-    l_orderkey
+    o_orderdate
 limit 10

@@ -17,7 +17,7 @@ where
     and n_regionkey = r_regionkey
     and r_name = 'ASIA'
     and o_orderdate >= date '1994-01-01'
-    and o_orderdate < date '1995-01-01'
+    and o_orderdate < date '1994-01-01' + interval '1' year
 group by
     n_name
 order by

@@ -16,7 +16,7 @@ where
     c_custkey = o_custkey
     and l_orderkey = o_orderkey
     and o_orderdate >= date '1993-10-01'
-    and o_orderdate < date '1994-01-01'
+    and o_orderdate < date '1993-10-01' + interval '3' month
     and l_returnflag = 'R'
     and c_nationkey = n_nationkey
 group by
@@ -28,6 +28,5 @@ group by
     c_address,
     c_comment
 order by
-    revenue desc,
-    c_custkey
+    revenue desc
 limit 20

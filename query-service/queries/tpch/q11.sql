@@ -25,5 +25,4 @@ having
             and n_name = 'GERMANY'
     )
 order by
-    value desc,
-    ps_partkey
+    value desc

@@ -21,7 +21,7 @@ where
     and l_commitdate < l_receiptdate
     and l_shipdate < l_commitdate
     and l_receiptdate >= date '1994-01-01'
-    and l_receiptdate < date '1995-01-01'
+    and l_receiptdate < date '1994-01-01' + interval '1' year
 group by
     l_shipmode
 order by

@@ -10,4 +10,4 @@ from
 where
     l_partkey = p_partkey
     and l_shipdate >= date '1995-09-01'
-    and l_shipdate < date '1995-10-01'
+    and l_shipdate < date '1995-09-01' + interval '1' month

@@ -6,7 +6,7 @@ with revenue0 as (
         lineitem
     where
         l_shipdate >= date '1996-01-01'
-        and l_shipdate < date '1996-04-01'
+        and l_shipdate < date '1996-01-01' + interval '3' month
     group by
         l_suppkey
 )

@@ -30,6 +30,5 @@ group by
     o_totalprice
 order by
     o_totalprice desc,
-    o_orderdate,
-    o_orderkey
+    o_orderdate
 limit 100
