@@ -60,6 +60,15 @@ impl Report {
     }
 }
 
+/// What the columns mean, printed under the table so the output stands on its own.
+const LEGEND: [&str; 5] = [
+    "decide s: from a jump to pods asked for covering its load; ready s: to ready pods covering it",
+    "short s: time with ready capacity below the offered load (rate x mean query time)",
+    "waited: queries that found no free slot on arrival; waits are for a slot",
+    "idle pod-s: free slots of ready pods / target, integrated; pod-s: every pod that exists",
+    "events: changes of the desired size; never: not reached by the end of the trace",
+];
+
 fn secs(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64())
 }
@@ -137,7 +146,7 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(
             f,
-            "{:<9} {:<8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>7} {:>9} {:>8} {:>9} {:>7} {:>6}",
+            "{:<9} {:<8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>7} {:>11} {:>10} {:>10} {:>7} {:>6}",
             "trace",
             "policy",
             "decide s",
@@ -146,8 +155,8 @@ impl fmt::Display for Report {
             "queries",
             "waited",
             "waited%",
-            "mean wait",
-            "p99 wait",
+            "mean wait s",
+            "p99 wait s",
             "idle pod-s",
             "pod-s",
             "events"
@@ -157,7 +166,7 @@ impl fmt::Display for Report {
             let first = i == 0 || self.rows[i - 1].trace != row.trace;
             writeln!(
                 f,
-                "{:<9} {:<8} {:>8} {:>7} {:>7.1} {:>7} {:>6} {:>6.1}% {:>9} {:>8} {:>10.0} {:>7.0} {:>6}",
+                "{:<9} {:<8} {:>8} {:>7} {:>7.1} {:>7} {:>6} {:>6.1}% {:>11} {:>10} {:>10.0} {:>7.0} {:>6}",
                 if first { row.trace } else { "" },
                 row.policy.name(),
                 reaction(o.decide),
@@ -166,12 +175,15 @@ impl fmt::Display for Report {
                 o.queries,
                 o.waited,
                 100.0 * o.waited_share(),
-                secs(o.mean_wait),
+                format!("{:.2}", o.mean_wait.as_secs_f64()),
                 secs(o.p99_wait),
                 o.idle_pod_secs,
                 o.pod_secs,
                 o.scale_events,
             )?;
+        }
+        for line in LEGEND {
+            writeln!(f, "  {line}")?;
         }
         writeln!(f)?;
         writeln!(
