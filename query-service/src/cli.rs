@@ -66,15 +66,65 @@ pub struct UpArgs {
     /// Admission config (tenants, rate limits, resource groups); without it the gateway is open.
     #[arg(long, env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// More tenants, in a file with only a `tenants:` list in the config's format (e.g. from a
+    /// Kubernetes Secret, so credential hashes stay out of the ConfigMap); reloaded on change.
+    #[arg(long, env = "QUIVER_TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
     /// Query slots per ready worker: the pool admits this many queries per worker at once.
     #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = crate::admission::DEFAULT_WORKER_SLOTS)]
     pub worker_slots: u32,
-    /// Number of worker processes.
-    #[arg(long, env = "QUIVER_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
-    pub workers: u16,
+    /// A fixed number of worker processes (default 2 unless --min-workers/--max-workers set a
+    /// range to autoscale in).
+    #[arg(long, env = "QUIVER_WORKERS", value_parser = clap::value_parser!(u16).range(1..),
+          conflicts_with_all = ["min_workers", "max_workers"])]
+    pub workers: Option<u16>,
+    /// Autoscale: fewest worker processes, however quiet (default 1).
+    #[arg(long, env = "QUIVER_MIN_WORKERS")]
+    pub min_workers: Option<u16>,
+    /// Autoscale: most worker processes, however busy (default the larger of 4 and the minimum).
+    #[arg(long, env = "QUIVER_MAX_WORKERS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_workers: Option<u16>,
+    /// Autoscale: idle, ready workers kept on top of demand so a burst never waits for a start.
+    #[arg(long, env = "QUIVER_WARM_WORKERS", default_value_t = 1)]
+    pub warm_workers: u16,
+    /// Autoscale: concurrent queries each worker should run (default: --worker-slots).
+    #[arg(long, env = "QUIVER_TARGET_CONCURRENCY", value_parser = clap::value_parser!(u32).range(1..))]
+    pub target_concurrency: Option<u32>,
+    /// Autoscale: the pool shrinks only to the most it needed over this window.
+    #[arg(long, env = "QUIVER_STABLE_WINDOW", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub stable_window: Duration,
+    /// Autoscale: after a burst (demand above twice the capacity) the pool does not shrink for
+    /// this long.
+    #[arg(long, env = "QUIVER_PANIC_WINDOW", default_value = "6s", value_parser = humantime::parse_duration)]
+    pub panic_window: Duration,
+    /// Autoscale: least time between a change of size and a following scale-down.
+    #[arg(long, env = "QUIVER_SCALE_DOWN_DELAY", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub scale_down_delay: Duration,
     /// Per-query limits for the workers.
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+impl UpArgs {
+    /// Fixed workers, or the autoscaling range when --min-workers or --max-workers is given.
+    pub fn scaling(&self) -> crate::local::autoscale::Scaling {
+        use crate::local::autoscale::Scaling;
+        if self.min_workers.is_none() && self.max_workers.is_none() {
+            return Scaling::Fixed(u32::from(self.workers.unwrap_or(2)));
+        }
+        let min = self.min_workers.unwrap_or(1);
+        let max = self.max_workers.unwrap_or(min.max(4));
+        Scaling::Auto(quiver_operator::scaling::ScalingConfig {
+            min_replicas: u32::from(min),
+            max_replicas: u32::from(max),
+            warm_replicas: u32::from(self.warm_workers),
+            target_concurrency: self.target_concurrency.unwrap_or(self.worker_slots),
+            stable_window: self.stable_window,
+            panic_window: self.panic_window,
+            scale_down_delay: self.scale_down_delay,
+            ..quiver_operator::scaling::ScalingConfig::default()
+        })
+    }
 }
 
 /// `quiver gateway`.
@@ -89,6 +139,10 @@ pub struct GatewayArgs {
     /// Admission config (tenants, rate limits, resource groups); reloaded when it changes.
     #[arg(long, env = "QUIVER_CONFIG")]
     pub config: Option<PathBuf>,
+    /// More tenants, in a file with only a `tenants:` list in the config's format (e.g. from a
+    /// Kubernetes Secret, so credential hashes stay out of the ConfigMap); reloaded on change.
+    #[arg(long, env = "QUIVER_TENANTS_FILE")]
+    pub tenants_file: Option<PathBuf>,
     /// Gateway replicas behind the same Service: each enforces its share of every limit.
     #[arg(long, env = "QUIVER_GATEWAY_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub gateway_replicas: u32,

@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub key: Vec<u8>,
     /// Admission config file; `None` runs open.
     pub config: Option<PathBuf>,
+    /// A file of more tenants (`tenants:` only), e.g. mounted from a Secret.
+    pub tenants: Option<PathBuf>,
     /// Gateway replicas sharing the limits.
     pub replicas: u32,
     /// Query slots per ready worker.
@@ -54,13 +56,18 @@ pub enum GatewayError {
     Serve(#[from] tonic::transport::Error),
 }
 
-/// Loads the admission policy, or the open policy without a file.
+/// Loads the admission policy with the tenants file, or the open policy without a config file.
 pub fn load_policy(
     config: Option<&PathBuf>,
+    tenants: Option<&PathBuf>,
 ) -> Result<Policy, crate::admission::config::ConfigError> {
-    match config {
-        Some(path) => Policy::load(path, &[DEFAULT_POOL]),
-        None => Ok(Policy::open()),
+    match (config, tenants) {
+        (Some(path), tenants) => {
+            Policy::load_with_tenants(path, tenants.map(PathBuf::as_path), &[DEFAULT_POOL])
+        }
+        // Tenants alone: the default groups and no rate limits, but authentication on.
+        (None, Some(tenants)) => Policy::load_tenants(tenants, &[DEFAULT_POOL]),
+        (None, None) => Ok(Policy::open()),
     }
 }
 
@@ -70,7 +77,7 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let policy = load_policy(config.config.as_ref())?;
+    let policy = load_policy(config.config.as_ref(), config.tenants.as_ref())?;
     if policy.open {
         tracing::info!(
             "admission is open: no authentication, one default group (pass --config to configure tenants)"
@@ -103,8 +110,12 @@ pub async fn run(
         admission.clone(),
         config.worker_slots,
     ));
-    if let Some(path) = config.config.clone() {
-        background.spawn(reload_on_change(path, admission.clone()));
+    if config.config.is_some() || config.tenants.is_some() {
+        background.spawn(reload_on_change(
+            config.config.clone(),
+            config.tenants.clone(),
+            admission.clone(),
+        ));
     }
     let service = GatewayService::new(
         Dispatcher::new(config.pool),
@@ -141,22 +152,38 @@ async fn track_capacity(pool: Arc<WorkerPool>, admission: Arc<Admission>, slots:
     }
 }
 
-/// Reloads the admission config when its file changes; a bad file keeps the running policy.
-async fn reload_on_change(path: PathBuf, admission: Arc<Admission>) {
-    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut last: Option<SystemTime> = modified(&path);
+/// Reloads the admission config when its file or the tenants file changes; a bad file keeps the
+/// running policy.
+///
+/// Polling the modification times (rather than inotify) also sees a Kubernetes ConfigMap or
+/// Secret update, which swaps a symlink instead of writing the file.
+async fn reload_on_change(
+    config: Option<PathBuf>,
+    tenants: Option<PathBuf>,
+    admission: Arc<Admission>,
+) {
+    let modified = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    let stamp = || (modified(&config), modified(&tenants));
+    let mut last: (Option<SystemTime>, Option<SystemTime>) = stamp();
     let mut tick = tokio::time::interval(CONFIG_POLL);
     loop {
         tick.tick().await;
-        let now = modified(&path);
+        let now = stamp();
         if now == last {
             continue;
         }
         last = now;
-        match Policy::load(&path, &[DEFAULT_POOL]) {
+        match load_policy(config.as_ref(), tenants.as_ref()) {
             Ok(policy) => {
                 admission.replace(policy);
-                tracing::info!(path = %path.display(), "admission config reloaded");
+                tracing::info!(
+                    config = ?config.as_ref().map(|p| p.display().to_string()),
+                    tenants = ?tenants.as_ref().map(|p| p.display().to_string()),
+                    "admission config reloaded"
+                );
             }
             Err(e) => {
                 tracing::error!(error = %e, "admission config reload failed; keeping the running config")

@@ -23,6 +23,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
     use anyhow::Context;
     match command {
         Command::Up(args) => {
+            let scaling = args.scaling();
+            scaling
+                .validate()
+                .context("invalid worker counts (--min-workers, --max-workers, --target-concurrency)")?;
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -34,11 +38,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .data_dir
                     .unwrap_or_else(|| quiver::cli::default_data_dir(args.scale_factor)),
                 scale_factor: args.scale_factor,
-                workers: usize::from(args.workers),
+                scaling,
                 memory_limit: args.limits.memory_limit.to_string(),
                 query_timeout: humantime::format_duration(args.limits.query_timeout).to_string(),
                 drain_timeout: args.limits.drain_timeout,
                 config: args.config,
+                tenants: args.tenants_file,
                 worker_slots: args.worker_slots,
             };
             quiver::local::run(listener, admin, config, quiver::shutdown::signal()).await?;
@@ -60,6 +65,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 metrics: std::sync::Arc::new(quiver::metrics::GatewayMetrics::default()),
                 key: args.ticket_key.into_bytes(),
                 config: args.config,
+                tenants: args.tenants_file,
                 replicas: args.gateway_replicas,
                 worker_slots: args.worker_slots,
             };

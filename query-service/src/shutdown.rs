@@ -26,18 +26,26 @@ pub async fn signal_or_stdin_eof(watch_stdin: bool) {
         if !watch_stdin {
             return std::future::pending::<()>().await;
         }
-        // A blocking read on its own thread: stdin is a pipe that only ever reaches EOF.
-        let _ = tokio::task::spawn_blocking(|| {
-            use std::io::Read;
-            let mut buf = [0u8; 256];
-            let mut stdin = std::io::stdin();
-            while let Ok(n) = stdin.read(&mut buf) {
-                if n == 0 {
-                    break;
+        // A blocking read on a detached thread, not `spawn_blocking`: the runtime waits for its
+        // blocking tasks when it shuts down, so a worker stopped by SIGTERM would never exit
+        // while its parent still holds the pipe open.
+        let (eof_tx, eof_rx) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("stdin-eof".into())
+            .spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 256];
+                let mut stdin = std::io::stdin();
+                while let Ok(n) = stdin.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
                 }
-            }
-        })
-        .await;
+                let _ = eof_tx.send(());
+            });
+        if spawned.is_err() || eof_rx.await.is_err() {
+            return std::future::pending::<()>().await;
+        }
         tracing::info!("parent closed stdin; shutting down");
     };
     tokio::select! {

@@ -96,11 +96,13 @@ class Quiver:
     """A running `quiver up` and what it announced on stdout. stderr goes to a log file whose
     tail is shown when something about the process fails."""
 
-    def __init__(self, data_dir: Path, scale_factor: float, workers: int, extra: list[str],
-                 log_dir: Path):
+    def __init__(self, data_dir: Path, scale_factor: float, workers: int | None, extra: list[str],
+                 log_dir: Path, expected_workers: int | None = None):
+        """`workers`: a fixed pool (`--workers N`); None leaves sizing to `extra` (autoscaling
+        flags), with `expected_workers` started before the ready line."""
         self.port = free_port()
         self.endpoint = f"grpc://127.0.0.1:{self.port}"
-        self.expected_workers = workers
+        self.expected_workers = workers if workers is not None else expected_workers
         self.started: list[tuple[int, str]] = []  # every `worker started:` line, in order
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.stdout: list[str] = []
@@ -110,7 +112,7 @@ class Quiver:
             "--listen", f"127.0.0.1:{self.port}",
             "--data-dir", str(data_dir),
             "--scale-factor", str(scale_factor),
-            "--workers", str(workers),
+            *(["--workers", str(workers)] if workers is not None else []),
             *extra,
         ]
         self._log = open(self.log_path, "w")
@@ -240,8 +242,9 @@ def start_quiver(data_dir, logs):
     """Starts extra, short-lived deployments with their own flags; stops them afterwards."""
     started = []
 
-    def start(*extra: str, workers: int = 1, data: Path | None = None, scale_factor: float = 0.01):
-        q = Quiver(data or data_dir, scale_factor, workers, list(extra), logs)
+    def start(*extra: str, workers: int | None = 1, data: Path | None = None,
+              scale_factor: float = 0.01, expected_workers: int | None = None):
+        q = Quiver(data or data_dir, scale_factor, workers, list(extra), logs, expected_workers)
         started.append(q)
         return q
 

@@ -91,3 +91,51 @@ def test_noisy_tenant_is_held_to_its_quota(tenants):
     assert rejected and not unexplained, unexplained[:3]
     # The quiet tenant's tail latency holds (small absolute slack for a 2-core CI machine).
     assert p99(quiet) <= 1.2 * p99(alone) + 0.010
+
+
+QUIET_HASH = "sha256:3a37d32950429821feecb61998c7f203aaeec5ca4625db0c35d19a03d8ed6ee5"
+NOISY_HASH = "sha256:0a140a21213665182a7308eabafbba7b7053a9c8986854fc83685688f043f5d3"
+
+
+def wait_log(q, text: str, count: int, timeout: float = 60) -> None:
+    """Waits until the gateway has logged `text` `count` times (the reload is polled every 2 s)."""
+    deadline = time.monotonic() + timeout
+    while q.log_path.read_text(errors="replace").count(text) < count:
+        assert time.monotonic() < deadline, f"no {text!r} x{count} in the log:\n{q.log_tail()}"
+        time.sleep(0.1)  # polling a file for a line: there is no event to await
+
+
+def test_tenants_file_and_config_reload(start_quiver, tmp_path):
+    config = tmp_path / "admission.yaml"
+    tenants = tmp_path / "tenants.yaml"
+    config.write_text("resource_groups: [{name: dashboards, hard_concurrency: 4}]\n"
+                      "selectors: [{group: dashboards}]\n")
+    tenants.write_text(f"tenants: [{{name: quiet, tokens: ['{QUIET_HASH}']}}]\n")
+    q = start_quiver("--config", str(config), "--tenants-file", str(tenants))
+    client = flight.connect(q.endpoint)
+    assert query(client, "quiet-token-1").num_rows == 1
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        query(client, "noisy-token-1")
+
+    # A new tenant in the tenants file (as when its Secret changes) is picked up without a restart.
+    tenants.write_text(f"tenants: [{{name: quiet, tokens: ['{QUIET_HASH}']}},"
+                       f" {{name: noisy, tokens: ['{NOISY_HASH}']}}]\n")
+    wait_log(q, "admission config reloaded", 1)
+    assert query(client, "noisy-token-1").num_rows == 1
+
+    # A broken config is refused with the file, field and reason, and the running one stays.
+    config.write_text("resource_groups: [{name: dashboards}]\nselectors: [{group: nowhere}]\n")
+    wait_log(q, "reload failed", 1)
+    log = q.log_path.read_text(errors="replace")
+    assert "selectors[0].group" in log and str(config) in log, q.log_tail()
+    assert query(client, "noisy-token-1").num_rows == 1
+    assert query(client, "quiet-token-1").num_rows == 1
+
+    # Removing a tenant revokes its token at the next reload.
+    config.write_text("resource_groups: [{name: dashboards}]\nselectors: [{group: dashboards}]\n")
+    wait_log(q, "admission config reloaded", 2)
+    tenants.write_text(f"tenants: [{{name: quiet, tokens: ['{QUIET_HASH}']}}]\n")
+    wait_log(q, "admission config reloaded", 3)
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        query(client, "noisy-token-1")
+    assert query(client, "quiet-token-1").num_rows == 1

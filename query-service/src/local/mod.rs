@@ -1,6 +1,7 @@
 //! `quiver up`: the whole service on one machine: TPC-H data, a gateway, and a supervised pool
 //! of worker processes on loopback.
 
+pub mod autoscale;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use self::autoscale::Scaling;
 use self::supervisor::{SupervisorError, WorkerCommand, supervise};
 use crate::datagen;
 use crate::dispatch::pool::WorkerPool;
@@ -23,8 +25,8 @@ pub struct UpConfig {
     pub data_dir: PathBuf,
     /// TPC-H scale factor for generation.
     pub scale_factor: f64,
-    /// Worker processes to run.
-    pub workers: usize,
+    /// Worker processes to run: a fixed count or a range sized from demand.
+    pub scaling: Scaling,
     /// Per-query memory limit handed to workers.
     pub memory_limit: String,
     /// Per-query time limit handed to workers.
@@ -33,6 +35,8 @@ pub struct UpConfig {
     pub drain_timeout: Duration,
     /// Admission config file, if any.
     pub config: Option<PathBuf>,
+    /// A file of more tenants, if any.
+    pub tenants: Option<PathBuf>,
     /// Query slots per ready worker.
     pub worker_slots: u32,
 }
@@ -52,6 +56,9 @@ pub enum UpError {
     /// The admission config is invalid.
     #[error(transparent)]
     Config(#[from] crate::admission::config::ConfigError),
+    /// The worker counts do not hold together.
+    #[error("invalid worker counts: {0}")]
+    Scaling(#[from] quiver_operator::scaling::ScalingError),
     /// The current executable could not be found to start workers.
     #[error("cannot locate the quiver executable to start workers: {0}")]
     Exe(#[source] std::io::Error),
@@ -67,8 +74,10 @@ pub async fn run(
     config: UpConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), UpError> {
-    // A bad admission config is refused before any data is generated or worker started.
-    crate::gateway::load_policy(config.config.as_ref())?;
+    // A bad admission config or worker range is refused before any data is generated or
+    // worker started.
+    crate::gateway::load_policy(config.config.as_ref(), config.tenants.as_ref())?;
+    config.scaling.validate()?;
     let catalog = if datagen::exists(&config.data_dir) {
         tracing::info!(dir = %config.data_dir.display(), "using existing data");
         config.data_dir.join(datagen::CATALOG_FILE)
@@ -82,7 +91,7 @@ pub async fn run(
     };
 
     let ticket_key = TicketSigner::random_key();
-    let pool = WorkerPool::new("default");
+    let pool = WorkerPool::new(pool_name());
     let command = WorkerCommand {
         exe: std::env::current_exe().map_err(UpError::Exe)?,
         catalog,
@@ -92,14 +101,35 @@ pub async fn run(
         ticket_key: ticket_key.clone(),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut supervisor = tokio::spawn(supervise(pool.clone(), command, config.workers, stop_rx));
+    let initial = config.scaling.initial();
+    let (desired_tx, desired_rx) = watch::channel(initial);
+    let mut supervisor = tokio::spawn(supervise(pool.clone(), command, desired_rx, stop_rx));
+    let admin_addr = admin.local_addr().ok();
+    let _autoscaler = match (&config.scaling, admin_addr) {
+        (Scaling::Auto(scaling), Some(addr)) => {
+            let scaling = scaling.clone();
+            tracing::info!(
+                min = scaling.min_replicas,
+                max = scaling.max_replicas,
+                warm = scaling.warm_replicas,
+                target = scaling.target_concurrency,
+                "autoscaling workers"
+            );
+            Some(AbortOnDrop(tokio::spawn(async move {
+                if let Err(e) = autoscale::run(addr, pool_name(), scaling, desired_tx).await {
+                    tracing::error!(error = %e, "autoscaler stopped");
+                }
+            })))
+        }
+        _ => None,
+    };
 
     let endpoint = listener
         .local_addr()
         .map(|a| format!("grpc://{a}"))
         .unwrap_or_default();
     let (gateway_stop_tx, gateway_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    if let Ok(addr) = admin.local_addr() {
+    if let Some(addr) = admin_addr {
         println!("quiver admin: http://{addr}");
     }
     let metrics = Arc::new(GatewayMetrics::default());
@@ -109,6 +139,7 @@ pub async fn run(
         metrics,
         key: ticket_key.clone().into_bytes(),
         config: config.config.clone(),
+        tenants: config.tenants.clone(),
         replicas: 1,
         worker_slots: config.worker_slots,
     };
@@ -119,9 +150,9 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut failure: Option<UpError> = None;
     tokio::select! {
-        _ = pool.wait_ready(config.workers) => {
+        _ = pool.wait_ready(usize::try_from(initial).unwrap_or(usize::MAX)) => {
             println!("quiver ready: {endpoint}");
-            tracing::info!(%endpoint, workers = config.workers, "quiver is ready");
+            tracing::info!(%endpoint, workers = initial, "quiver is ready");
             tokio::select! {
                 _ = &mut shutdown => {}
                 r = &mut supervisor => failure = supervisor_failure(r),
@@ -151,6 +182,20 @@ pub async fn run(
     match failure {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The one pool `quiver up` runs.
+fn pool_name() -> String {
+    crate::admission::config::DEFAULT_POOL.to_owned()
+}
+
+/// Stops a background task when its owner goes.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,13 +1,15 @@
 //! Worker processes on one machine: spawns `quiver worker` children on loopback, adds each to
-//! the pool once it is listening, replaces any that die, and drains them all on stop.
+//! the pool once it is listening, replaces any that die, follows the desired count (fixed, or
+//! from the autoscaler) by starting or draining workers, and drains them all on stop.
 //!
 //! Each child's stdin is a pipe the supervisor never writes to. A child exits when it reads EOF,
 //! so even if the supervisor is killed outright the kernel closes the pipe and no worker
 //! outlives it.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -87,40 +89,136 @@ pub enum SupervisorError {
     },
 }
 
-/// Keeps `count` workers running until `stop` turns true.
+/// Keeps as many workers running as `desired` says until `stop` turns true.
+///
+/// A rise starts new workers, which join the pool once warm. A fall takes the least busy workers
+/// out of rotation first (a worker still starting is the cheapest to give up), then drains them:
+/// their running queries finish, no new ones arrive. A worker that exits on its own is replaced.
 pub async fn supervise(
     pool: Arc<WorkerPool>,
     command: WorkerCommand,
-    count: usize,
-    stop: watch::Receiver<bool>,
-) -> Result<(), SupervisorError> {
-    let command = Arc::new(command);
-    let mut slots = JoinSet::new();
-    for slot in 0..count {
-        slots.spawn(run_slot(slot, pool.clone(), command.clone(), stop.clone()));
-    }
-    while let Some(result) = slots.join_next().await {
-        result.expect("worker slot task panicked")?;
-    }
-    Ok(())
-}
-
-/// One worker slot: start, watch, replace, and finally drain.
-async fn run_slot(
-    slot: usize,
-    pool: Arc<WorkerPool>,
-    command: Arc<WorkerCommand>,
+    mut desired: watch::Receiver<u32>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SupervisorError> {
-    let mut start_failures = 0;
+    let command = Arc::new(command);
+    let mut slots: HashMap<u64, Slot> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    let mut next_id = 0u64;
+    let mut failure = None;
+    let mut sizing = true;
     loop {
         if *stop.borrow() {
-            return Ok(());
+            break;
         }
-        let mut child = command.spawn().map_err(|source| SupervisorError::Spawn {
-            exe: command.exe.clone(),
-            source,
-        })?;
+        let want = usize::try_from(*desired.borrow_and_update()).unwrap_or(usize::MAX);
+        let mut active: Vec<(u64, Option<String>)> = slots
+            .iter()
+            .filter(|(_, slot)| !slot.retiring)
+            .map(|(id, slot)| (*id, slot.endpoint.lock().expect("endpoint lock").clone()))
+            .collect();
+        while active.len() < want {
+            let id = next_id;
+            next_id += 1;
+            let (retire_tx, retire_rx) = watch::channel(false);
+            let endpoint = Arc::new(Mutex::new(None));
+            tasks.spawn(run_slot(
+                id,
+                pool.clone(),
+                command.clone(),
+                endpoint.clone(),
+                retire_rx,
+                stop.clone(),
+            ));
+            slots.insert(
+                id,
+                Slot {
+                    retire: retire_tx,
+                    retiring: false,
+                    endpoint,
+                },
+            );
+            active.push((id, None));
+        }
+        if active.len() > want {
+            let load = |endpoint: &Option<String>| {
+                endpoint.as_ref().map_or(0, |e| {
+                    pool.workers()
+                        .iter()
+                        .find(|w| w.endpoint() == e.as_str())
+                        .map_or(0, |w| w.in_flight() + 1)
+                })
+            };
+            active.sort_by_key(|(id, endpoint)| (load(endpoint), *id));
+            for (id, endpoint) in active.iter().take(active.len() - want) {
+                let slot = slots.get_mut(id).expect("active slot");
+                slot.retiring = true;
+                let _ = slot.retire.send(true);
+                tracing::info!(slot = id, endpoint = ?endpoint, "retiring worker");
+            }
+        }
+        tokio::select! {
+            changed = desired.changed(), if sizing => {
+                // Without a sender nobody changes the size again: hold it until stopped.
+                sizing = changed.is_ok();
+            }
+            _ = stopped(&mut stop) => {}
+            Some(joined) = tasks.join_next() => {
+                let (id, result) = joined.expect("worker slot task panicked");
+                slots.remove(&id);
+                if let Err(e) = result {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    // Stopping: every slot sees `stop` (or is told to retire) and drains its worker.
+    for slot in slots.values() {
+        let _ = slot.retire.send(true);
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (_, result) = joined.expect("worker slot task panicked");
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The supervisor's handle on one worker slot.
+struct Slot {
+    /// Turns true to drain the slot's worker for good.
+    retire: watch::Sender<bool>,
+    /// Retirement was requested; the slot no longer counts towards the size.
+    retiring: bool,
+    /// The worker's address once it listens, to find its load.
+    endpoint: Arc<Mutex<Option<String>>>,
+}
+
+/// One worker slot: start, watch, replace, and finally drain when retired or stopped.
+async fn run_slot(
+    slot: u64,
+    pool: Arc<WorkerPool>,
+    command: Arc<WorkerCommand>,
+    endpoint: Arc<Mutex<Option<String>>>,
+    mut retire: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> (u64, Result<(), SupervisorError>) {
+    let mut start_failures = 0;
+    loop {
+        if *stop.borrow() || *retire.borrow() {
+            return (slot, Ok(()));
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(source) => {
+                let exe = command.exe.clone();
+                return (slot, Err(SupervisorError::Spawn { exe, source }));
+            }
+        };
         let pid = child.id().unwrap_or_default();
         let stdin = child.stdin.take();
         let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
@@ -134,9 +232,9 @@ async fn run_slot(
                 }
                 None
             } => line,
-            _ = stopped(&mut stop) => {
+            _ = leave(&mut retire, &mut stop) => {
                 drain(child, stdin, &command).await;
-                return Ok(());
+                return (slot, Ok(()));
             }
         };
         let Some(addr) = addr else {
@@ -148,7 +246,7 @@ async fn run_slot(
             start_failures += 1;
             tracing::error!(slot, pid, %status, "worker exited before listening");
             if start_failures >= MAX_START_FAILURES {
-                return Err(SupervisorError::CrashLoop { status });
+                return (slot, Err(SupervisorError::CrashLoop { status }));
             }
             continue;
         };
@@ -158,6 +256,7 @@ async fn run_slot(
             drain(child, stdin, &command).await;
             continue;
         }
+        *endpoint.lock().expect("endpoint lock") = Some(addr.clone());
         println!("worker started: pid={pid} endpoint=grpc://{addr}");
         tracing::info!(slot, pid, %addr, "worker started");
         // Nothing more is expected on stdout; keep reading so the pipe never fills.
@@ -167,16 +266,19 @@ async fn run_slot(
         tokio::select! {
             status = child.wait() => {
                 pool.remove(&addr);
+                *endpoint.lock().expect("endpoint lock") = None;
                 let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
                 tracing::warn!(slot, pid, %addr, %status, "worker exited; starting a replacement");
                 println!("worker exited: pid={pid} endpoint=grpc://{addr} status={status}");
             }
-            _ = stopped(&mut stop) => {
+            _ = leave(&mut retire, &mut stop) => {
                 // Out of rotation first, so no new query lands on a draining worker.
                 pool.remove(&addr);
-                drain(child, stdin, &command).await;
+                println!("worker draining: pid={pid} endpoint=grpc://{addr}");
+                let status = drain(child, stdin, &command).await;
+                println!("worker stopped: pid={pid} endpoint=grpc://{addr} status={status}");
                 stdout_drain.abort();
-                return Ok(());
+                return (slot, Ok(()));
             }
         }
         stdout_drain.abort();
@@ -184,19 +286,32 @@ async fn run_slot(
 }
 
 /// Closes the child's stdin (its signal to drain), waits for it, and kills it if it overstays.
+/// Returns how the child ended.
 async fn drain(
     mut child: Child,
     stdin: Option<tokio::process::ChildStdin>,
     command: &WorkerCommand,
-) {
+) -> String {
     drop(stdin);
     let limit = command.drain_timeout + KILL_GRACE;
-    if tokio::time::timeout(limit, child.wait()).await.is_err() {
-        tracing::warn!(
-            pid = child.id(),
-            "worker did not exit after draining; killing it"
-        );
-        let _ = child.kill().await;
+    match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status.map_or_else(|e| e.to_string(), |s| s.to_string()),
+        Err(_) => {
+            tracing::warn!(
+                pid = child.id(),
+                "worker did not exit after draining; killing it"
+            );
+            let _ = child.kill().await;
+            "killed after the drain timeout".to_owned()
+        }
+    }
+}
+
+/// Resolves once the slot is retired or everything stops.
+async fn leave(retire: &mut watch::Receiver<bool>, stop: &mut watch::Receiver<bool>) {
+    tokio::select! {
+        _ = stopped(retire) => {}
+        _ = stopped(stop) => {}
     }
 }
 

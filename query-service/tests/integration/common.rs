@@ -94,6 +94,7 @@ pub async fn start_gateway_with(
         metrics: Arc::new(GatewayMetrics::default()),
         key: KEY.to_vec(),
         config: admission,
+        tenants: None,
         replicas: 1,
         worker_slots: 8,
     };

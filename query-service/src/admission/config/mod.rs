@@ -54,6 +54,15 @@ struct File {
     default_group: Option<String>,
 }
 
+/// A file holding only tenants (and their credential hashes), kept apart from the rest of the
+/// config so it can come from a Secret while the policy comes from a ConfigMap.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: Vec<TenantSpec>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TenantSpec {
@@ -270,6 +279,23 @@ pub struct Policy {
     pub default_group: String,
 }
 
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn read_tenants(path: &Path) -> Result<Vec<TenantSpec>, ConfigError> {
+    let file: TenantsFile = serde_yaml::from_str(&read(path)?).map_err(|source| {
+        ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
+    Ok(file.tenants)
+}
+
 impl Policy {
     /// The policy without a config file: one open tenant, one unlimited default group.
     pub fn open() -> Self {
@@ -303,15 +329,41 @@ impl Policy {
 
     /// Reads and validates `path`; `pools` are the pool names groups may name.
     pub fn load(path: &Path, pools: &[&str]) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path, pools)
+        Self::load_with_tenants(path, None, pools)
+    }
+
+    /// Like [`Policy::load`], adding the tenants of `tenants` (a file with only a `tenants:`
+    /// list) to those of `path`. Errors in those tenants name that file.
+    pub fn load_with_tenants(
+        path: &Path,
+        tenants: Option<&Path>,
+        pools: &[&str],
+    ) -> Result<Self, ConfigError> {
+        let text = read(path)?;
+        let extra = match tenants {
+            Some(tenants) => Some((tenants, read_tenants(tenants)?)),
+            None => None,
+        };
+        Self::parse_with_tenants(&text, path, extra, pools)
+    }
+
+    /// A policy from a tenants file alone: those tenants, the default group, no rate limits.
+    pub fn load_tenants(tenants: &Path, pools: &[&str]) -> Result<Self, ConfigError> {
+        let extra = Some((tenants, read_tenants(tenants)?));
+        Self::parse_with_tenants("{}", tenants, extra, pools)
     }
 
     /// Validates `text` as if read from `path`.
     pub fn parse(text: &str, path: &Path, pools: &[&str]) -> Result<Self, ConfigError> {
+        Self::parse_with_tenants(text, path, None, pools)
+    }
+
+    fn parse_with_tenants(
+        text: &str,
+        path: &Path,
+        extra_tenants: Option<(&Path, Vec<TenantSpec>)>,
+        pools: &[&str],
+    ) -> Result<Self, ConfigError> {
         let file: File = serde_yaml::from_str(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
@@ -325,7 +377,23 @@ impl Policy {
         let mut tokens = HashMap::new();
         let mut users = HashMap::new();
         let mut names = HashSet::new();
-        for (i, t) in file.tenants.into_iter().enumerate() {
+        // Each tenant with the file it came from and its index there, for error messages.
+        let (extra_path, extra) = match extra_tenants {
+            Some((p, list)) => (p, list),
+            None => (path, Vec::new()),
+        };
+        let all_tenants = file
+            .tenants
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| (path, i, t))
+            .chain(extra.into_iter().enumerate().map(|(i, t)| (extra_path, i, t)));
+        for (index, (tenant_path, i, t)) in all_tenants.enumerate() {
+            let invalid = |field: String, reason: String| ConfigError::Invalid {
+                path: tenant_path.to_owned(),
+                field,
+                reason,
+            };
             if t.name.is_empty() || !names.insert(t.name.clone()) {
                 return Err(invalid(
                     format!("tenants[{i}].name"),
@@ -335,7 +403,7 @@ impl Policy {
             for (j, token) in t.tokens.iter().enumerate() {
                 let hash = parse_hash(token)
                     .map_err(|reason| invalid(format!("tenants[{i}].tokens[{j}]"), reason))?;
-                if tokens.insert(hash, i).is_some() {
+                if tokens.insert(hash, index).is_some() {
                     return Err(invalid(
                         format!("tenants[{i}].tokens[{j}]"),
                         "the same token is given to two tenants".into(),
@@ -346,7 +414,7 @@ impl Policy {
                 let hash = parse_hash(&u.password).map_err(|reason| {
                     invalid(format!("tenants[{i}].users[{j}].password"), reason)
                 })?;
-                if users.insert(u.name.clone(), (i, hash)).is_some() {
+                if users.insert(u.name.clone(), (index, hash)).is_some() {
                     return Err(invalid(
                         format!("tenants[{i}].users[{j}].name"),
                         format!("user {:?} is declared twice", u.name),

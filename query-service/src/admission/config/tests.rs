@@ -100,3 +100,66 @@ fn empty_config_is_open() {
     assert!(p.open);
     assert_eq!(p.default_group, "default");
 }
+
+const TENANT_A: &str = "sha256:3a37d32950429821feecb61998c7f203aaeec5ca4625db0c35d19a03d8ed6ee5";
+const TENANT_B: &str = "sha256:0a140a21213665182a7308eabafbba7b7053a9c8986854fc83685688f043f5d3";
+
+#[test]
+fn a_tenants_file_adds_tenants_and_names_itself_in_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("admission.yaml");
+    let tenants = dir.path().join("tenants.yaml");
+    std::fs::write(
+        &config,
+        format!("tenants: [{{name: a, tokens: ['{TENANT_A}']}}]\nresource_groups: [{{name: g}}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &tenants,
+        format!("tenants: [{{name: b, tokens: ['{TENANT_B}']}}]\n"),
+    )
+    .unwrap();
+    let p = Policy::load_with_tenants(&config, Some(&tenants), POOLS).unwrap();
+    assert!(!p.open);
+    let names: Vec<_> = p.tenants.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    // Each token maps to its own tenant, whichever file it came from.
+    assert_eq!(p.tokens[&TENANT_B["sha256:".len()..]], 1);
+    assert_eq!(p.tokens[&TENANT_A["sha256:".len()..]], 0);
+
+    // A tenant declared in both files: the error names the tenants file and its index there.
+    std::fs::write(&tenants, "tenants: [{name: a}]\n").unwrap();
+    let e = Policy::load_with_tenants(&config, Some(&tenants), POOLS)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tenants.yaml: tenants[0].name"), "{e}");
+    assert!(!e.contains("admission.yaml"), "{e}");
+
+    // Anything but tenants in the tenants file is refused, naming that file.
+    std::fs::write(&tenants, "rate_limits: []\n").unwrap();
+    let e = Policy::load_with_tenants(&config, Some(&tenants), POOLS)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tenants.yaml") && e.contains("rate_limits"), "{e}");
+
+    // A missing tenants file is an error, not an open gateway.
+    let e = Policy::load_with_tenants(&config, Some(&dir.path().join("nope.yaml")), POOLS)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.yaml"), "{e}");
+}
+
+#[test]
+fn a_tenants_file_alone_turns_authentication_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.yaml");
+    std::fs::write(
+        &tenants,
+        format!("tenants: [{{name: b, tokens: ['{TENANT_B}']}}]\n"),
+    )
+    .unwrap();
+    let p = Policy::load_tenants(&tenants, POOLS).unwrap();
+    assert!(!p.open);
+    assert_eq!(p.tenants.len(), 1);
+    assert_eq!(p.default_group, Policy::open().default_group);
+}
