@@ -1,0 +1,477 @@
+//! The demand loop: polls every gateway's `/v1/pools` at the poll interval (1 s by default),
+//! feeds each pool's policy, and acts on a change of size.
+//!
+//! ```text
+//!  EndpointSlices of the gateway admin Service ──► GET http://<each gateway pod>/v1/pools
+//!        (or the URL itself when it is not a Service name)          │
+//!                                                sum over gateways ─┘
+//!  per pool: policy.observe(in_flight + queued, arrivals) ──► changed?
+//!        down: pod-deletion-cost = in-flight queries on every pod (idle pods go first)
+//!        then reconcile (Deployment replicas), Event, log line with the reason
+//! ```
+//!
+//! Each gateway counts only the queries it admitted, so the operator reads every gateway pod
+//! and sums: one poll of a load-balanced Service would see one replica's share. When any
+//! gateway cannot be read the tick is skipped and every pool holds its size (a partial sum
+//! would look like a drop in demand); the pools report `Degraded: DemandUnavailable`.
+//!
+//! Pools are matched to the gateways' figures by name; a pool no gateway reports has no demand.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
+use kube::{Client, ResourceExt};
+use serde::Deserialize;
+use tracing::{debug, info, warn};
+
+use super::{Context, Figures, PoolKey, reconcile, status};
+use crate::crd::{POOL_LABEL, QueryPool};
+use crate::scaling::{Decision, DemandSample};
+
+/// Pods with a lower cost are removed first when a ReplicaSet shrinks.
+pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// The gateway's `/v1/pools` document (query-service `admin.rs`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct DemandReport {
+    /// One entry per pool.
+    pub pools: Vec<PoolDemand>,
+}
+
+/// One pool as one gateway sees it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct PoolDemand {
+    /// Pool name: the QueryPool's name.
+    pub pool: String,
+    /// Queries running on the pool.
+    pub in_flight: u32,
+    /// Queries admitted and waiting for a worker.
+    pub queued: u32,
+    /// Arrivals over the last second.
+    pub arrivals_per_sec: f64,
+    /// Per-worker load.
+    #[serde(default)]
+    pub worker_loads: Vec<WorkerLoad>,
+}
+
+/// One worker's load as one gateway sees it.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct WorkerLoad {
+    /// `grpc://IP:PORT`.
+    pub endpoint: String,
+    /// Reporting SERVING.
+    pub ready: bool,
+    /// Queries this gateway runs on it.
+    pub in_flight: u32,
+}
+
+/// A pool's demand summed over the gateways.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolTotal {
+    /// Queries running.
+    pub in_flight: u32,
+    /// Queries waiting.
+    pub queued: u32,
+    /// Arrivals per second.
+    pub arrivals_per_sec: f64,
+    /// Worker host (pod IP) → (ready in any gateway's view, in-flight queries in all).
+    pub loads: BTreeMap<String, (bool, u32)>,
+}
+
+impl PoolTotal {
+    /// The policy's input.
+    pub fn sample(&self) -> DemandSample {
+        DemandSample {
+            in_flight: self.in_flight,
+            queued: self.queued,
+            arrivals_per_sec: self.arrivals_per_sec,
+        }
+    }
+
+    /// The figures for status: warm = ready workers running nothing.
+    pub fn figures(&self) -> Figures {
+        let warm = self
+            .loads
+            .values()
+            .filter(|(ready, in_flight)| *ready && *in_flight == 0)
+            .count();
+        Figures {
+            in_flight: self.in_flight,
+            queued: self.queued,
+            warm: u32::try_from(warm).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+/// Sums the gateways' reports per pool.
+pub fn aggregate(reports: &[DemandReport]) -> BTreeMap<String, PoolTotal> {
+    let mut totals: BTreeMap<String, PoolTotal> = BTreeMap::new();
+    for pool in reports.iter().flat_map(|r| &r.pools) {
+        let total = totals.entry(pool.pool.clone()).or_default();
+        total.in_flight = total.in_flight.saturating_add(pool.in_flight);
+        total.queued = total.queued.saturating_add(pool.queued);
+        if pool.arrivals_per_sec.is_finite() {
+            total.arrivals_per_sec += pool.arrivals_per_sec.max(0.0);
+        }
+        for load in &pool.worker_loads {
+            let Some(host) = endpoint_host(&load.endpoint) else {
+                continue;
+            };
+            let entry = total.loads.entry(host).or_insert((false, 0));
+            entry.0 |= load.ready;
+            entry.1 = entry.1.saturating_add(load.in_flight);
+        }
+    }
+    totals
+}
+
+/// The host of a worker endpoint: `grpc://10.0.0.5:50051` → `10.0.0.5`,
+/// `grpc://[fd00::5]:50051` → `fd00::5`.
+pub fn endpoint_host(endpoint: &str) -> Option<String> {
+    let uri: Uri = endpoint.parse().ok()?;
+    let host = uri.host()?;
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
+}
+
+/// The deletion cost each pod should carry: the queries running on it, so the idle pods go
+/// first and the busiest last. Pods no gateway reports (starting, or not yet discovered) cost
+/// 0, like an idle pod; the ReplicaSet removes not-ready pods before any ready one anyway.
+pub fn deletion_costs(pods: &[Pod], loads: &BTreeMap<String, (bool, u32)>) -> Vec<(String, i32)> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|pod| {
+            let in_flight = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| loads.get(ip))
+                .map_or(0, |(_, in_flight)| *in_flight);
+            (pod.name_any(), i32::try_from(in_flight).unwrap_or(i32::MAX))
+        })
+        .collect()
+}
+
+/// Annotates the pool's pods with their deletion cost, patching only those whose cost changed.
+pub async fn mark_pods(
+    client: &Client,
+    pool: &QueryPool,
+    loads: &BTreeMap<String, (bool, u32)>,
+) -> Result<usize, kube::Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let selector = format!("{POOL_LABEL}={}", pool.name_any());
+    let list = pods.list(&ListParams::default().labels(&selector)).await?;
+    let mut patched = 0;
+    for (name, cost) in deletion_costs(&list.items, loads) {
+        let cost = cost.to_string();
+        let current = list
+            .items
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| p.annotations().get(DELETION_COST));
+        if current == Some(&cost) {
+            continue;
+        }
+        let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST: cost}}});
+        pods.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        patched += 1;
+    }
+    Ok(patched)
+}
+
+/// Why the gateways' demand could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DemandError {
+    /// Listing the gateway Service's EndpointSlices failed.
+    #[error("listing the gateway endpoints: {0}")]
+    Discover(#[source] Box<kube::Error>),
+    /// The gateway Service has no ready endpoint.
+    #[error("no ready gateway behind {0}")]
+    NoGateway(String),
+    /// A gateway did not answer in time.
+    #[error("{0}: no answer within {1:?}")]
+    Timeout(Uri, Duration),
+    /// A gateway could not be reached.
+    #[error("{0}: {1}")]
+    Http(Uri, String),
+    /// A gateway answered with an error status or an unreadable document.
+    #[error("{0}: {1}")]
+    Response(Uri, String),
+}
+
+/// Where the gateways' admin ports are.
+#[derive(Debug, Clone)]
+pub enum Gateways {
+    /// One URL, polled as is.
+    Url(Uri),
+    /// Every ready endpoint of a Service, found through its EndpointSlices.
+    Service {
+        /// Service namespace.
+        namespace: String,
+        /// Service name.
+        name: String,
+        /// Port to use when a slice has several ports and none is named `admin`.
+        port: u16,
+    },
+}
+
+impl Gateways {
+    /// From the admin URL: `http://<svc>.<ns>.svc[.<domain>]:<port>` names a Service, whose
+    /// pods are polled one by one; any other URL is polled as is.
+    pub fn from_url(url: &str) -> Result<Self, String> {
+        let uri: Uri = url
+            .parse()
+            .map_err(|e| format!("gateway admin URL {url:?}: {e}"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| format!("gateway admin URL {url:?} has no host"))?;
+        let labels: Vec<&str> = host.split('.').collect();
+        match labels.as_slice() {
+            [name, namespace, "svc", ..] => Ok(Gateways::Service {
+                namespace: (*namespace).into(),
+                name: (*name).into(),
+                port: uri.port_u16().unwrap_or(80),
+            }),
+            _ => Ok(Gateways::Url(uri)),
+        }
+    }
+
+    /// The `/v1/pools` URL of every gateway to poll now.
+    pub async fn targets(&self, client: &Client) -> Result<Vec<Uri>, DemandError> {
+        let (namespace, name, default_port) = match self {
+            Gateways::Url(uri) => return Ok(vec![pools_uri(uri)]),
+            Gateways::Service {
+                namespace,
+                name,
+                port,
+            } => (namespace, name, *port),
+        };
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+        let selector = format!("kubernetes.io/service-name={name}");
+        let list = slices
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| DemandError::Discover(Box::new(e)))?;
+        let mut targets = Vec::new();
+        for slice in &list.items {
+            let ports = slice.ports.as_deref().unwrap_or_default();
+            let port = match ports {
+                [only] => only.port,
+                _ => ports
+                    .iter()
+                    .find(|p| p.name.as_deref() == Some("admin"))
+                    .and_then(|p| p.port),
+            }
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(default_port);
+            for endpoint in &slice.endpoints {
+                let conditions = endpoint.conditions.as_ref();
+                // Terminating gateways are leaving; their queries finish without new ones.
+                if conditions.and_then(|c| c.ready) == Some(false) {
+                    continue;
+                }
+                for address in endpoint.addresses.iter().take(1) {
+                    let host = if address.contains(':') {
+                        format!("[{address}]")
+                    } else {
+                        address.clone()
+                    };
+                    if let Ok(uri) = format!("http://{host}:{port}/v1/pools").parse() {
+                        targets.push(uri);
+                    }
+                }
+            }
+        }
+        if targets.is_empty() {
+            return Err(DemandError::NoGateway(format!("{namespace}/{name}")));
+        }
+        Ok(targets)
+    }
+}
+
+/// `base` with the path `/v1/pools`.
+fn pools_uri(base: &Uri) -> Uri {
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(
+        format!("{}/v1/pools", base.path().trim_end_matches('/'))
+            .parse()
+            .expect("a path"),
+    );
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+}
+
+/// Reads the gateways' demand.
+#[derive(Clone)]
+pub struct Poller {
+    http: HttpClient<HttpConnector, Empty<Bytes>>,
+    client: Client,
+    gateways: Gateways,
+    timeout: Duration,
+}
+
+impl Poller {
+    /// A poller giving each gateway `timeout` to answer.
+    pub fn new(client: Client, gateways: Gateways, timeout: Duration) -> Self {
+        Self {
+            http: HttpClient::builder(TokioExecutor::new()).build_http(),
+            client,
+            gateways,
+            timeout,
+        }
+    }
+
+    /// Every gateway's report, or the first failure.
+    pub async fn poll(&self) -> Result<Vec<DemandReport>, DemandError> {
+        let targets = self.gateways.targets(&self.client).await?;
+        let fetches = targets.into_iter().map(|uri| self.fetch(uri));
+        futures::future::try_join_all(fetches).await
+    }
+
+    async fn fetch(&self, uri: Uri) -> Result<DemandReport, DemandError> {
+        let request = async {
+            let response = self
+                .http
+                .get(uri.clone())
+                .await
+                .map_err(|e| DemandError::Http(uri.clone(), e.to_string()))?;
+            let status = response.status();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| DemandError::Http(uri.clone(), e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(DemandError::Response(uri.clone(), format!("HTTP {status}")));
+            }
+            serde_json::from_slice(&body)
+                .map_err(|e| DemandError::Response(uri.clone(), e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, request)
+            .await
+            .map_err(|_| DemandError::Timeout(uri.clone(), self.timeout))?
+    }
+}
+
+/// Polls at `interval` until the task is dropped, acting on the pools in `store`.
+pub async fn run(ctx: Arc<Context>, store: Store<QueryPool>, poller: Poller, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let polled = poller.poll().await;
+        step(&ctx, &store.state(), polled, ctx.now()).await;
+    }
+}
+
+/// One poll's work: feed every pool's policy, then mark pods and resize the pools whose size
+/// changed, and refresh the status figures of the others.
+pub async fn step(
+    ctx: &Arc<Context>,
+    pools: &[Arc<QueryPool>],
+    polled: Result<Vec<DemandReport>, DemandError>,
+    now: Duration,
+) {
+    let scalers = &ctx.scalers;
+    let reports = match polled {
+        Ok(reports) => reports,
+        Err(e) => {
+            ctx.metrics.polled(false);
+            let message = e.to_string();
+            if scalers.demand_error().as_deref() != Some(message.as_str()) {
+                warn!(error = %message, "cannot read demand; holding every pool's size");
+                scalers.set_demand_error(Some(message));
+                for pool in pools {
+                    refresh(ctx, pool).await;
+                }
+            }
+            return;
+        }
+    };
+    ctx.metrics.polled(true);
+    let recovered = scalers.demand_error().is_some();
+    if recovered {
+        info!("demand readable again");
+        scalers.set_demand_error(None);
+    }
+    let totals = aggregate(&reports);
+    scalers.retain(|key| {
+        pools
+            .iter()
+            .any(|p| p.namespace().as_ref() == Some(&key.0) && p.name_any() == key.1)
+    });
+    for pool in pools {
+        let key: PoolKey = (pool.namespace().unwrap_or_default(), pool.name_any());
+        let total = totals.get(&key.1).cloned().unwrap_or_default();
+        let before = scalers.figures(&key);
+        let decision = scalers.observe(&key, now, total.sample(), total.figures());
+        match decision {
+            Some(decision) if decision.changed() => resize(ctx, pool, &decision, &total).await,
+            _ if recovered => refresh(ctx, pool).await,
+            _ if before != scalers.figures(&key) => update_figures(ctx, pool, &key).await,
+            _ => {}
+        }
+    }
+}
+
+/// Applies a changed size: marks the pods first when shrinking, so the ReplicaSet removes the
+/// idle ones, then reconciles.
+async fn resize(ctx: &Arc<Context>, pool: &Arc<QueryPool>, decision: &Decision, total: &PoolTotal) {
+    let (name, ns) = (pool.name_any(), pool.namespace().unwrap_or_default());
+    let up = decision.desired > decision.previous;
+    info!(
+        namespace = %ns, pool = %name, from = decision.previous, to = decision.desired,
+        demand = decision.demand, reason = %decision.reason, "scaling"
+    );
+    ctx.metrics.scaled(up);
+    if !up {
+        match mark_pods(&ctx.client, pool, &total.loads).await {
+            Ok(patched) => debug!(pool = %name, patched, "deletion costs set"),
+            // The workers drain on SIGTERM whichever goes; only the choice is worse.
+            Err(e) => warn!(pool = %name, error = %e, "could not set deletion costs"),
+        }
+    }
+    let reason = if up { "ScaledUp" } else { "ScaledDown" };
+    let note = format!(
+        "{} to {} workers: {}",
+        decision.previous, decision.desired, decision.reason
+    );
+    ctx.event(pool, EventType::Normal, reason, note).await;
+    refresh(ctx, pool).await;
+}
+
+/// Reconciles one pool now, logging a failure (the controller retries it on its own queue).
+async fn refresh(ctx: &Arc<Context>, pool: &Arc<QueryPool>) {
+    if let Err(e) = reconcile(pool.clone(), ctx.clone()).await {
+        warn!(pool = %pool.name_any(), error = %e, "reconcile after a demand change failed");
+    }
+}
+
+/// Writes the new in-flight, queued and warm figures into the pool's status, nothing else.
+async fn update_figures(ctx: &Arc<Context>, pool: &QueryPool, key: &PoolKey) {
+    let (Some(previous), Some(figures)) = (pool.status.as_ref(), ctx.scalers.figures(key)) else {
+        return;
+    };
+    let new = status::with_figures(previous, figures);
+    let api: Api<QueryPool> = Api::namespaced(ctx.client.clone(), &key.0);
+    if let Err(e) = super::write_status(&api, pool, new).await {
+        debug!(pool = %key.1, error = %e, "could not update the figures");
+    }
+}

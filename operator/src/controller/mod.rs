@@ -1,0 +1,306 @@
+//! The QueryPool controller: turns each pool into its workers and keeps them at the size the
+//! scaling policy decides.
+//!
+//! ```text
+//!  watch QueryPools, owned Deployments/Services/PDBs/ConfigMaps
+//!      │
+//!      ▼
+//!  reconcile(pool) ── validate spec ──✗──► Degraded condition + Warning event (objects kept)
+//!      │ ok
+//!      ├─ desired = pinned replicas, or the policy's size (scale.rs)
+//!      ├─ server-side apply: ConfigMap, Service, PDB, Deployment(replicas = desired)
+//!      └─ status (patched only when it changed)
+//!
+//!  demand loop (demand.rs), every poll: gateways' figures ─► policy ─► on a change:
+//!      deletion cost on the least busy pods (before a scale-down), then reconcile(pool)
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+use crate::crd::{QueryPool, QueryPoolStatus, validate};
+use crate::metrics::Metrics;
+
+pub mod demand;
+pub mod leader;
+pub mod resources;
+pub mod run;
+pub mod scale;
+pub mod status;
+
+#[cfg(test)]
+mod tests;
+
+pub use scale::{Figures, PoolKey, Scalers};
+
+/// Why a reconcile failed. Invalid specs are not errors: they are reported in status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        /// What the controller was doing.
+        action: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The pool has no namespace (a cluster-scoped copy, which the CRD does not allow).
+    #[error("QueryPool {0} has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let action = action.into();
+        move |source| Error::Kube {
+            action,
+            source: Box::new(source),
+        }
+    }
+}
+
+/// What reconcile and the demand loop share.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Events about pools.
+    pub recorder: Recorder,
+    /// Every pool's scaling state.
+    pub scalers: Scalers,
+    /// The operator's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failed reconciles per pool, for the retry backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<PoolKey, u32>>,
+    /// The policy's clock: time since this instant.
+    epoch: Instant,
+}
+
+impl Context {
+    /// A context reporting events as `instance` (the pod name).
+    pub fn new(client: Client, instance: Option<String>, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: resources::MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            scalers: Scalers::default(),
+            metrics,
+            failures: Default::default(),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Monotonic time for the scaling policy.
+    pub fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Records an Event on a pool; a failure to record is logged, never fatal.
+    pub async fn event(&self, pool: &QueryPool, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &pool.object_ref(&())).await {
+            warn!(pool = %pool.name_any(), error = %e, "could not record an event");
+        }
+    }
+}
+
+/// Server-side applies `obj` as the operator's field manager, taking over fields others set
+/// (drift repair).
+async fn apply<K>(api: &Api<K>, obj: &K) -> Result<K, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let params = PatchParams::apply(resources::MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(obj))
+        .await
+        .map_err(Error::kube(format!("apply {} {name}", K::kind(&()))))
+}
+
+/// Brings one pool's objects and status in line with its spec. Idempotent: a second run with
+/// nothing changed writes the same objects and no status.
+pub async fn reconcile(pool: Arc<QueryPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let result = reconcile_inner(&pool, &ctx).await;
+    ctx.metrics.reconciled(result.is_ok());
+    if result.is_ok() {
+        let key = (pool.namespace().unwrap_or_default(), pool.name_any());
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Error> {
+    let name = pool.name_any();
+    let ns = pool
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let key: PoolKey = (ns.clone(), name.clone());
+    let pools: Api<QueryPool> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = Time(Timestamp::now());
+    let figures = ctx.scalers.figures(&key);
+
+    let settings = match validate(&pool.spec) {
+        Ok(settings) => settings,
+        Err(e) => {
+            // Keep the workers as they are: a typo must not take a serving pool down.
+            let previous = pool.status.as_ref();
+            let was_degraded = previous.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == status::DEGRADED && c.reason == e.reason())
+            });
+            let seen = status::Observed {
+                generation: pool.metadata.generation,
+                desired: previous.map_or(0, |s| u32::try_from(s.desired).unwrap_or(0)),
+                reason: previous
+                    .and_then(|s| s.last_scale_reason.clone())
+                    .unwrap_or_default(),
+                deployment: None,
+                figures,
+                degraded: Some((e.reason().into(), e.to_string())),
+                now,
+                selector: resources::selector_string(&name),
+            };
+            write_status(&pools, pool, status::status(previous, &seen)).await?;
+            if !was_degraded {
+                warn!(namespace = %ns, pool = %name, error = %e, "invalid QueryPool spec");
+                ctx.event(pool, EventType::Warning, e.reason(), e.to_string())
+                    .await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+    let current = deployments
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("get Deployment {name}")))?
+        .and_then(|d| d.spec.and_then(|s| s.replicas))
+        .map(|r| u32::try_from(r).unwrap_or(0));
+    let (desired, reason) = ctx.scalers.desired(&key, &settings, current, ctx.now());
+
+    let (config_map, catalog_hash) = resources::catalog_config_map(pool);
+    apply(
+        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+        &config_map,
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(ctx.client.clone(), &ns),
+        &resources::service(pool),
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns),
+        &resources::pod_disruption_budget(pool),
+    )
+    .await?;
+    let deployment = resources::deployment(pool, desired, settings.drain_timeout, &catalog_hash);
+    let applied = apply(&deployments, &deployment).await?;
+    if current.is_none() {
+        info!(namespace = %ns, pool = %name, desired, "created the workers");
+        ctx.event(
+            pool,
+            EventType::Normal,
+            "Created",
+            format!("Deployment {name} with {desired} workers"),
+        )
+        .await;
+    }
+    ctx.metrics.set_desired(&ns, &name, desired);
+
+    let deployment_status = applied.status.unwrap_or_default();
+    let seen = status::Observed {
+        generation: pool.metadata.generation,
+        desired,
+        reason,
+        deployment: Some((
+            deployment_status.replicas.unwrap_or(0),
+            deployment_status.ready_replicas.unwrap_or(0),
+        )),
+        figures,
+        degraded: ctx
+            .scalers
+            .demand_error()
+            .filter(|_| settings.autoscaling)
+            .map(|e| ("DemandUnavailable".into(), format!("holding the size: {e}"))),
+        now,
+        selector: resources::selector_string(&name),
+    };
+    write_status(&pools, pool, status::status(pool.status.as_ref(), &seen)).await?;
+    // The watches bring changes; the requeue is a safety net for a missed event.
+    Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Patches the status subresource when it changed. Server-side apply of the status alone, so
+/// other writers' fields (e.g. an HPA reading the scale subresource) are left alone.
+async fn write_status(
+    api: &Api<QueryPool>,
+    pool: &QueryPool,
+    new: QueryPoolStatus,
+) -> Result<(), Error> {
+    if pool.status.as_ref() == Some(&new) {
+        return Ok(());
+    }
+    let name = pool.name_any();
+    let patch = serde_json::json!({
+        "apiVersion": "quiver.dev/v1alpha1",
+        "kind": "QueryPool",
+        "status": new,
+    });
+    let params = PatchParams::apply(resources::MANAGER).force();
+    api.patch_status(&name, &params, &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube(format!("patch status of QueryPool {name}")))?;
+    Ok(())
+}
+
+/// Retries a failed reconcile after 5 s, doubling per consecutive failure up to 5 min: API
+/// errors are mostly transient (a conflict, a restarting server), but a persistent one (say,
+/// a webhook rejecting the Deployment) must not hammer the API server.
+pub fn error_policy(pool: Arc<QueryPool>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = (pool.namespace().unwrap_or_default(), pool.name_any());
+    let failures = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = retry_delay(failures);
+    warn!(pool = %pool.name_any(), error = %error, failures, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Delay before retry number `failures` (1-based).
+pub fn retry_delay(failures: u32) -> Duration {
+    let base = Duration::from_secs(5);
+    base.saturating_mul(1 << failures.saturating_sub(1).min(6))
+        .min(Duration::from_secs(300))
+}

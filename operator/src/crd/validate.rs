@@ -1,0 +1,162 @@
+//! Checks a `QueryPool` spec once per reconcile and turns it into settings that cannot hold an
+//! invalid value. What the schema already rejects is checked again here, because objects
+//! written before a schema change, or through a server without CEL, can still hold it.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::QueryPoolSpec;
+use crate::scaling::{ScalingConfig, ScalingError};
+
+/// A spec the operator cannot run; the message names the field and becomes the `Degraded`
+/// condition's message.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    /// A count is negative.
+    #[error("spec.{field} must not be negative, got {value}")]
+    Negative {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: i64,
+    },
+    /// The scaling bounds do not hold together.
+    #[error("spec: {0}")]
+    Scaling(#[from] ScalingError),
+    /// A duration does not parse.
+    #[error("spec.{field}: {value:?} is not a duration such as 30s or 1m30s")]
+    Duration {
+        /// The field.
+        field: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// A memory size does not parse.
+    #[error("spec.template.queryMemoryLimit: {0:?} is not a size such as 512MiB or 2GiB")]
+    Size(String),
+    /// A required string is empty.
+    #[error("spec.{0} must not be empty")]
+    Empty(String),
+    /// Two tables share a name.
+    #[error("spec.template.catalog.tables[{index}].name: duplicate table {name:?}")]
+    DuplicateTable {
+        /// Index of the second table.
+        index: usize,
+        /// The name.
+        name: String,
+    },
+}
+
+impl SpecError {
+    /// The condition reason (CamelCase) for this error.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SpecError::Negative { .. } | SpecError::Scaling(_) => "InvalidScaling",
+            SpecError::Duration { .. } | SpecError::Size(_) => "InvalidLimits",
+            SpecError::Empty(_) | SpecError::DuplicateTable { .. } => "InvalidTemplate",
+        }
+    }
+}
+
+/// A checked spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    /// The policy's bounds and windows.
+    pub scaling: ScalingConfig,
+    /// Scale on demand; otherwise keep `pinned`.
+    pub autoscaling: bool,
+    /// Workers while autoscaling is off.
+    pub pinned: u32,
+    /// How long a stopping worker may drain.
+    pub drain_timeout: Duration,
+}
+
+/// Checks `spec` and returns the settings the controller acts on.
+pub fn validate(spec: &QueryPoolSpec) -> Result<PoolSettings, SpecError> {
+    let count = |field: &'static str, value: i32| {
+        u32::try_from(value).map_err(|_| SpecError::Negative {
+            field,
+            value: value.into(),
+        })
+    };
+    let duration = |field: &'static str, value: &str| {
+        humantime::parse_duration(value).map_err(|_| SpecError::Duration {
+            field,
+            value: value.to_string(),
+        })
+    };
+    let auto = &spec.autoscaling;
+    let scaling = ScalingConfig {
+        min_replicas: count("minReplicas", spec.min_replicas)?,
+        max_replicas: count("maxReplicas", spec.max_replicas)?,
+        warm_replicas: count("warmReplicas", spec.warm_replicas)?,
+        target_concurrency: count("targetConcurrency", spec.target_concurrency)?,
+        stable_window: duration("autoscaling.stableWindow", &auto.stable_window)?,
+        panic_window: duration("autoscaling.panicWindow", &auto.panic_window)?,
+        scale_down_delay: duration("autoscaling.scaleDownDelay", &auto.scale_down_delay)?,
+        panic_threshold: auto.panic_threshold,
+    };
+    scaling.validate()?;
+    let pinned = match spec.replicas {
+        Some(replicas) => count("replicas", replicas)?,
+        None => scaling.min_replicas,
+    };
+    let drain_timeout = duration("drainTimeout", &spec.drain_timeout)?;
+    let template = &spec.template;
+    duration("template.queryTimeout", &template.query_timeout)?;
+    if parse_size(&template.query_memory_limit).is_none() {
+        return Err(SpecError::Size(template.query_memory_limit.clone()));
+    }
+    if template.image.trim().is_empty() {
+        return Err(SpecError::Empty("template.image".into()));
+    }
+    if template.ticket_key_secret.name.is_empty() || template.ticket_key_secret.key.is_empty() {
+        return Err(SpecError::Empty("template.ticketKeySecret".into()));
+    }
+    let mut names = BTreeSet::new();
+    for (index, table) in template.catalog.tables.iter().enumerate() {
+        if table.name.is_empty() {
+            return Err(SpecError::Empty(format!(
+                "template.catalog.tables[{index}].name"
+            )));
+        }
+        if table.location.is_empty() {
+            return Err(SpecError::Empty(format!(
+                "template.catalog.tables[{index}].location"
+            )));
+        }
+        if !names.insert(table.name.as_str()) {
+            return Err(SpecError::DuplicateTable {
+                index,
+                name: table.name.clone(),
+            });
+        }
+    }
+    Ok(PoolSettings {
+        scaling,
+        autoscaling: auto.enabled,
+        pinned,
+        drain_timeout,
+    })
+}
+
+/// Bytes in a size such as `512MiB`, with the units `quiver worker --memory-limit` accepts.
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    let bytes = number * scale as f64;
+    (bytes >= 1.0).then_some(bytes as u64)
+}
