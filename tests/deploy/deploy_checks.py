@@ -6,22 +6,21 @@ from typing import Any
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 
-# What the operator must be allowed, and no more: (apiGroup, resource) -> verbs.
+# What the operator must be allowed, and no more: (apiGroup, resource) -> verbs. These are the
+# calls operator/src/controller makes (see charts/quiver/templates/operator/_rules.tpl).
 OPERATOR_RULES = {
-    ("quiver.dev", "querypools"): {"get", "list", "watch"},
-    ("quiver.dev", "querypools/status"): {"get", "patch", "update"},
-    ("quiver.dev", "querypools/scale"): {"get", "patch", "update"},
+    ("quiver.dev", "querypools"): {"list", "watch"},
+    ("quiver.dev", "querypools/status"): {"patch"},
     ("quiver.dev", "querypools/finalizers"): {"update"},
-    ("apps", "deployments"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "services"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "configmaps"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "delete"},
-    ("", "pods"): {"get", "list", "watch", "patch"},
-    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-    ("", "events"): {"create", "patch"},
+    ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("", "services"): {"list", "watch", "create", "patch"},
+    ("", "configmaps"): {"list", "watch", "create", "patch"},
+    ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch"},
+    ("", "pods"): {"list", "patch"},
+    ("discovery.k8s.io", "endpointslices"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
-LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "patch", "update"}}
+LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
 GATEWAY_RULES = {
     ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
     ("quiver.dev", "querypools"): {"get", "list", "watch"},

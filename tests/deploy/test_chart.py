@@ -108,7 +108,7 @@ def test_gateway_wiring(default_objects):
     e = env(c)
     assert e["QUIVER_LISTEN"] == "0.0.0.0:50051"
     assert e["QUIVER_ADMIN_LISTEN"] == "0.0.0.0:9090"
-    assert e["QUIVER_WORKER_ENDPOINTS"] == f"grpc://default.{NAMESPACE}.svc.cluster.local:50052"
+    assert e["QUIVER_WORKER_ENDPOINTS"] == f"grpc://default.{NAMESPACE}.svc.cluster.local:50051"
     assert e["QUIVER_TICKET_KEY"] == {"secretKeyRef": {"name": f"{RELEASE}-ticket-key", "key": "ticket-key"}}
     assert e["QUIVER_CONFIG"] == "/etc/quiver/admission.yaml"
     assert e["QUIVER_TENANTS_FILE"] == "/etc/quiver/tenants.yaml"
@@ -225,7 +225,7 @@ def test_network_policies(default_objects, all_on_objects):
         assert workers["ingress"][0]["from"] == [{"podSelector": {"matchLabels": {
             "app.kubernetes.io/name": "quiver", "app.kubernetes.io/instance": RELEASE,
             "app.kubernetes.io/component": "gateway"}}}]
-        assert workers["ingress"][0]["ports"] == [{"port": 50052, "protocol": "TCP"}]
+        assert workers["ingress"][0]["ports"] == [{"port": 50051, "protocol": "TCP"}]
         gateway = policies[f"{RELEASE}-gateway"]["spec"]
         admin = next(r for r in gateway["ingress"] if r["ports"][0]["port"] == "admin")
         assert admin["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"

@@ -1,42 +1,43 @@
 {{/*
-The least the operator needs, one rule per reason:
-- QueryPools: read and watch them, write status; the scale subresource for `kubectl scale`.
+Exactly what quiver-operator calls (operator/src/controller), one rule per reason:
+- QueryPools: list and watch them (the controller's watch); patch status (server-side apply of
+  the status subresource). The finalizers subresource: owned objects carry an owner reference
+  with blockOwnerDeletion, which the API server allows only to those who may update it.
 - The objects a pool owns (Deployment of workers, headless Service, PDB, catalog ConfigMap):
-  server-side apply (create + patch) and delete when a pool drops one. No update: apply patches.
-- Pods: read them and patch the pod-deletion-cost annotation before a scale-down.
-- EndpointSlices: read which workers are ready.
-- Events: record what it did.
+  list and watch (drift repair), create and patch (server-side apply). Deployments also get:
+  the reconciler reads the current replicas. No delete: owner references let the garbage
+  collector remove them with their pool.
+- Pods: list a pool's pods and patch the pod-deletion-cost annotation before a scale-down.
+- EndpointSlices: list the gateway admin Service's endpoints to poll every gateway pod.
+- Events (events.k8s.io): record what it did; a repeated event is patched as a series.
 No access to Secrets: worker pods reference the ticket key Secret by name.
 */}}
 {{- define "quiver.operator.rules" -}}
 - apiGroups: ["quiver.dev"]
   resources: ["querypools"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["quiver.dev"]
   resources: ["querypools/status"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["quiver.dev"]
-  resources: ["querypools/scale"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: ["quiver.dev"]
   resources: ["querypools/finalizers"]
   verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "patch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["get", "list", "watch"]
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["list"]
+- apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
