@@ -103,6 +103,34 @@ pub struct UpArgs {
     /// Per-query limits for the workers.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// TLS for the gateway's Flight endpoint.
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS for the gateway's Flight endpoint, shared by `gateway` and `up`.
+#[derive(Debug, Clone, Args)]
+pub struct TlsArgs {
+    /// Serve TLS with this PEM certificate chain (leaf first); reloaded when the file changes.
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's PEM private key; reloaded when the file changes.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates signed by a CA in this PEM file (mutual TLS).
+    #[arg(long, env = "QUIVER_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files to serve TLS from, if TLS is on.
+    pub fn files(&self) -> Option<crate::tls::TlsFiles> {
+        Some(crate::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
+    }
 }
 
 impl UpArgs {
@@ -160,6 +188,9 @@ pub struct GatewayArgs {
     /// Key shared with the workers to sign query tickets.
     #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
     pub ticket_key: String,
+    /// TLS for the Flight endpoint.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// `quiver worker`.

@@ -43,6 +43,8 @@ pub struct GatewayConfig {
     pub replicas: u32,
     /// Query slots per ready worker.
     pub worker_slots: u32,
+    /// Serve TLS from these files; plain gRPC without.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Why the gateway could not start.
@@ -54,6 +56,9 @@ pub enum GatewayError {
     /// The gRPC server failed.
     #[error("gateway server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The TLS certificate, key or client CA is invalid.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Loads the admission policy with the tenants file, or the open policy without a config file.
@@ -127,14 +132,25 @@ pub async fn run(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gateway serving"
     );
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
-        .await;
+        .add_service(service.into_server());
+    let result = match config.tls {
+        Some(files) => {
+            let incoming = crate::tls::incoming(listener, files)?;
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    shutdown,
+                )
+                .await
+        }
+    };
     background.shutdown().await;
     Ok(result?)
 }

@@ -24,9 +24,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Up(args) => {
             let scaling = args.scaling();
-            scaling
-                .validate()
-                .context("invalid worker counts (--min-workers, --max-workers, --target-concurrency)")?;
+            scaling.validate().context(
+                "invalid worker counts (--min-workers, --max-workers, --target-concurrency)",
+            )?;
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -45,6 +45,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 config: args.config,
                 tenants: args.tenants_file,
                 worker_slots: args.worker_slots,
+                tls: args.tls.files(),
             };
             quiver::local::run(listener, admin, config, quiver::shutdown::signal()).await?;
         }
@@ -68,6 +69,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tenants: args.tenants_file,
                 replicas: args.gateway_replicas,
                 worker_slots: args.worker_slots,
+                tls: args.tls.files(),
             };
             quiver::gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }

@@ -9,6 +9,7 @@ use tonic::Status;
 use crate::admission::AdmissionError;
 use crate::auth::AuthError;
 use crate::dispatch::DispatchError;
+use crate::prepared::ParamError;
 use crate::ticket::TicketError;
 use crate::worker::engine::EngineError;
 
@@ -31,6 +32,12 @@ impl From<EngineError> for Status {
     }
 }
 
+impl From<ParamError> for Status {
+    fn from(err: ParamError) -> Self {
+        Status::invalid_argument(err.to_string())
+    }
+}
+
 impl From<TicketError> for Status {
     fn from(err: TicketError) -> Self {
         match err {
@@ -47,9 +54,9 @@ impl From<TicketError> for Status {
 impl From<DispatchError> for Status {
     fn from(err: DispatchError) -> Self {
         match err {
-            DispatchError::NoReadyWorker { .. } | DispatchError::WorkerFailed { .. } => {
-                Status::unavailable(err.to_string())
-            }
+            DispatchError::NoReadyWorker { .. }
+            | DispatchError::WorkerFailed { .. }
+            | DispatchError::UnknownPool { .. } => Status::unavailable(err.to_string()),
             DispatchError::Worker(status) => *status,
             DispatchError::InvalidEndpoint { .. } => {
                 tracing::error!(error = %err, "invalid worker endpoint in the pool");

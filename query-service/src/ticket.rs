@@ -6,8 +6,12 @@
 //! client from forging or altering one.
 //!
 //! ```text
-//!  "QV1" | HMAC-SHA256(key, payload) (32 bytes) | payload (JSON: kind, sql, issued_at_ms)
+//!  "QV1" | HMAC-SHA256(key, payload) (32 bytes) | payload (JSON: kind, sql, issued_at_ms, …)
 //! ```
+//!
+//! Prepared-statement handles carry their parameter schema and, once bound, the parameter row
+//! (both as base64 Arrow IPC), so binding returns a new handle instead of storing anything: any
+//! gateway replica can check it and any worker can run it.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,9 +25,10 @@ const MAC_LEN: usize = 32;
 /// How long a statement ticket from `GetFlightInfo` may be redeemed: clients call `DoGet` right
 /// after, so an hour only covers slow clients while bounding replay of a leaked ticket.
 pub const STATEMENT_TICKET_TTL: Duration = Duration::from_secs(60 * 60);
-/// How long a prepared-statement handle stays valid: BI tools keep prepared statements for a
-/// whole working session.
-pub const PREPARED_HANDLE_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// How long a prepared-statement handle stays valid after it was created or last bound: BI tools
+/// keep prepared statements for a whole working session, and binding issues a fresh handle, so
+/// only a statement left idle this long expires.
+pub const PREPARED_HANDLE_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
 /// What a ticket lets its bearer do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +61,26 @@ pub struct QueryTicket {
     /// A memory limit tighter than the worker's own, set by the query's resource group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit: Option<u64>,
+    /// Prepared handles: the parameter schema the statement expects (base64 Arrow IPC schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param_schema: Option<String>,
+    /// The bound parameter row (base64 Arrow IPC stream of one batch with one row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<String>,
+}
+
+impl QueryTicket {
+    /// A ticket of `kind` for `sql`, issued now, with nothing else set.
+    pub fn new(kind: TicketKind, sql: &str) -> Self {
+        Self {
+            kind,
+            sql: sql.to_owned(),
+            issued_at_ms: now_ms(),
+            memory_limit: None,
+            param_schema: None,
+            params: None,
+        }
+    }
 }
 
 /// Why a ticket was refused.
@@ -114,16 +139,14 @@ impl TicketSigner {
 
     /// Signs a ticket that also caps the query's memory at `memory_limit` bytes.
     pub fn issue_limited(&self, kind: TicketKind, sql: &str, memory_limit: Option<u64>) -> Vec<u8> {
-        let ticket = QueryTicket {
-            kind,
-            sql: sql.to_owned(),
-            issued_at_ms: now_ms(),
+        self.sign(&QueryTicket {
             memory_limit,
-        };
-        self.encode(&ticket)
+            ..QueryTicket::new(kind, sql)
+        })
     }
 
-    fn encode(&self, ticket: &QueryTicket) -> Vec<u8> {
+    /// Signs `ticket` as it is (callers set `issued_at_ms`, normally via [`QueryTicket::new`]).
+    pub fn sign(&self, ticket: &QueryTicket) -> Vec<u8> {
         let payload = serde_json::to_vec(ticket).expect("a ticket always serialises");
         let mut mac = self.mac.clone();
         mac.update(&payload);
@@ -226,12 +249,30 @@ mod tests {
             kind: TicketKind::Statement,
             sql: "SELECT 1".into(),
             issued_at_ms: now_ms() - STATEMENT_TICKET_TTL.as_millis() as u64 - 1000,
-            memory_limit: None,
+            ..QueryTicket::new(TicketKind::Statement, "SELECT 1")
         };
-        let t = signer.encode(&old);
+        let t = signer.sign(&old);
         assert_eq!(
             signer.verify(&t, TicketKind::Statement),
             Err(TicketError::Expired)
+        );
+    }
+
+    #[test]
+    fn parameters_ride_in_the_signature() {
+        let signer = TicketSigner::new(b"k");
+        let bound = QueryTicket {
+            params: Some("AAAA".into()),
+            param_schema: Some("BBBB".into()),
+            ..QueryTicket::new(TicketKind::Prepared, "SELECT $1")
+        };
+        let mut t = signer.sign(&bound);
+        assert_eq!(signer.verify(&t, TicketKind::Prepared).unwrap(), bound);
+        let at = t.windows(4).position(|w| w == b"AAAA").unwrap();
+        t[at] = b'C';
+        assert_eq!(
+            signer.verify(&t, TicketKind::Prepared),
+            Err(TicketError::BadSignature)
         );
     }
 

@@ -86,6 +86,119 @@ def get_sql_info(*codes: int) -> bytes:
     return _any("CommandGetSqlInfo", _bytes_field(1, packed) if codes else b"")
 
 
+def _int_field(number: int, value: int) -> bytes:
+    return _varint(number << 3 | 0) + _varint(value & 0xFFFFFFFFFFFFFFFF)
+
+
+def parse_message(data: bytes) -> dict[int, list]:
+    """A protobuf message's fields by number: varints as ints, length-delimited as bytes."""
+    fields: dict[int, list] = {}
+    i = 0
+
+    def varint() -> int:
+        nonlocal i
+        shift = result = 0
+        while True:
+            b = data[i]
+            i += 1
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return result
+
+    while i < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value = varint()
+        elif wire == 2:
+            n = varint()
+            value, i = data[i:i + n], i + n
+        else:
+            raise ValueError(f"wire type {wire} not handled")
+        fields.setdefault(number, []).append(value)
+    return fields
+
+
+def unpack_any(data: bytes) -> tuple[str, bytes]:
+    """google.protobuf.Any { string type_url = 1; bytes value = 2; }"""
+    f = parse_message(data)
+    return f[1][0].decode(), f.get(2, [b""])[0]
+
+
+def create_prepared_statement(client: flight.FlightClient, sql: str, options=None) -> dict:
+    """DoAction CreatePreparedStatement; returns the handle and both schemas."""
+    body = _any("ActionCreatePreparedStatementRequest", _bytes_field(1, sql.encode()))
+    results = list(client.do_action(flight.Action("CreatePreparedStatement", body), options))
+    type_url, value = unpack_any(results[0].body.to_pybytes())
+    assert type_url.endswith("ActionCreatePreparedStatementResult"), type_url
+    f = parse_message(value)
+    read = lambda n: pa.ipc.read_schema(pa.py_buffer(f[n][0])) if n in f else pa.schema([])
+    return {"handle": f[1][0], "dataset_schema": read(2), "parameter_schema": read(3)}
+
+
+def prepared_statement_query(handle: bytes) -> bytes:
+    """CommandPreparedStatementQuery { bytes prepared_statement_handle = 1; }"""
+    return _any("CommandPreparedStatementQuery", _bytes_field(1, handle))
+
+
+def bind_parameters(client: flight.FlightClient, handle: bytes, params: pa.RecordBatch,
+                    options=None) -> bytes:
+    """DoPut of the parameter batch; returns the handle from DoPutPreparedStatementResult."""
+    descriptor = flight.FlightDescriptor.for_command(prepared_statement_query(handle))
+    writer, reader = client.do_put(descriptor, params.schema, options)
+    writer.write_batch(params)
+    writer.done_writing()
+    metadata = reader.read()
+    writer.close()
+    return parse_message(metadata.to_pybytes())[1][0]
+
+
+def get_xdbc_type_info(data_type: int | None = None) -> bytes:
+    """CommandGetXdbcTypeInfo { optional int32 data_type = 1; }"""
+    return _any("CommandGetXdbcTypeInfo", b"" if data_type is None else _int_field(1, data_type))
+
+
+def get_primary_keys(table: str) -> bytes:
+    """CommandGetPrimaryKeys { catalog = 1; db_schema = 2; string table = 3; }"""
+    return _any("CommandGetPrimaryKeys", _bytes_field(3, table.encode()))
+
+
+def get_exported_keys(table: str) -> bytes:
+    return _any("CommandGetExportedKeys", _bytes_field(3, table.encode()))
+
+
+def get_imported_keys(table: str) -> bytes:
+    return _any("CommandGetImportedKeys", _bytes_field(3, table.encode()))
+
+
+def get_cross_reference(pk_table: str, fk_table: str) -> bytes:
+    """CommandGetCrossReference { pk_catalog = 1; pk_db_schema = 2; string pk_table = 3;
+    fk_catalog = 4; fk_db_schema = 5; string fk_table = 6; }"""
+    return _any("CommandGetCrossReference",
+                _bytes_field(3, pk_table.encode()) + _bytes_field(6, fk_table.encode()))
+
+
+def cancel_flight_info(client: flight.FlightClient, info: flight.FlightInfo, options=None) -> int:
+    """DoAction CancelFlightInfo { FlightInfo info = 1; }; returns the CancelStatus
+    (0 unspecified, 1 cancelled, 2 cancelling, 3 not cancellable)."""
+    body = _bytes_field(1, info.serialize())
+    results = list(client.do_action(flight.Action("CancelFlightInfo", body), options))
+    return parse_message(results[0].body.to_pybytes()).get(1, [0])[0]
+
+
+def cancel_query(client: flight.FlightClient, info: flight.FlightInfo, options=None) -> int:
+    """The older DoAction CancelQuery { bytes info = 1; } in an Any; returns the CancelResult."""
+    body = _any("ActionCancelQueryRequest", _bytes_field(1, info.serialize()))
+    results = list(client.do_action(flight.Action("CancelQuery", body), options))
+    _, value = unpack_any(results[0].body.to_pybytes())
+    return parse_message(value).get(1, [0])[0]
+
+
+# CancelStatus
+CANCEL_STATUS_CANCELLED = 1
+CANCEL_STATUS_NOT_CANCELLABLE = 3
+
 # SqlInfo codes
 FLIGHT_SQL_SERVER_NAME = 0
 FLIGHT_SQL_SERVER_VERSION = 1

@@ -1,32 +1,110 @@
-//! A relayed result stream that records its query's outcome when it ends or is dropped.
+//! A relayed result stream that records its query's outcome when it ends or is dropped, and that
+//! a cancel can stop from outside.
+//!
+//! A cancel cannot wait for the stream to be polled: while the client reads nothing, flow control
+//! keeps the server from polling it at all. So the worker stream and the admission permit live in
+//! a [`Query`] that the cancel reaches directly, drops at once, and marks; the client's stream
+//! then ends with `CANCELLED` the next time it is polled.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use arrow_flight::FlightData;
 use futures::Stream;
 use tonic::Status;
 
+use super::cancel::Registration;
 use crate::admission::Permit;
 use crate::dispatch::FlightDataStream;
 use crate::metrics::{Outcome, QueryRecord};
+
+/// What a running query holds: its worker stream and its resource-group slot.
+#[derive(Default)]
+pub struct Query {
+    held: Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    inner: Option<FlightDataStream>,
+    permit: Option<Permit>,
+    started: bool,
+    cancelled: bool,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.held.lock().expect("query");
+        f.debug_struct("Query")
+            .field("running", &held.inner.is_some())
+            .field("cancelled", &held.cancelled)
+            .finish()
+    }
+}
+
+impl Query {
+    /// A query holding `permit`, before its worker stream exists.
+    pub fn new(permit: Option<Permit>) -> Arc<Self> {
+        Arc::new(Self {
+            held: Mutex::new(Held {
+                permit,
+                ..Held::default()
+            }),
+        })
+    }
+
+    /// Stops the query: drops its worker stream (the worker's gRPC stream is reset, which stops
+    /// the plan there) and its permit (the slot frees now). False if it had already ended.
+    pub fn cancel(&self) -> bool {
+        let (inner, permit, waker) = {
+            let mut held = self.held.lock().expect("query");
+            if held.cancelled || (held.started && held.inner.is_none()) {
+                return false;
+            }
+            held.cancelled = true;
+            (held.inner.take(), held.permit.take(), held.waker.take())
+        };
+        drop(inner);
+        drop(permit);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        true
+    }
+}
 
 /// Passes messages through; the first error or the end of the stream sets the outcome, and
 /// dropping the stream early leaves it `cancelled`.
 /// The admission permit rides along, so the group's slot is held until the stream ends.
 pub struct RecordedStream {
-    inner: FlightDataStream,
+    query: Arc<Query>,
     record: QueryRecord,
-    _permit: Option<Permit>,
+    reported: bool,
+    _registration: Option<Registration>,
 }
 
 impl RecordedStream {
-    /// Wraps `inner`, recording into `record` and holding `permit`.
-    pub fn new(inner: FlightDataStream, record: QueryRecord, permit: Option<Permit>) -> Self {
+    /// Relays `inner` for `query`, recording into `record`; `registration` lets a cancel find it.
+    pub fn new(
+        query: Arc<Query>,
+        inner: FlightDataStream,
+        record: QueryRecord,
+        registration: Option<Registration>,
+    ) -> Self {
+        {
+            let mut held = query.held.lock().expect("query");
+            held.started = true;
+            if !held.cancelled {
+                held.inner = Some(inner);
+            }
+        }
         Self {
-            inner,
+            query,
             record,
-            _permit: permit,
+            reported: false,
+            _registration: registration,
         }
     }
 }
@@ -36,9 +114,28 @@ impl Stream for RecordedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        let item = std::task::ready!(this.inner.as_mut().poll_next(cx));
+        let mut held = this.query.held.lock().expect("query");
+        if held.cancelled {
+            if this.reported {
+                return Poll::Ready(None);
+            }
+            this.reported = true;
+            this.record.finish(Outcome::Cancelled);
+            return Poll::Ready(Some(Err(Status::cancelled(
+                "the query was cancelled by the client",
+            ))));
+        }
+        held.waker = Some(cx.waker().clone());
+        let Some(inner) = held.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = std::task::ready!(inner.as_mut().poll_next(cx));
         match &item {
-            None => this.record.finish(Outcome::Ok),
+            None => {
+                this.record.finish(Outcome::Ok);
+                held.inner = None;
+                held.permit = None;
+            }
             Some(Err(status)) => this.record.finish(Outcome::from_code(status.code())),
             Some(Ok(_)) => {}
         }

@@ -6,7 +6,7 @@ use arrow_flight::sql::{Any, Command, ProstMessageExt, TicketStatementQuery};
 use prost::Message;
 use tonic::Status;
 
-use crate::ticket::{TicketKind, TicketSigner};
+use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
 
 /// Type URLs of Flight SQL messages all start with this.
 const FLIGHT_SQL_TYPE_PREFIX: &str = "type.googleapis.com/arrow.flight.protocol.sql.";
@@ -25,8 +25,9 @@ fn decode_flight_sql(bytes: &[u8]) -> Option<Any> {
 /// A ticket the gateway has checked.
 #[derive(Debug)]
 pub enum GatewayTicket {
-    /// A query: a verified statement ticket or prepared handle, or plain SQL.
-    Query(String),
+    /// A query: a verified statement ticket or prepared handle (with its bound parameters), or
+    /// plain SQL.
+    Query(QueryTicket),
     /// A Flight SQL metadata command (catalogs, tables, …), forwarded as received.
     Metadata(Vec<u8>),
 }
@@ -39,20 +40,24 @@ impl GatewayTicket {
                 .map_err(|e| Status::invalid_argument(format!("invalid Flight SQL ticket: {e}")))?;
             return match command {
                 Command::TicketStatementQuery(t) => Ok(Self::Query(
-                    signer
-                        .verify(&t.statement_handle, TicketKind::Statement)?
-                        .sql,
+                    signer.verify(&t.statement_handle, TicketKind::Statement)?,
                 )),
-                Command::CommandPreparedStatementQuery(p) => Ok(Self::Query(
-                    signer
-                        .verify(&p.prepared_statement_handle, TicketKind::Prepared)?
-                        .sql,
-                )),
+                Command::CommandPreparedStatementQuery(p) => {
+                    let prepared =
+                        signer.verify(&p.prepared_statement_handle, TicketKind::Prepared)?;
+                    crate::prepared::check_bound(&prepared)?;
+                    Ok(Self::Query(prepared))
+                }
                 Command::CommandGetCatalogs(_)
                 | Command::CommandGetDbSchemas(_)
                 | Command::CommandGetTables(_)
                 | Command::CommandGetTableTypes(_)
-                | Command::CommandGetSqlInfo(_) => Ok(Self::Metadata(bytes.to_vec())),
+                | Command::CommandGetSqlInfo(_)
+                | Command::CommandGetXdbcTypeInfo(_)
+                | Command::CommandGetPrimaryKeys(_)
+                | Command::CommandGetExportedKeys(_)
+                | Command::CommandGetImportedKeys(_)
+                | Command::CommandGetCrossReference(_) => Ok(Self::Metadata(bytes.to_vec())),
                 other => Err(Status::unimplemented(format!(
                     "{} is not supported",
                     other.type_url()
@@ -65,15 +70,24 @@ impl GatewayTicket {
         if sql.trim().is_empty() {
             return Err(Status::invalid_argument("the ticket's SQL is empty"));
         }
-        Ok(Self::Query(sql.to_owned()))
+        Ok(Self::Query(QueryTicket::new(TicketKind::Statement, sql)))
     }
 }
 
-/// A fresh statement ticket for a worker, carrying the group's memory limit.
-pub fn worker_ticket(signer: &TicketSigner, sql: &str, memory_limit: Option<u64>) -> Ticket {
+/// A fresh statement ticket for a worker: the query's SQL and bound parameters, and the group's
+/// memory limit.
+pub fn worker_ticket(
+    signer: &TicketSigner,
+    query: &QueryTicket,
+    memory_limit: Option<u64>,
+) -> Ticket {
     let signed = TicketStatementQuery {
         statement_handle: signer
-            .issue_limited(TicketKind::Statement, sql, memory_limit)
+            .sign(&QueryTicket {
+                memory_limit,
+                params: query.params.clone(),
+                ..QueryTicket::new(TicketKind::Statement, &query.sql)
+            })
             .into(),
     };
     Ticket::new(signed.as_any().encode_to_vec())
@@ -89,11 +103,17 @@ mod tests {
     fn classifies_tickets() {
         let signer = TicketSigner::new(b"k");
         let plain = GatewayTicket::decode(b"SELECT 1", &signer).unwrap();
-        assert!(matches!(&plain, GatewayTicket::Query(sql) if sql == "SELECT 1"));
-        let ticket = worker_ticket(&signer, "SELECT 2", Some(1 << 20));
+        assert!(matches!(&plain, GatewayTicket::Query(q) if q.sql == "SELECT 1"));
+        let query = QueryTicket {
+            params: Some("row".into()),
+            ..QueryTicket::new(TicketKind::Statement, "SELECT 2")
+        };
+        let ticket = worker_ticket(&signer, &query, Some(1 << 20));
         assert!(matches!(
             GatewayTicket::decode(&ticket.ticket, &signer).unwrap(),
-            GatewayTicket::Query(sql) if sql == "SELECT 2"
+            GatewayTicket::Query(q) if q.sql == "SELECT 2"
+                && q.params.as_deref() == Some("row")
+                && q.memory_limit == Some(1 << 20)
         ));
         let meta = CommandGetCatalogs {}.as_any().encode_to_vec();
         assert!(matches!(
@@ -112,6 +132,26 @@ mod tests {
         .encode_to_vec();
         let err = GatewayTicket::decode(&forged, &TicketSigner::new(b"k")).unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated);
+    }
+
+    #[test]
+    fn unbound_prepared_statement_is_invalid() {
+        use arrow::datatypes::{DataType, Field, Schema};
+        use arrow_flight::sql::CommandPreparedStatementQuery;
+        let signer = TicketSigner::new(b"k");
+        let schema = Schema::new(vec![Field::new("$1", DataType::Int64, true)]);
+        let handle = QueryTicket {
+            param_schema: Some(crate::prepared::encode_schema(&schema).unwrap()),
+            ..QueryTicket::new(TicketKind::Prepared, "SELECT $1")
+        };
+        let cmd = CommandPreparedStatementQuery {
+            prepared_statement_handle: signer.sign(&handle).into(),
+        }
+        .as_any()
+        .encode_to_vec();
+        let err = GatewayTicket::decode(&cmd, &signer).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("bind them with DoPut"), "{err}");
     }
 
     #[test]

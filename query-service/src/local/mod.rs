@@ -39,6 +39,8 @@ pub struct UpConfig {
     pub tenants: Option<PathBuf>,
     /// Query slots per ready worker.
     pub worker_slots: u32,
+    /// TLS for the gateway, if on.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -124,9 +126,14 @@ pub async fn run(
         _ => None,
     };
 
+    let scheme = if config.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let endpoint = listener
         .local_addr()
-        .map(|a| format!("grpc://{a}"))
+        .map(|a| format!("{scheme}://{a}"))
         .unwrap_or_default();
     let (gateway_stop_tx, gateway_stop_rx) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = admin_addr {
@@ -142,6 +149,7 @@ pub async fn run(
         tenants: config.tenants.clone(),
         replicas: 1,
         worker_slots: config.worker_slots,
+        tls: config.tls.clone(),
     };
     let mut gateway = tokio::spawn(crate::gateway::run(listener, gateway_config, async {
         let _ = gateway_stop_rx.await;

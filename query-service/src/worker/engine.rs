@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
@@ -28,6 +28,7 @@ use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStor
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
 use futures::Stream;
 use object_store::ObjectStore;
 use tokio::time::{Instant, Sleep};
@@ -188,25 +189,48 @@ impl Engine {
         SessionContext::new_with_state(state)
     }
 
-    /// Plans `sql` as a read-only query, for its result schema.
-    pub async fn plan(&self, sql: &str) -> Result<(DataFrame, SchemaRef), EngineError> {
-        self.plan_limited(sql, &self.limits).await
+    /// Plans `sql` as a read-only query with its parameter values, for its result schema.
+    pub async fn plan(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<(DataFrame, SchemaRef), EngineError> {
+        self.plan_limited(sql, params, &self.limits).await
+    }
+
+    /// Plans a statement for `CreatePreparedStatement`: its result schema and the schema of the
+    /// parameters its `?` or `$n` placeholders take.
+    pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, Schema), EngineError> {
+        let (df, schema) = self.plan_limited(sql, None, &self.limits).await?;
+        let types = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(|e| EngineError::classify(e, &self.limits))?;
+        let params = crate::prepared::parameter_schema(types).map_err(EngineError::InvalidQuery)?;
+        Ok((schema, params))
     }
 
     async fn plan_limited(
         &self,
         sql: &str,
+        params: Option<Vec<ScalarValue>>,
         limits: &QueryLimits,
     ) -> Result<(DataFrame, SchemaRef), EngineError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self
+        let sql = crate::prepared::number_placeholders(sql);
+        let mut df = self
             .session(limits.memory_limit)
-            .sql_with_options(sql, options)
+            .sql_with_options(&sql, options)
             .await
             .map_err(|e| EngineError::classify(e, limits))?;
+        if let Some(values) = params {
+            df = df
+                .with_param_values(values)
+                .map_err(|e| EngineError::classify(e, limits))?;
+        }
         let schema = Arc::new(df.schema().as_arrow().clone());
         Ok((df, schema))
     }
@@ -217,6 +241,7 @@ impl Engine {
     pub async fn execute(
         &self,
         sql: &str,
+        params: Option<Vec<ScalarValue>>,
         memory_limit: Option<u64>,
     ) -> Result<QueryStream, EngineError> {
         let mut limits = self.limits;
@@ -227,7 +252,7 @@ impl Engine {
         }
         let deadline = Instant::now() + limits.timeout;
         let started = tokio::time::timeout_at(deadline, async {
-            let (df, schema) = self.plan_limited(sql, &limits).await?;
+            let (df, schema) = self.plan_limited(sql, params, &limits).await?;
             let stream = df
                 .execute_stream()
                 .await

@@ -15,22 +15,26 @@ use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::server::FlightSqlService;
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
 };
+use datafusion::scalar::ScalarValue;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::InFlight;
 use super::engine::Engine;
-use super::metadata;
+use super::metadata::{self, Keys};
+use crate::prepared;
 use crate::status;
-use crate::ticket::{TicketKind, TicketSigner};
+use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
 
 type FlightStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
@@ -76,13 +80,18 @@ impl WorkerService {
         Ok(Response::new(info))
     }
 
+    /// Plans a (prepared) statement and answers with a statement ticket that carries its SQL and
+    /// bound parameters, so any worker can run it.
     async fn statement_info(
         &self,
-        sql: &str,
+        query: &QueryTicket,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (_, schema) = self.engine()?.plan(sql).await?;
-        let handle = self.signer.issue(TicketKind::Statement, sql);
+        let (_, schema) = self.engine()?.plan(&query.sql, params(query)?).await?;
+        let handle = self.signer.sign(&QueryTicket {
+            params: query.params.clone(),
+            ..QueryTicket::new(TicketKind::Statement, &query.sql)
+        });
         let ticket = TicketStatementQuery {
             statement_handle: handle.into(),
         };
@@ -98,12 +107,11 @@ impl WorkerService {
         Self::flight_info(schema, command.as_any().encode_to_vec(), descriptor)
     }
 
-    async fn run(
-        &self,
-        sql: &str,
-        memory_limit: Option<u64>,
-    ) -> Result<Response<FlightStream>, Status> {
-        let stream = self.engine()?.execute(sql, memory_limit).await?;
+    async fn run(&self, query: &QueryTicket) -> Result<Response<FlightStream>, Status> {
+        let stream = self
+            .engine()?
+            .execute(&query.sql, params(query)?, query.memory_limit)
+            .await?;
         let schema = stream.schema();
         // The guard lives as long as the response stream, so draining waits for the last batch.
         let guard = self.in_flight.enter();
@@ -116,6 +124,14 @@ impl WorkerService {
             .build(batches)
             .map_err(Status::from);
         Ok(Response::new(Box::pin(flight)))
+    }
+}
+
+/// The bound parameter values of a ticket, if any.
+fn params(query: &QueryTicket) -> Result<Option<Vec<ScalarValue>>, Status> {
+    match &query.params {
+        Some(text) => Ok(Some(prepared::decode_row(text)?)),
+        None => Ok(None),
     }
 }
 
@@ -137,8 +153,8 @@ impl FlightSqlService for WorkerService {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.statement_info(&query.query, request.into_inner())
-            .await
+        let query = QueryTicket::new(TicketKind::Statement, &query.query);
+        self.statement_info(&query, request.into_inner()).await
     }
 
     async fn get_flight_info_prepared_statement(
@@ -149,8 +165,7 @@ impl FlightSqlService for WorkerService {
         let prepared = self
             .signer
             .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
-        self.statement_info(&prepared.sql, request.into_inner())
-            .await
+        self.statement_info(&prepared, request.into_inner()).await
     }
 
     async fn do_get_statement(
@@ -161,7 +176,7 @@ impl FlightSqlService for WorkerService {
         let verified = self
             .signer
             .verify(&ticket.statement_handle, TicketKind::Statement)?;
-        self.run(&verified.sql, verified.memory_limit).await
+        self.run(&verified).await
     }
 
     async fn do_get_prepared_statement(
@@ -172,7 +187,7 @@ impl FlightSqlService for WorkerService {
         let prepared = self
             .signer
             .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
-        self.run(&prepared.sql, prepared.memory_limit).await
+        self.run(&prepared).await
     }
 
     async fn do_action_create_prepared_statement(
@@ -180,14 +195,21 @@ impl FlightSqlService for WorkerService {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let (_, schema) = self.engine()?.plan(&query.query).await?;
-        let IpcMessage(dataset_schema) = SchemaAsIpc::new(&schema, &Default::default())
-            .try_into()
-            .map_err(|e| Status::internal(format!("cannot encode result schema: {e}")))?;
+        let (schema, parameters) = self.engine()?.prepare(&query.query).await?;
+        let ipc = |schema: &arrow::datatypes::Schema| {
+            SchemaAsIpc::new(schema, &Default::default())
+                .try_into()
+                .map(|IpcMessage(bytes)| bytes)
+                .map_err(|e| Status::internal(format!("cannot encode schema: {e}")))
+        };
+        let handle = QueryTicket {
+            param_schema: Some(prepared::encode_schema(&parameters)?),
+            ..QueryTicket::new(TicketKind::Prepared, &query.query)
+        };
         Ok(ActionCreatePreparedStatementResult {
-            prepared_statement_handle: self.signer.issue(TicketKind::Prepared, &query.query).into(),
-            dataset_schema,
-            parameter_schema: Default::default(),
+            prepared_statement_handle: self.signer.sign(&handle).into(),
+            dataset_schema: ipc(&schema)?,
+            parameter_schema: ipc(&parameters)?,
         })
     }
 
@@ -289,6 +311,96 @@ impl FlightSqlService for WorkerService {
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (schema, batch) = metadata::table_types()?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        cmd: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::xdbc_type_info(cmd)?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        cmd: CommandGetXdbcTypeInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::xdbc_type_info(cmd)?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        cmd: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::no_keys(Keys::Primary)?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _cmd: CommandGetPrimaryKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::no_keys(Keys::Primary)?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        cmd: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::no_keys(Keys::Foreign)?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _cmd: CommandGetExportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::no_keys(Keys::Foreign)?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        cmd: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::no_keys(Keys::Foreign)?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _cmd: CommandGetImportedKeys,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::no_keys(Keys::Foreign)?;
+        Ok(one_batch(schema, batch))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        cmd: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let (schema, _) = metadata::no_keys(Keys::Foreign)?;
+        Self::metadata_info(&schema, cmd, request.into_inner())
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _cmd: CommandGetCrossReference,
+        _request: Request<Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let (schema, batch) = metadata::no_keys(Keys::Foreign)?;
         Ok(one_batch(schema, batch))
     }
 

@@ -97,6 +97,7 @@ pub async fn start_gateway_with(
         tenants: None,
         replicas: 1,
         worker_slots: 8,
+        tls: None,
     };
     tokio::spawn(quiver::gateway::run(
         listener,

@@ -77,6 +77,44 @@ async fn plain_sql_ticket_and_prepared_statement() {
 }
 
 #[tokio::test]
+async fn prepared_statement_with_parameters() {
+    let worker = start_worker(default_limits()).await;
+    let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
+    let mut sql = client(gateway).await;
+    let mut prepared = sql
+        .prepare(
+            "SELECT count(*) FROM nation WHERE n_regionkey = ?".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let params = prepared.parameter_schema().unwrap().clone();
+    assert_eq!(params.fields().len(), 1);
+    assert_eq!(params.field(0).name(), "$1");
+    // Each region has five nations; the arrow-flight client binds with DoPut and then executes
+    // the handle the gateway returned.
+    for region in [0i64, 4] {
+        let batch = arrow::record_batch::RecordBatch::try_from_iter([(
+            "region",
+            std::sync::Arc::new(Int64Array::from(vec![region])) as arrow::array::ArrayRef,
+        )])
+        .unwrap();
+        prepared.set_parameters(batch).unwrap();
+        let info = prepared.execute().await.unwrap();
+        let ticket = info.endpoint[0].ticket.clone().unwrap();
+        let batches: Vec<_> = sql
+            .do_get(ticket)
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(single_i64(&batches), 5);
+    }
+    prepared.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn tables_with_schemas() {
     let worker = start_worker(default_limits()).await;
     let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
