@@ -52,10 +52,10 @@ pub enum EngineError {
     #[error("{0}")]
     InvalidQuery(String),
     /// The query needed more memory than its limit.
-    #[error("query exceeded its memory limit of {limit_mib} MiB: {detail}")]
+    #[error("query exceeded its memory limit of {}: {detail}", format_bytes(*.limit_bytes))]
     MemoryLimit {
-        /// The limit in MiB.
-        limit_mib: usize,
+        /// The limit in bytes.
+        limit_bytes: usize,
         /// DataFusion's account of the failed reservation.
         detail: String,
     },
@@ -73,6 +73,22 @@ pub enum EngineError {
     Execution(#[source] Box<DataFusionError>),
 }
 
+/// Sizes as an operator writes them in flags: `256 KiB`, `512 MiB`, `1.5 GiB`.
+fn format_bytes(bytes: usize) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 impl EngineError {
     fn classify(err: DataFusionError, limits: &QueryLimits) -> Self {
         let root = err.find_root();
@@ -82,7 +98,7 @@ impl EngineError {
             | DataFusionError::SchemaError(..) => EngineError::InvalidQuery(root.to_string()),
             DataFusionError::NotImplemented(m) => EngineError::NotSupported(m.clone()),
             DataFusionError::ResourcesExhausted(m) => EngineError::MemoryLimit {
-                limit_mib: limits.memory_limit / (1024 * 1024),
+                limit_bytes: limits.memory_limit,
                 detail: m.clone(),
             },
             DataFusionError::ArrowError(e, _)
@@ -355,5 +371,18 @@ impl Stream for QueryStream {
             })));
         }
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::format_bytes;
+
+    #[test]
+    fn sizes_read_as_configured() {
+        assert_eq!(format_bytes(256 << 10), "256 KiB");
+        assert_eq!(format_bytes(1 << 30), "1 GiB");
+        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
+        assert_eq!(format_bytes(100), "100 B");
     }
 }
