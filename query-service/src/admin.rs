@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 
 use crate::admission::Admission;
-use crate::dispatch::pool::WorkerPool;
+use crate::dispatch::registry::Pools;
 use crate::metrics::GatewayMetrics;
 
 /// Demand of one pool, as the operator reads it.
@@ -63,7 +63,7 @@ pub struct DemandReport {
 #[derive(Debug, Clone)]
 pub struct AdminState {
     /// The gateway's pools.
-    pub pools: Vec<Arc<WorkerPool>>,
+    pub pools: Arc<Pools>,
     /// The gateway's metrics.
     pub metrics: Arc<GatewayMetrics>,
     /// Admission, for queue depths.
@@ -73,10 +73,10 @@ pub struct AdminState {
 impl AdminState {
     /// The demand of every pool now.
     pub fn demand(&self) -> DemandReport {
-        let arrivals = self.metrics.arrivals_per_sec();
         DemandReport {
             pools: self
                 .pools
+                .all()
                 .iter()
                 .map(|pool| {
                     let workers = pool.workers();
@@ -85,8 +85,8 @@ impl AdminState {
                         workers: workers.len(),
                         ready: workers.iter().filter(|w| w.is_ready()).count(),
                         in_flight: workers.iter().map(|w| w.in_flight()).sum(),
-                        queued: self.admission.queued() as usize,
-                        arrivals_per_sec: arrivals,
+                        queued: self.admission.queued_in(pool.name()) as usize,
+                        arrivals_per_sec: self.admission.arrivals_per_sec(pool.name()),
                         worker_loads: workers
                             .iter()
                             .map(|w| WorkerLoad {
@@ -110,7 +110,7 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         )],
         state
             .metrics
-            .encode(&state.pools, &state.admission.snapshot()),
+            .encode(&state.pools.all(), &state.admission.snapshot()),
     )
 }
 
@@ -132,4 +132,52 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::admission::classify::ClientHints;
+    use crate::admission::config::Policy;
+    use crate::auth::Identity;
+
+    #[tokio::test]
+    async fn demand_is_reported_per_pool() {
+        let pools = Pools::new(["a", "b"]);
+        pools.get("b").unwrap().add("127.0.0.1:1").unwrap();
+        let text = "resource_groups: [{name: x, pool: b}, {name: y, pool: a}]";
+        let policy = Policy::parse(text, Path::new("c.yaml"), &["a", "b"]).unwrap();
+        let admission = Admission::new(policy, 1);
+        let identity = Identity {
+            tenant: "default".into(),
+            user: "u".into(),
+        };
+        let _running = admission
+            .admit(&identity, &ClientHints::default(), "SELECT 1")
+            .await
+            .unwrap();
+        let state = AdminState {
+            pools,
+            metrics: Arc::new(GatewayMetrics::default()),
+            admission,
+        };
+        // The fields the operator's demand poller reads, one entry per pool.
+        let json = serde_json::to_value(state.demand()).unwrap();
+        let pools = json["pools"].as_array().unwrap();
+        assert_eq!(pools.len(), 2);
+        assert_eq!(pools[0]["pool"], "a");
+        assert_eq!(pools[0]["arrivals_per_sec"], 0.0);
+        assert_eq!(pools[0]["worker_loads"].as_array().unwrap().len(), 0);
+        assert_eq!(pools[1]["pool"], "b");
+        assert_eq!(pools[1]["arrivals_per_sec"], 1.0);
+        assert_eq!(pools[1]["queued"], 0);
+        assert_eq!(pools[1]["in_flight"], 0);
+        assert_eq!(
+            pools[1]["worker_loads"][0]["endpoint"],
+            "http://127.0.0.1:1"
+        );
+        assert_eq!(pools[1]["worker_loads"][0]["ready"], false);
+    }
 }

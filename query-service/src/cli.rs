@@ -1,6 +1,7 @@
 //! Command-line interface: one binary, one subcommand per role. Every flag has a `QUIVER_…`
 //! environment variable so the same settings work from a shell, a Pod spec or a Helm value.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -177,20 +178,132 @@ pub struct GatewayArgs {
     /// Query slots per ready worker: the pool admits this many queries per worker at once.
     #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = crate::admission::DEFAULT_WORKER_SLOTS)]
     pub worker_slots: u32,
-    /// A worker endpoint (grpc://host:port); repeat for each worker.
+    /// A worker endpoint (grpc://host:port) of the default pool; repeat for each worker.
     #[arg(
         long = "worker",
         env = "QUIVER_WORKER_ENDPOINTS",
-        value_delimiter = ',',
-        required = true
+        value_delimiter = ','
     )]
     pub workers: Vec<String>,
+    /// A named pool: NAME=grpc://host:port,grpc://host:port with static discovery, NAME alone
+    /// with kubernetes discovery; repeat for each pool (in the variable, separate pools with
+    /// `;`). Resource groups choose their pool with `pool:`.
+    #[arg(long = "pool", env = "QUIVER_POOLS", value_delimiter = ';', value_parser = parse_pool)]
+    pub pools: Vec<PoolSpec>,
+    /// Where the pools' workers come from: `static` (--worker, --pool) or `kubernetes` (the
+    /// ready endpoints of each pool's Service, which the operator names after the pool).
+    #[arg(long, env = "QUIVER_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
+    pub discovery: Discovery,
+    /// Namespace of the pools' Services with kubernetes discovery (default: the gateway pod's).
+    #[arg(long, env = "QUIVER_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Key shared with the workers to sign query tickets.
     #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
     pub ticket_key: String,
     /// TLS for the Flight endpoint.
     #[command(flatten)]
     pub tls: TlsArgs,
+}
+
+/// How the gateway finds each pool's workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Discovery {
+    /// Fixed endpoints from --worker and --pool.
+    Static,
+    /// The EndpointSlices of each pool's Service, watched.
+    Kubernetes,
+}
+
+/// One `--pool` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Pool name, as resource groups name it.
+    pub name: String,
+    /// Worker endpoints (static discovery).
+    pub endpoints: Vec<String>,
+}
+
+/// Parses `NAME` or `NAME=ENDPOINT,ENDPOINT`.
+fn parse_pool(s: &str) -> Result<PoolSpec, String> {
+    let (name, endpoints) = match s.trim().split_once('=') {
+        Some((name, list)) => (
+            name.trim(),
+            list.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        None => (s.trim(), Vec::new()),
+    };
+    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ',') {
+        return Err(format!(
+            "{s:?}: expected NAME=grpc://host:port,... or NAME, with a pool name such as \"etl\""
+        ));
+    }
+    Ok(PoolSpec {
+        name: name.to_owned(),
+        endpoints,
+    })
+}
+
+impl GatewayArgs {
+    /// The pools to serve and, with static discovery, their workers; `--worker` feeds the
+    /// default pool. Refuses combinations that would leave a pool silently empty.
+    pub fn pool_endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, String> {
+        use crate::admission::config::DEFAULT_POOL;
+        let mut pools = BTreeMap::new();
+        if !self.workers.is_empty() {
+            if self.discovery == Discovery::Kubernetes {
+                return Err(
+                    "--worker gives static endpoints; with --discovery kubernetes name \
+                            the pools with --pool NAME"
+                        .into(),
+                );
+            }
+            pools.insert(DEFAULT_POOL.to_owned(), self.workers.clone());
+        }
+        for pool in &self.pools {
+            match self.discovery {
+                Discovery::Static if pool.endpoints.is_empty() => {
+                    return Err(format!(
+                        "pool {:?} has no workers: give --pool {}=grpc://host:port,...",
+                        pool.name, pool.name
+                    ));
+                }
+                Discovery::Kubernetes if !pool.endpoints.is_empty() => {
+                    return Err(format!(
+                        "pool {:?}: with --discovery kubernetes the workers are discovered; \
+                         give the name alone (--pool {})",
+                        pool.name, pool.name
+                    ));
+                }
+                _ => {}
+            }
+            if pools
+                .insert(pool.name.clone(), pool.endpoints.clone())
+                .is_some()
+            {
+                return Err(format!(
+                    "pool {:?} is given twice (--worker fills the pool {DEFAULT_POOL:?})",
+                    pool.name
+                ));
+            }
+        }
+        if pools.is_empty() {
+            match self.discovery {
+                Discovery::Static => {
+                    return Err("no workers: give --worker grpc://host:port or \
+                                --pool NAME=grpc://host:port (or --discovery kubernetes)"
+                        .into());
+                }
+                Discovery::Kubernetes => {
+                    pools.insert(DEFAULT_POOL.to_owned(), Vec::new());
+                }
+            }
+        }
+        Ok(pools)
+    }
 }
 
 /// `quiver worker`.
@@ -295,6 +408,64 @@ mod tests {
         assert_eq!(parse_bytes("1000").unwrap(), 1000);
         assert!(parse_bytes("12 parsecs").is_err());
         assert!(parse_bytes("0").is_err());
+    }
+
+    fn gateway(args: &[&str]) -> Result<BTreeMap<String, Vec<String>>, String> {
+        let mut argv = vec!["quiver", "gateway", "--ticket-key", "k"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Gateway(g) => g.pool_endpoints(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn gateway_pools() {
+        let pools = gateway(&[
+            "--worker",
+            "grpc://h:1",
+            "--pool",
+            "a=grpc://h:2, grpc://h:3",
+            "--pool",
+            "b=grpc://h:4",
+        ])
+        .unwrap();
+        assert_eq!(
+            pools,
+            BTreeMap::from([
+                (
+                    "a".to_owned(),
+                    vec!["grpc://h:2".to_owned(), "grpc://h:3".to_owned()]
+                ),
+                ("b".to_owned(), vec!["grpc://h:4".to_owned()]),
+                ("default".to_owned(), vec!["grpc://h:1".to_owned()]),
+            ])
+        );
+        let k8s = gateway(&["--discovery", "kubernetes", "--pool", "a;b"]).unwrap();
+        assert_eq!(k8s.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(k8s.values().all(Vec::is_empty));
+        let k8s = gateway(&["--discovery", "kubernetes"]).unwrap();
+        assert_eq!(k8s.keys().collect::<Vec<_>>(), ["default"]);
+        for (args, words) in [
+            (&[][..], "no workers"),
+            (&["--pool", "a"][..], "has no workers"),
+            (&["--pool", "a=h:1", "--pool", "a=h:2"][..], "given twice"),
+            (&["--pool", "=h:1"][..], "pool name"),
+            (
+                &["--discovery", "kubernetes", "--worker", "h:1"][..],
+                "--pool NAME",
+            ),
+            (
+                &["--discovery", "kubernetes", "--pool", "a=h:1"][..],
+                "name alone",
+            ),
+        ] {
+            let e = gateway(args).unwrap_err();
+            assert!(e.contains(words), "{args:?}: {e}");
+        }
     }
 
     #[test]

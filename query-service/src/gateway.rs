@@ -1,7 +1,9 @@
-//! The gateway role: serves Flight SQL to clients and dispatches each query to a worker.
+//! The gateway role: serves Flight SQL to clients and dispatches each query to a worker of its
+//! group's pool.
 //!
 //! ```text
-//!  client ──► flight (decode, check ticket) ──► dispatch (least-loaded ready worker, retry once)
+//!  client ──► flight (decode, check ticket) ──► admission (group → pool)
+//!         ──► dispatch (least-loaded ready worker of that pool, retry once)
 //!         ◄── relayed Flight data ◄────────────── worker
 //! ```
 
@@ -16,9 +18,10 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
 use crate::admission::Admission;
-use crate::admission::config::{DEFAULT_POOL, Policy};
+use crate::admission::config::Policy;
 use crate::dispatch::Dispatcher;
 use crate::dispatch::pool::WorkerPool;
+use crate::dispatch::registry::Pools;
 use crate::flight::GatewayService;
 use crate::metrics::GatewayMetrics;
 
@@ -29,8 +32,9 @@ const CONFIG_POLL: Duration = Duration::from_secs(2);
 pub struct GatewayConfig {
     /// Admin HTTP socket (metrics, demand), if any.
     pub admin: Option<TcpListener>,
-    /// The worker pool.
-    pub pool: Arc<WorkerPool>,
+    /// The pools served, each fed by a discovery (static endpoints, the local supervisor or
+    /// Kubernetes); the admission config may only name these.
+    pub pools: Arc<Pools>,
     /// Metrics registry.
     pub metrics: Arc<GatewayMetrics>,
     /// Key shared with the workers (tickets) and used for session tokens.
@@ -62,17 +66,19 @@ pub enum GatewayError {
 }
 
 /// Loads the admission policy with the tenants file, or the open policy without a config file.
+/// Groups may only run on `pools`, the pools the gateway serves.
 pub fn load_policy(
     config: Option<&PathBuf>,
     tenants: Option<&PathBuf>,
+    pools: &[&str],
 ) -> Result<Policy, crate::admission::config::ConfigError> {
     match (config, tenants) {
         (Some(path), tenants) => {
-            Policy::load_with_tenants(path, tenants.map(PathBuf::as_path), &[DEFAULT_POOL])
+            Policy::load_with_tenants(path, tenants.map(PathBuf::as_path), pools)
         }
         // Tenants alone: the default groups and no rate limits, but authentication on.
-        (None, Some(tenants)) => Policy::load_tenants(tenants, &[DEFAULT_POOL]),
-        (None, None) => Ok(Policy::open()),
+        (None, Some(tenants)) => Policy::load_tenants(tenants, pools),
+        (None, None) => Ok(Policy::open_for(pools)),
     }
 }
 
@@ -82,7 +88,11 @@ pub async fn run(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
-    let policy = load_policy(config.config.as_ref(), config.tenants.as_ref())?;
+    let policy = load_policy(
+        config.config.as_ref(),
+        config.tenants.as_ref(),
+        &config.pools.names(),
+    )?;
     if policy.open {
         tracing::info!(
             "admission is open: no authentication, one default group (pass --config to configure tenants)"
@@ -100,7 +110,7 @@ pub async fn run(
     let mut background = tokio::task::JoinSet::new();
     if let Some(admin) = config.admin {
         let state = AdminState {
-            pools: vec![config.pool.clone()],
+            pools: config.pools.clone(),
             metrics: config.metrics.clone(),
             admission: admission.clone(),
         };
@@ -110,20 +120,20 @@ pub async fn run(
             }
         });
     }
-    background.spawn(track_capacity(
-        config.pool.clone(),
-        admission.clone(),
-        config.worker_slots,
-    ));
+    for pool in config.pools.all() {
+        background.spawn(track_capacity(pool, admission.clone(), config.worker_slots));
+    }
     if config.config.is_some() || config.tenants.is_some() {
         background.spawn(reload_on_change(
             config.config.clone(),
             config.tenants.clone(),
+            config.pools.clone(),
             admission.clone(),
         ));
     }
+    tracing::info!(pools = ?config.pools.names(), "serving pools");
     let service = GatewayService::new(
-        Dispatcher::new(config.pool),
+        Dispatcher::new(config.pools),
         &config.key,
         admission,
         config.metrics,
@@ -155,13 +165,13 @@ pub async fn run(
     Ok(result?)
 }
 
-/// Keeps the pool root's capacity at ready workers × slots. With no worker ready, one worker's
+/// Keeps a pool's capacity at ready workers × slots. With no worker ready, one worker's
 /// worth is admitted, so dispatch can answer UNAVAILABLE instead of letting queries time out.
 async fn track_capacity(pool: Arc<WorkerPool>, admission: Arc<Admission>, slots: u32) {
     let mut changes = pool.subscribe();
     loop {
         let ready = u32::try_from(pool.ready_count()).unwrap_or(u32::MAX).max(1);
-        admission.set_capacity(ready.saturating_mul(slots));
+        admission.set_capacity(pool.name(), ready.saturating_mul(slots));
         if changes.changed().await.is_err() {
             return;
         }
@@ -176,6 +186,7 @@ async fn track_capacity(pool: Arc<WorkerPool>, admission: Arc<Admission>, slots:
 async fn reload_on_change(
     config: Option<PathBuf>,
     tenants: Option<PathBuf>,
+    pools: Arc<Pools>,
     admission: Arc<Admission>,
 ) {
     let modified = |p: &Option<PathBuf>| {
@@ -192,7 +203,7 @@ async fn reload_on_change(
             continue;
         }
         last = now;
-        match load_policy(config.as_ref(), tenants.as_ref()) {
+        match load_policy(config.as_ref(), tenants.as_ref(), &pools.names()) {
             Ok(policy) => {
                 admission.replace(policy);
                 tracing::info!(

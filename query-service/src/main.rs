@@ -56,13 +56,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let admin = TcpListener::bind(args.admin_listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
-            let pool = quiver::dispatch::pool::WorkerPool::new("default");
-            for endpoint in &args.workers {
-                pool.add(endpoint)?;
+            let endpoints = args.pool_endpoints().map_err(anyhow::Error::msg)?;
+            let pools =
+                quiver::dispatch::registry::Pools::new(endpoints.keys().map(String::as_str));
+            for (name, workers) in &endpoints {
+                let pool = pools.get(name)?;
+                for endpoint in workers {
+                    pool.add(endpoint)?;
+                }
+            }
+            if args.discovery == quiver::cli::Discovery::Kubernetes {
+                use quiver::dispatch::discovery;
+                let (client, namespace) = discovery::connect(args.namespace.clone()).await?;
+                let pools = pools.clone();
+                tokio::spawn(async move { discovery::run(client, &namespace, pools).await });
             }
             let config = quiver::gateway::GatewayConfig {
                 admin: Some(admin),
-                pool,
+                pools,
                 metrics: std::sync::Arc::new(quiver::metrics::GatewayMetrics::default()),
                 key: args.ticket_key.into_bytes(),
                 config: args.config,

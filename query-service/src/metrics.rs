@@ -292,6 +292,11 @@ impl QueryRecord {
     pub fn finish(&mut self, outcome: Outcome) {
         self.outcome = outcome;
     }
+
+    /// Counts the query against `pool` (its placement's), once admission has chosen it.
+    pub fn set_pool(&mut self, pool: &str) {
+        pool.clone_into(&mut self.pool);
+    }
 }
 
 impl Drop for QueryRecord {

@@ -21,7 +21,7 @@ pub mod config;
 pub mod group;
 pub mod rate_limit;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -145,6 +145,12 @@ impl Groups {
         })
     }
 
+    /// Queries waiting in the pool.
+    fn queued(&self) -> u32 {
+        let s = self.scheduler.lock().expect("scheduler");
+        s.queued(s.root())
+    }
+
     /// Frees a slot of `leaf` and wakes the queries that start in its place.
     fn release(&self, leaf: GroupId, held: Duration) {
         let started = self
@@ -217,16 +223,27 @@ impl Drop for Permit {
     }
 }
 
-/// The admission stage: policy, rate-limit state and the group scheduler.
+/// The admission stage: policy, rate-limit state and one group scheduler per pool.
+///
+/// Each pool has its own scheduler, whose root holds that pool's capacity (its ready workers ×
+/// slots), so a busy pool never takes slots from another.
 #[derive(Debug)]
 pub struct Admission {
     policy: RwLock<Arc<Policy>>,
     limiters: Mutex<Vec<Gcra>>,
-    groups: RwLock<Arc<Groups>>,
+    /// Schedulers by pool, created on a pool's first query; replaced as a whole on reload.
+    groups: RwLock<HashMap<String, Arc<Groups>>>,
     origin: Instant,
     replicas: u32,
-    capacity: Mutex<u32>,
+    /// Capacity by pool; a pool not yet measured is unlimited.
+    capacity: Mutex<HashMap<String, u32>>,
+    /// Arrivals by pool, for the demand signal.
+    arrivals: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
+
+/// The window over which a pool's arrival rate is measured: one second, so scaling reacts to a
+/// burst within about a second.
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(1);
 
 impl Admission {
     /// Admission under `policy`, sharing limits with `replicas - 1` other gateways.
@@ -235,11 +252,27 @@ impl Admission {
         Arc::new(Self {
             policy: RwLock::new(Arc::new(policy)),
             limiters: Mutex::new((0..n).map(|_| Gcra::default()).collect()),
-            groups: RwLock::new(Groups::new(u32::MAX)),
+            groups: RwLock::new(HashMap::new()),
             origin: Instant::now(),
             replicas: replicas.max(1),
-            capacity: Mutex::new(u32::MAX),
+            capacity: Mutex::new(HashMap::new()),
+            arrivals: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The scheduler of `pool` under the current policy.
+    fn pool_groups(&self, pool: &str) -> Arc<Groups> {
+        if let Some(groups) = self.groups.read().expect("groups").get(pool) {
+            return groups.clone();
+        }
+        let mut by_pool = self.groups.write().expect("groups");
+        by_pool
+            .entry(pool.to_owned())
+            .or_insert_with(|| {
+                let capacity = self.capacity.lock().expect("capacity").get(pool).copied();
+                Groups::new(capacity.unwrap_or(u32::MAX))
+            })
+            .clone()
     }
 
     /// The policy in force.
@@ -253,34 +286,82 @@ impl Admission {
         let n = policy.rate_limits.len();
         *self.limiters.lock().expect("limiters") = (0..n).map(|_| Gcra::default()).collect();
         *self.policy.write().expect("policy") = Arc::new(policy);
-        let capacity = *self.capacity.lock().expect("capacity");
-        *self.groups.write().expect("groups") = Groups::new(capacity);
+        self.groups.write().expect("groups").clear();
     }
 
-    /// Sets the pool's capacity (ready workers × slots), starting waiting queries it allows.
-    pub fn set_capacity(&self, slots: u32) {
-        *self.capacity.lock().expect("capacity") = slots;
-        let groups = self.groups.read().expect("groups").clone();
-        let started = groups
-            .scheduler
+    /// Sets `pool`'s capacity (ready workers × slots), starting waiting queries it allows.
+    pub fn set_capacity(&self, pool: &str, slots: u32) {
+        self.capacity
             .lock()
-            .expect("scheduler")
-            .set_capacity(slots);
-        groups.wake(started);
+            .expect("capacity")
+            .insert(pool.to_owned(), slots);
+        let groups = self.groups.read().expect("groups").get(pool).cloned();
+        if let Some(groups) = groups {
+            let started = groups
+                .scheduler
+                .lock()
+                .expect("scheduler")
+                .set_capacity(slots);
+            groups.wake(started);
+        }
     }
 
     /// Running and queued queries per group path, for metrics and the demand signal.
     pub fn snapshot(&self) -> Vec<(String, u32, u32)> {
-        let groups = self.groups.read().expect("groups").clone();
-        let s = groups.scheduler.lock().expect("scheduler");
-        s.snapshot()
+        let by_pool: Vec<Arc<Groups>> = self
+            .groups
+            .read()
+            .expect("groups")
+            .values()
+            .cloned()
+            .collect();
+        by_pool
+            .iter()
+            .flat_map(|groups| groups.scheduler.lock().expect("scheduler").snapshot())
+            .collect()
     }
 
-    /// Queries waiting in any group.
+    /// Queries waiting in any group of any pool.
     pub fn queued(&self) -> u32 {
-        let groups = self.groups.read().expect("groups").clone();
-        let s = groups.scheduler.lock().expect("scheduler");
-        s.queued(s.root())
+        let by_pool: Vec<Arc<Groups>> = self
+            .groups
+            .read()
+            .expect("groups")
+            .values()
+            .cloned()
+            .collect();
+        by_pool.iter().map(|groups| groups.queued()).sum()
+    }
+
+    /// Queries waiting for a slot of `pool`.
+    pub fn queued_in(&self, pool: &str) -> u32 {
+        let groups = self.groups.read().expect("groups").get(pool).cloned();
+        groups.map_or(0, |groups| groups.queued())
+    }
+
+    /// Queries for `pool` that reached admission in the last second (refused ones included:
+    /// they are demand the pool did not meet).
+    pub fn arrivals_per_sec(&self, pool: &str) -> f64 {
+        let mut arrivals = self.arrivals.lock().expect("arrivals");
+        let Some(window) = arrivals.get_mut(pool) else {
+            return 0.0;
+        };
+        prune(window, Instant::now());
+        window.len() as f64 / ARRIVAL_WINDOW.as_secs_f64()
+    }
+
+    fn arrived(&self, pool: &str) {
+        let now = Instant::now();
+        let mut arrivals = self.arrivals.lock().expect("arrivals");
+        let window = arrivals.entry(pool.to_owned()).or_default();
+        window.push_back(now);
+        prune(window, now);
+    }
+
+    /// The pool for a call outside any query (metadata, prepared-statement actions): the pool
+    /// of the caller's group, so a group bound to its own pool never touches another.
+    pub fn pool_of(&self, identity: &Identity, hints: &ClientHints) -> String {
+        classify::classify(&self.policy(), identity, hints, StatementKind::Other).pool
     }
 
     /// Classifies and checks permission; no state changes, so it can run at GetFlightInfo.
@@ -313,8 +394,9 @@ impl Admission {
         sql: &str,
     ) -> Result<Permit, AdmissionError> {
         let (policy, placement) = self.check(identity, hints, sql)?;
+        self.arrived(&placement.pool);
         self.rate_limit(&policy, identity, &placement)?;
-        let groups = self.groups.read().expect("groups").clone();
+        let groups = self.pool_groups(&placement.pool);
         let (leaf, decision, timeout) = {
             let mut s = groups.scheduler.lock().expect("scheduler");
             let mut node = s.root();
@@ -442,6 +524,15 @@ impl Admission {
             }
         }
         Ok(())
+    }
+}
+
+fn prune(window: &mut VecDeque<Instant>, now: Instant) {
+    while window
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > ARRIVAL_WINDOW)
+    {
+        window.pop_front();
     }
 }
 

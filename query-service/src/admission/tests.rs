@@ -104,3 +104,49 @@ async fn forbidden_table_is_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("quiver.public.lineitem"), "{err}");
 }
+
+const TWO_POOLS: &str = "
+resource_groups:
+  - {name: x, pool: b, queue_timeout: 10s}
+  - {name: y, pool: a, queue_timeout: 10s}
+selectors:
+  - {source: etl, group: x}
+default_group: y
+";
+
+#[tokio::test]
+async fn each_pool_has_its_own_capacity_and_demand() {
+    let policy = Policy::parse(TWO_POOLS, Path::new("a.yaml"), &["a", "b"]).unwrap();
+    let adm = Admission::new(policy, 1);
+    adm.set_capacity("a", 1);
+    adm.set_capacity("b", 1);
+    let etl = ClientHints {
+        source: Some("etl".into()),
+        ..ClientHints::default()
+    };
+    let on_b = adm.admit(&who("default"), &etl, "SELECT 1").await.unwrap();
+    assert_eq!(on_b.placement.pool, "b");
+    // Pool b is full; pool a is not, so y's query runs at once.
+    let on_a = adm
+        .admit(&who("default"), &ClientHints::default(), "SELECT 1")
+        .await
+        .unwrap();
+    assert_eq!(on_a.placement.pool, "a");
+    // A second x query waits for pool b alone.
+    let adm2 = adm.clone();
+    let etl2 = etl.clone();
+    let waiter = tokio::spawn(async move { adm2.admit(&who("default"), &etl2, "SELECT 2").await });
+    tokio::task::yield_now().await;
+    assert_eq!((adm.queued_in("a"), adm.queued_in("b")), (0, 1));
+    // More capacity in pool a starts nothing; in pool b it starts the waiter.
+    adm.set_capacity("a", 4);
+    assert_eq!(adm.queued_in("b"), 1);
+    adm.set_capacity("b", 2);
+    let permit = waiter.await.unwrap().unwrap();
+    assert_eq!(permit.placement.pool, "b");
+    assert_eq!(adm.arrivals_per_sec("b"), 2.0);
+    assert_eq!(adm.arrivals_per_sec("a"), 1.0);
+    // Calls outside a query go to the caller's group's pool.
+    assert_eq!(adm.pool_of(&who("default"), &etl), "b");
+    assert_eq!(adm.pool_of(&who("default"), &ClientHints::default()), "a");
+}

@@ -6,7 +6,9 @@
 //! Flight data is relayed message by message, never decoded or collected, so the gateway's
 //! memory does not grow with the result.
 
+pub mod discovery;
 pub mod pool;
+pub mod registry;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +21,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use self::pool::{Worker, WorkerLoad, WorkerPool};
+use self::registry::Pools;
 
 /// A relayed stream of Flight data.
 pub type FlightDataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send>>;
@@ -45,6 +48,15 @@ pub enum DispatchError {
     /// The worker answered with an error about the query itself; passed through unchanged.
     #[error("{}", .0.message())]
     Worker(Box<Status>),
+    /// A placement names a pool this gateway does not serve (the config was checked against
+    /// the pools, so this means the pools changed under a running config).
+    #[error("pool {pool:?} is not served by this gateway (pools: {known})")]
+    UnknownPool {
+        /// The pool asked for.
+        pool: String,
+        /// The pools served, comma-separated.
+        known: String,
+    },
     /// A worker address that is not a valid URL.
     #[error("invalid worker endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
@@ -64,21 +76,35 @@ fn is_worker_failure(status: &Status) -> bool {
     }
 }
 
-/// Sends calls to a pool's workers.
+/// Sends calls to the workers of one of the gateway's pools.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
+    pools: Arc<Pools>,
     pool: Arc<WorkerPool>,
 }
 
 impl Dispatcher {
-    /// Dispatches to `pool`.
-    pub fn new(pool: Arc<WorkerPool>) -> Self {
-        Self { pool }
+    /// Dispatches to the default pool of `pools`; [`Dispatcher::on`] picks another.
+    pub fn new(pools: Arc<Pools>) -> Self {
+        let pool = pools.default_pool().clone();
+        Self { pools, pool }
     }
 
     /// The pool dispatched to.
     pub fn pool(&self) -> &Arc<WorkerPool> {
         &self.pool
+    }
+
+    /// A dispatcher for the pool named `pool` (a query's placement), so a group's queries only
+    /// ever reach its own pool's workers.
+    pub fn on(&self, pool: &str) -> Result<Dispatcher, DispatchError> {
+        if pool == self.pool.name() {
+            return Ok(self.clone());
+        }
+        Ok(Self {
+            pools: self.pools.clone(),
+            pool: self.pools.get(pool)?.clone(),
+        })
     }
 
     /// Runs `call` on the least-loaded ready worker, and once more on another if the first
@@ -183,5 +209,30 @@ impl Dispatcher {
             })
         });
         Ok(Box::pin(head.chain(tail)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn routes_to_the_named_pool_only() {
+        let pools = Pools::new(["a", "b"]);
+        pools.get("a").unwrap().add("127.0.0.1:1").unwrap();
+        let dispatcher = Dispatcher::new(pools);
+        assert_eq!(dispatcher.pool().name(), "a");
+        let b = dispatcher.on("b").unwrap();
+        assert_eq!(b.pool().name(), "b");
+        // Pool b has no worker: its query is refused even though pool a has one.
+        let err = b.do_get(Ticket::new("SELECT 1")).await.err().unwrap();
+        assert!(
+            matches!(&err, DispatchError::NoReadyWorker { pool, workers: 0 } if pool == "b"),
+            "{err}"
+        );
+        assert!(matches!(
+            dispatcher.on("c"),
+            Err(DispatchError::UnknownPool { .. })
+        ));
     }
 }

@@ -1,6 +1,7 @@
 //! A pool of workers: who is ready (watched through each worker's gRPC health stream, not
 //! polled) and how many queries each is running, so dispatch can pick the least loaded.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
@@ -162,6 +163,24 @@ impl WorkerPool {
         self.notify();
     }
 
+    /// Makes the pool's members exactly `endpoints` (a discovery's current view): adds the new
+    /// ones and removes the rest at once, so a terminating pod gets no further query while its
+    /// running queries keep their streams. Endpoints that are not valid URLs are skipped.
+    pub fn set_endpoints<'a>(self: &Arc<Self>, endpoints: impl IntoIterator<Item = &'a str>) {
+        let wanted: BTreeSet<String> = endpoints.into_iter().map(normalise_endpoint).collect();
+        let current: BTreeSet<String> = self.workers().iter().map(|w| w.endpoint.clone()).collect();
+        for gone in current.difference(&wanted) {
+            tracing::info!(pool = %self.name, worker = %gone, "worker left the pool");
+            self.remove(gone);
+        }
+        for new in wanted.difference(&current) {
+            match self.add(new) {
+                Ok(_) => tracing::info!(pool = %self.name, worker = %new, "worker joined the pool"),
+                Err(e) => tracing::warn!(pool = %self.name, error = %e, "skipping a worker"),
+            }
+        }
+    }
+
     /// The ready worker with the fewest running queries, skipping `exclude` (the worker that
     /// just failed this query). Ties rotate so equal workers share the load.
     pub fn pick(&self, exclude: Option<&Arc<Worker>>) -> Result<Arc<Worker>, DispatchError> {
@@ -304,6 +323,31 @@ mod tests {
         assert!(Arc::ptr_eq(&pool.pick(None).unwrap(), &a));
         pool.remove("http://127.0.0.1:1");
         assert!(pool.pick(None).is_err());
+    }
+
+    #[tokio::test]
+    async fn set_endpoints_adds_and_removes() {
+        let pool = WorkerPool::new("p");
+        let a = pool.add("127.0.0.1:1").unwrap();
+        a.ready.store(true, Ordering::Release);
+        pool.set_endpoints(["grpc://127.0.0.1:1", "127.0.0.1:2"]);
+        fn endpoints(pool: &WorkerPool) -> Vec<String> {
+            pool.workers()
+                .iter()
+                .map(|w| w.endpoint().to_owned())
+                .collect()
+        }
+        assert_eq!(
+            endpoints(&pool),
+            ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+        );
+        // The kept worker is the same one, with its readiness and load.
+        assert!(Arc::ptr_eq(&pool.workers()[0], &a));
+        pool.set_endpoints(["http://127.0.0.1:2"]);
+        assert_eq!(endpoints(&pool), ["http://127.0.0.1:2"]);
+        assert!(pool.pick(None).is_err(), "a removed worker is never picked");
+        pool.set_endpoints(Vec::<&str>::new());
+        assert!(pool.workers().is_empty());
     }
 
     #[tokio::test]

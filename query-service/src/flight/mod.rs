@@ -362,11 +362,14 @@ impl FlightService for GatewayService {
             let identity = self.identify(request.metadata())?;
             let hints = self.hints(request.metadata());
             let descriptor = normalise_descriptor(request.into_inner())?;
-            // Refuse tables the tenant may not read before a worker plans anything.
-            if let Some(sql) = descriptor_sql(&descriptor, &self.signer)? {
-                self.admission.check(&identity, &hints, &sql)?;
-            }
-            Ok::<_, Status>(self.dispatcher.get_flight_info(descriptor).await?)
+            // Refuse tables the tenant may not read before a worker plans anything; plan on
+            // the pool of the query's group.
+            let pool = match descriptor_sql(&descriptor, &self.signer)? {
+                Some(sql) => self.admission.check(&identity, &hints, &sql)?.1.pool,
+                None => self.admission.pool_of(&identity, &hints),
+            };
+            let dispatcher = self.dispatcher.on(&pool)?;
+            Ok::<_, Status>(dispatcher.get_flight_info(descriptor).await?)
         }
         .await;
         // A query refused while planning never reaches DoGet; count it here so rejected SQL
@@ -426,11 +429,17 @@ impl FlightService for GatewayService {
                     (ticket, Some(permit), None)
                 }
             };
+            // A query runs on its group's pool, metadata on the caller's group's pool.
+            let pool = match &permit {
+                Some(permit) => permit.placement.pool.clone(),
+                None => self.admission.pool_of(&identity, &hints),
+            };
+            record.set_pool(&pool);
             // Registered before dispatch, so a cancel that races the first batch still lands.
             let is_query = permit.is_some();
             let query = Query::new(permit);
             let registration = is_query.then(|| self.running.register(presented, query.clone()));
-            let mut stream = self.dispatcher.do_get(ticket).await?;
+            let mut stream = self.dispatcher.on(&pool)?.do_get(ticket).await?;
             if let Some(patterns) = scope {
                 stream = visible::filter(stream, patterns);
             }
@@ -466,6 +475,7 @@ impl FlightService for GatewayService {
     ) -> Result<Response<Self::DoActionStream>, Status> {
         let identity = self.identify(request.metadata())?;
         let hints = self.hints(request.metadata());
+        let pool = self.admission.pool_of(&identity, &hints);
         if matches!(
             request.get_ref().r#type.as_str(),
             SET_SESSION_OPTIONS | GET_SESSION_OPTIONS | CLOSE_SESSION
@@ -526,7 +536,7 @@ impl FlightService for GatewayService {
                 action.r#type
             )));
         }
-        let results = self.dispatcher.do_action(action).await?;
+        let results = self.dispatcher.on(&pool)?.do_action(action).await?;
         Ok(Response::new(Box::pin(futures::stream::iter(
             results.into_iter().map(Ok),
         ))))

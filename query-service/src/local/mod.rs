@@ -78,7 +78,11 @@ pub async fn run(
 ) -> Result<(), UpError> {
     // A bad admission config or worker range is refused before any data is generated or
     // worker started.
-    crate::gateway::load_policy(config.config.as_ref(), config.tenants.as_ref())?;
+    crate::gateway::load_policy(
+        config.config.as_ref(),
+        config.tenants.as_ref(),
+        &[crate::admission::config::DEFAULT_POOL],
+    )?;
     config.scaling.validate()?;
     let catalog = if datagen::exists(&config.data_dir) {
         tracing::info!(dir = %config.data_dir.display(), "using existing data");
@@ -142,7 +146,7 @@ pub async fn run(
     let metrics = Arc::new(GatewayMetrics::default());
     let gateway_config = crate::gateway::GatewayConfig {
         admin: Some(admin),
-        pool: pool.clone(),
+        pools: crate::dispatch::registry::Pools::single(pool.clone()),
         metrics,
         key: ticket_key.clone().into_bytes(),
         config: config.config.clone(),

@@ -90,7 +90,7 @@ pub async fn start_gateway_with(
     let addr = listener.local_addr().unwrap();
     let config = quiver::gateway::GatewayConfig {
         admin: None,
-        pool: pool.clone(),
+        pools: quiver::dispatch::registry::Pools::single(pool.clone()),
         metrics: Arc::new(GatewayMetrics::default()),
         key: KEY.to_vec(),
         config: admission,

@@ -287,12 +287,11 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 fn read_tenants(path: &Path) -> Result<Vec<TenantSpec>, ConfigError> {
-    let file: TenantsFile = serde_yaml::from_str(&read(path)?).map_err(|source| {
-        ConfigError::Parse {
+    let file: TenantsFile =
+        serde_yaml::from_str(&read(path)?).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        }
-    })?;
+        })?;
     Ok(file.tenants)
 }
 
@@ -325,6 +324,16 @@ impl Policy {
             selectors: Vec::new(),
             default_group: "default".into(),
         }
+    }
+
+    /// The open policy on a gateway serving `pools`: its one group runs on [`DEFAULT_POOL`] when
+    /// served, else on the first pool, as calls outside any group do.
+    pub fn open_for(pools: &[&str]) -> Self {
+        let mut policy = Self::open();
+        for group in &mut policy.groups {
+            group.pool = fallback_pool(pools);
+        }
+        policy
     }
 
     /// Reads and validates `path`; `pools` are the pool names groups may name.
@@ -387,7 +396,12 @@ impl Policy {
             .into_iter()
             .enumerate()
             .map(|(i, t)| (path, i, t))
-            .chain(extra.into_iter().enumerate().map(|(i, t)| (extra_path, i, t)));
+            .chain(
+                extra
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, t)| (extra_path, i, t)),
+            );
         for (index, (tenant_path, i, t)) in all_tenants.enumerate() {
             let invalid = |field: String, reason: String| ConfigError::Invalid {
                 path: tenant_path.to_owned(),
@@ -440,7 +454,7 @@ impl Policy {
             groups.push(compile_group(g, None, &field, pools, &invalid)?);
         }
         if groups.is_empty() {
-            groups = Policy::open().groups;
+            groups = Policy::open_for(pools).groups;
         }
 
         let mut rate_limits = Vec::new();
@@ -586,14 +600,24 @@ fn compile_group(
             ));
         }
     }
+    let named_pool = g.pool.is_some();
     let pool = g
         .pool
         .or_else(|| parent.map(|p| p.pool.clone()))
         .unwrap_or_else(|| DEFAULT_POOL.into());
     if !pools.contains(&pool.as_str()) {
+        let how = if named_pool {
+            "names"
+        } else {
+            "runs on (by default)"
+        };
         return Err(invalid(
             format!("{field}.pool"),
-            format!("unknown pool {pool:?}; known pools: {pools:?}"),
+            format!(
+                "group {:?} {how} unknown pool {pool:?}; this gateway serves the pools [{}] (--worker, --pool)",
+                g.name,
+                pools.join(", ")
+            ),
         ));
     }
     let memory_limit = g
@@ -653,6 +677,16 @@ fn compile_group(
         ));
     }
     Ok(node)
+}
+
+/// [`DEFAULT_POOL`] if among `pools`, else the first of them.
+fn fallback_pool(pools: &[&str]) -> String {
+    if pools.contains(&DEFAULT_POOL) {
+        DEFAULT_POOL
+    } else {
+        pools.first().copied().unwrap_or(DEFAULT_POOL)
+    }
+    .to_owned()
 }
 
 /// Finds the node at a dotted path of literal names.

@@ -95,6 +95,43 @@ fn invalid_configs_name_field_and_reason() {
 }
 
 #[test]
+fn a_group_on_a_pool_the_gateway_does_not_serve_is_refused() {
+    let text = "resource_groups: [{name: etl, pool: b}, {name: adhoc}]";
+    let e = Policy::parse(text, Path::new("admission.yaml"), &["a", "b"])
+        .unwrap_err()
+        .to_string();
+    // The second group runs on the default pool, which this gateway does not serve.
+    for word in [
+        "admission.yaml",
+        "resource_groups[1].pool",
+        "\"adhoc\"",
+        "\"default\"",
+        "[a, b]",
+    ] {
+        assert!(e.contains(word), "{word}: {e}");
+    }
+    let p = Policy::parse(
+        "resource_groups: [{name: etl, pool: b, subgroups: [{name: x}]}, {name: adhoc, pool: a}]",
+        Path::new("admission.yaml"),
+        &["a", "b"],
+    )
+    .unwrap();
+    assert_eq!(resolve_group(&p.groups, "etl.x").unwrap().pool, "b");
+    assert_eq!(resolve_group(&p.groups, "adhoc").unwrap().pool, "a");
+}
+
+#[test]
+fn the_open_group_runs_on_a_served_pool() {
+    assert_eq!(Policy::open_for(&["a", "b"]).groups[0].pool, "a");
+    assert_eq!(
+        Policy::open_for(&["a", DEFAULT_POOL]).groups[0].pool,
+        DEFAULT_POOL
+    );
+    let p = Policy::parse("tenants: [{name: t}]", Path::new("t.yaml"), &["b"]).unwrap();
+    assert_eq!(p.groups[0].pool, "b");
+}
+
+#[test]
 fn empty_config_is_open() {
     let p = parse("{}").unwrap();
     assert!(p.open);
@@ -140,7 +177,10 @@ fn a_tenants_file_adds_tenants_and_names_itself_in_errors() {
     let e = Policy::load_with_tenants(&config, Some(&tenants), POOLS)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("tenants.yaml") && e.contains("rate_limits"), "{e}");
+    assert!(
+        e.contains("tenants.yaml") && e.contains("rate_limits"),
+        "{e}"
+    );
 
     // A missing tenants file is an error, not an open gateway.
     let e = Policy::load_with_tenants(&config, Some(&dir.path().join("nope.yaml")), POOLS)
