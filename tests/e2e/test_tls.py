@@ -6,6 +6,7 @@ import ipaddress
 import time
 from pathlib import Path
 
+import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow.flight as flight
 import pytest
 from cryptography import x509
@@ -90,12 +91,20 @@ def query(endpoint: str, **tls) -> int:
         client.close()
 
 
+def adbc_query(endpoint: str, **options: str) -> int:
+    kwargs = {f"adbc.flight.sql.client_option.{k}": v for k, v in options.items()}
+    with flightsql.connect(endpoint, autocommit=True, db_kwargs=kwargs) as conn, conn.cursor() as cur:
+        cur.execute(QUERY.decode())
+        return cur.fetchone()[0]
+
+
 def test_tls_with_own_ca(tmp_path, data_dir, logs):
     ca = CA("quiver test CA")
     cert, key = write_server(tmp_path, ca)
     q = TlsQuiver(data_dir, 0.01, 1, ["--tls-cert", str(cert), "--tls-key", str(key)], logs)
     try:
         assert query(q.endpoint, tls_root_certs=ca.pem) == 25
+        assert adbc_query(q.endpoint, tls_root_certs=ca.pem.decode()) == 25
         # The system roots do not know the test CA: the handshake fails.
         with pytest.raises(flight.FlightUnavailableError):
             query(q.endpoint)
@@ -116,6 +125,8 @@ def test_mutual_tls_refuses_clients_without_a_certificate(tmp_path, data_dir, lo
     try:
         client_cert, client_key = clients.issue("analyst", server=False)
         assert query(q.endpoint, tls_root_certs=ca.pem, cert_chain=client_cert, private_key=client_key) == 25
+        assert adbc_query(q.endpoint, tls_root_certs=ca.pem.decode(), mtls_cert_chain=client_cert.decode(),
+                          mtls_private_key=client_key.decode()) == 25
         with pytest.raises(flight.FlightUnavailableError):
             query(q.endpoint, tls_root_certs=ca.pem)
         # A certificate from another CA is refused as well.
