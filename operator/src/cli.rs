@@ -22,6 +22,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the QueryPool CustomResourceDefinition as YAML.
     Crd,
+    /// Compare the scaling policy with Knative- and HPA-style policies over demand traces.
+    Simulate,
 }
 
 /// `quiver-operator run`.

@@ -89,7 +89,11 @@ impl ScalingConfig {
 
     /// Replicas that serve `demand` concurrent queries plus the warm spares, within the bounds.
     pub fn replicas_for(&self, demand: f64) -> u32 {
-        let demand = if demand.is_finite() { demand.max(0.0) } else { 0.0 };
+        let demand = if demand.is_finite() {
+            demand.max(0.0)
+        } else {
+            0.0
+        };
         let busy = (demand / f64::from(self.target_concurrency)).ceil();
         let busy = if busy >= f64::from(u32::MAX) {
             u32::MAX
@@ -344,12 +348,14 @@ impl ScalingPolicy {
         }
         let panic_left = self
             .panic_until
-            .filter(|until| *until > now)
+            .filter(|until| *until >= now)
             .map(|until| until - now);
 
         // Bounds first: a changed spec moves the size at once, in either direction.
         if previous < cfg.min_replicas || previous > cfg.max_replicas {
-            let to = previous.clamp(cfg.min_replicas, cfg.max_replicas).max(needed);
+            let to = previous
+                .clamp(cfg.min_replicas, cfg.max_replicas)
+                .max(needed);
             let (min, max) = (cfg.min_replicas, cfg.max_replicas);
             return self.decide(now, previous, to, demand, Reason::Bounds { min, max });
         }
@@ -373,15 +379,33 @@ impl ScalingPolicy {
             return self.decide(now, previous, previous, demand, Reason::Steady { demand });
         }
         if let Some(remaining) = panic_left {
-            return self.decide(now, previous, previous, demand, Reason::HoldPanic { remaining });
+            return self.decide(
+                now,
+                previous,
+                previous,
+                demand,
+                Reason::HoldPanic { remaining },
+            );
         }
         let since_change = self.last_change.map_or(Duration::MAX, |at| now - at);
         if since_change < cfg.scale_down_delay {
             let remaining = cfg.scale_down_delay - since_change;
-            return self.decide(now, previous, previous, demand, Reason::HoldDelay { remaining });
+            return self.decide(
+                now,
+                previous,
+                previous,
+                demand,
+                Reason::HoldDelay { remaining },
+            );
         }
         let window = cfg.stable_window;
-        self.decide(now, previous, down_to, demand, Reason::ScaleDown { peak, window })
+        self.decide(
+            now,
+            previous,
+            down_to,
+            demand,
+            Reason::ScaleDown { peak, window },
+        )
     }
 
     fn decide(
@@ -400,7 +424,8 @@ impl ScalingPolicy {
             desired,
             previous,
             demand,
-            panic: self.panic_until.is_some_and(|until| until > now),
+            // Inclusive, so a burst is panic even with a zero-length panic window.
+            panic: self.panic_until.is_some_and(|until| until >= now),
             reason,
         }
     }

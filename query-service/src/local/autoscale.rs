@@ -230,7 +230,8 @@ mod tests {
             warm_replicas: 1,
             ..ScalingConfig::default()
         });
-        assert_eq!(auto.initial(), 2);
+        // No demand yet: the one warm spare is the whole pool.
+        assert_eq!(auto.initial(), 1);
         assert!(Scaling::Fixed(0).validate().is_err());
     }
 }

@@ -1,14 +1,5 @@
-//! Controller tests against kube-fake-client, an in-memory API server.
-//!
-//! What the fake does not do, and how the tests stand in for it:
-//! - Server-side apply is a JSON merge plus field ownership; the tests check the objects the
-//!   apply leaves, not fields an apply would remove.
-//! - No watches, so no `Controller` loop: tests call `reconcile` and `demand::step` directly,
-//!   as the controller and the demand loop do.
-//! - No scale subresource: `kubectl scale` writes `spec.replicas` through it, so the tests
-//!   patch `spec.replicas`.
-//! - No ReplicaSet controller: the deletion-cost test checks that the annotations are written
-//!   before the Deployment's replicas drop, which is what the ReplicaSet acts on.
+//! Reconcile: owned objects, idempotence, status, drift, deletion, invalid specs, pinning and
+//! the scale-down order.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,8 +14,8 @@ use kube::{Client, Resource, ResourceExt};
 use kube_fake_client::{ClientBuilder, interceptor};
 use serde_json::json;
 
-use super::demand::{self, DELETION_COST, DemandReport, PoolDemand, WorkerLoad};
-use super::{Context, reconcile, status};
+use crate::controller::demand::{self, DELETION_COST, DemandReport, PoolDemand, WorkerLoad};
+use crate::controller::{Context, reconcile, status};
 use crate::crd::{QueryPool, QueryPoolSpec, QueryPoolStatus};
 use crate::metrics::Metrics;
 
@@ -502,7 +493,7 @@ fn worker_pod(name: &str, ip: &str) -> Pod {
     let mut pod = Pod::default();
     pod.metadata.name = Some(name.into());
     pod.metadata.namespace = Some(NS.into());
-    pod.metadata.labels = Some(super::resources::labels("default"));
+    pod.metadata.labels = Some(crate::controller::resources::labels("default"));
     pod.status = Some(PodStatus {
         pod_ip: Some(ip.into()),
         ..PodStatus::default()
@@ -685,6 +676,8 @@ async fn bounds_change_applies_at_once() {
 
 #[test]
 fn retry_delay_backs_off_to_five_minutes() {
-    let delays: Vec<u64> = (1..=9).map(|n| super::retry_delay(n).as_secs()).collect();
+    let delays: Vec<u64> = (1..=9)
+        .map(|n| crate::controller::retry_delay(n).as_secs())
+        .collect();
     assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
 }
