@@ -21,9 +21,9 @@ OPERATOR_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
+# What kubernetes discovery calls (query-service/src/dispatch/discovery.rs): a watcher.
 GATEWAY_RULES = {
-    ("discovery.k8s.io", "endpointslices"): {"get", "list", "watch"},
-    ("quiver.dev", "querypools"): {"get", "list", "watch"},
+    ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
 }
 
 

@@ -108,7 +108,12 @@ def test_gateway_wiring(default_objects):
     e = env(c)
     assert e["QUIVER_LISTEN"] == "0.0.0.0:50051"
     assert e["QUIVER_ADMIN_LISTEN"] == "0.0.0.0:9090"
-    assert e["QUIVER_WORKER_ENDPOINTS"] == f"grpc://default.{NAMESPACE}.svc.cluster.local:50051"
+    # Kubernetes discovery of the known pools (the sample pool), in the pod's own namespace.
+    assert e["QUIVER_DISCOVERY"] == "kubernetes"
+    assert e["QUIVER_POOLS"] == "default"
+    assert "QUIVER_WORKER_ENDPOINTS" not in e
+    assert e["QUIVER_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert pod_spec(deploy)["automountServiceAccountToken"] is True
     assert e["QUIVER_TICKET_KEY"] == {"secretKeyRef": {"name": f"{RELEASE}-ticket-key", "key": "ticket-key"}}
     assert e["QUIVER_CONFIG"] == "/etc/quiver/admission.yaml"
     assert e["QUIVER_TENANTS_FILE"] == "/etc/quiver/tenants.yaml"
@@ -261,11 +266,27 @@ def test_all_on_values_reach_the_objects(all_on_objects):
     c = container(gateway, "gateway")
     assert c["image"] == f"{values['image']['repository']}@{values['image']['digest']}"
     assert pod_spec(gateway)["imagePullSecrets"] == [{"name": "regcred"}]
-    assert env(c)["QUIVER_WORKER_ENDPOINTS"] == ",".join(values["gateway"]["workerEndpoints"])
+    # Every known pool is discovered: the sample pool and admission.pools.
+    assert env(c)["QUIVER_POOLS"] == ";".join([values["samplePool"].get("name", "default"),
+                                              *values["admission"]["pools"]])
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod_spec(gateway)["affinity"]["podAntiAffinity"]
     svc = all_on_objects.one("Service", f"{RELEASE}-gateway")
     assert svc["spec"]["type"] == "LoadBalancer" and svc["spec"]["ports"][0]["nodePort"] == 30051
     assert all(o["metadata"]["labels"]["team"] == "analytics" for o in all_on_objects)
+
+
+def test_static_discovery_needs_no_api_access():
+    endpoints = ["grpc://10.1.0.5:50051", "grpc://10.1.0.6:50051"]
+    objects = render_chart({"gateway": {"discovery": "static", "workerEndpoints": endpoints},
+                            "admission": {"pools": ["reporting"]}})
+    deploy = objects.one("Deployment", f"{RELEASE}-gateway")
+    e = env(container(deploy, "gateway"))
+    assert e["QUIVER_DISCOVERY"] == "static"
+    assert e["QUIVER_POOLS"] == (f"default={','.join(endpoints)};"
+                                 f"reporting=grpc://reporting.{NAMESPACE}.svc.cluster.local:50051")
+    assert pod_spec(deploy)["automountServiceAccountToken"] is False
+    assert not objects.named("Role", f"{RELEASE}-gateway")
+    assert not objects.named("RoleBinding", f"{RELEASE}-gateway")
 
 
 def test_notes_tell_how_to_connect(default_objects):
@@ -283,6 +304,7 @@ BAD_VALUES = [
     ({"samplePool": {"drainTimeout": "soon"}}, "/samplePool/drainTimeout", "pattern"),
     ({"admission": {"tenants": {"list": [{"name": "t", "tokens": ["plaintext"]}]}}}, "tokens/0", "pattern"),
     ({"gatway": {"replicas": 1}}, "additional properties 'gatway'", ""),
+    ({"gateway": {"discovery": "dns"}}, "/gateway/discovery", "kubernetes"),
 ]
 
 

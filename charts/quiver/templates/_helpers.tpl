@@ -134,13 +134,28 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.operator.leaderElection (gt (int .Values.operator.replicas) 1) }}true{{ else }}false{{ end }}
 {{- end }}
 
-{{/* Worker endpoints for the gateway, comma-separated. */}}
-{{- define "quiver.gateway.workerEndpoints" -}}
-{{- if .Values.gateway.workerEndpoints }}
-{{- join "," .Values.gateway.workerEndpoints }}
+{{/*
+The pools the gateway serves, for QUIVER_POOLS (`;`-separated): with kubernetes discovery the
+known pools' names; with static discovery NAME=ENDPOINTS for each, the sample pool's endpoints
+from gateway.workerEndpoints when set, else each pool's headless Service.
+*/}}
+{{- define "quiver.gateway.pools" -}}
+{{- $known := include "quiver.knownPools" . | fromJsonArray }}
+{{- $pools := list }}
+{{- if eq .Values.gateway.discovery "kubernetes" }}
+{{- $pools = $known }}
 {{- else }}
-{{- printf "grpc://%s.%s.svc.%s:%d" .Values.samplePool.name .Release.Namespace .Values.gateway.clusterDomain (int .Values.gateway.workerPort) }}
+{{- $sample := ternary .Values.samplePool.name "default" .Values.samplePool.enabled }}
+{{- if .Values.gateway.workerEndpoints }}
+{{- $pools = append $pools (printf "%s=%s" $sample (join "," .Values.gateway.workerEndpoints)) }}
 {{- end }}
+{{- range $known }}
+{{- if not (and $.Values.gateway.workerEndpoints (eq . $sample)) }}
+{{- $pools = append $pools (printf "%s=grpc://%s.%s.svc.%s:%d" . . $.Release.Namespace $.Values.gateway.clusterDomain (int $.Values.gateway.workerPort)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- join ";" $pools }}
 {{- end }}
 
 {{/*
