@@ -27,11 +27,16 @@ def admin_url(q) -> str:
     raise AssertionError(f"no admin line in {q.stdout}")
 
 
-def running(q) -> int:
-    """Queries running in all groups, from the gateway's metrics."""
+def gauge(q, name: str) -> int:
+    """The largest value of a gateway gauge across its labels."""
     text = urllib.request.urlopen(admin_url(q) + "/metrics", timeout=5).read().decode()
-    values = [int(float(v)) for v in re.findall(r"^quiver_admission_running\{[^}]*\} (\S+)$", text, re.M)]
+    values = [int(float(v)) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)]
     return max(values, default=0)
+
+
+def running(q) -> int:
+    """Queries holding a resource-group slot (the root group counts them all)."""
+    return gauge(q, "quiver_admission_running")
 
 
 def wait_running(q, expected: int, within: float) -> float:
@@ -73,10 +78,13 @@ def test_cancel_action_stops_the_query_and_frees_its_slot(idle, how):
     client = flight.connect(idle.endpoint)
     info, reader = start_long(client)
     assert running(idle) == 1
+    assert gauge(idle, "quiver_pool_in_flight") == 1
     cancel = flight_sql.cancel_flight_info if how == "CancelFlightInfo" else flight_sql.cancel_query
     assert cancel(client, info) == flight_sql.CANCEL_STATUS_CANCELLED
     took = wait_running(idle, 0, FREED_WITHIN)
     print(f"\n{how}: slot free {took * 1000:.0f} ms after the cancel returned")
+    # The worker's stream was dropped too: the pool counts no query in flight on its workers.
+    assert gauge(idle, "quiver_pool_in_flight") == 0
     # The stream ends with CANCELLED (after any batches already in flight).
     with pytest.raises(flight.FlightCancelledError, match="cancelled by the client"):
         drain(reader)
