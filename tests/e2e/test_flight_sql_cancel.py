@@ -124,3 +124,35 @@ def test_queries_after_a_cancel_run_normally(idle):
     table = client.do_get(flight.Ticket(b"SELECT count(*) AS n FROM nation")).read_all()
     assert table.column("n").to_pylist() == [25]
     client.close()
+
+
+def test_a_cancel_starts_the_next_queued_query(start_quiver, tmp_path):
+    """One slot: a second query waits behind the long one, and runs as soon as it is cancelled."""
+    import threading
+
+    config = tmp_path / "admission.yaml"
+    config.write_text("resource_groups:\n  - {name: one, hard_concurrency: 1, queue_timeout: 60s}\n")
+    q = start_quiver("--config", str(config))
+    client = flight.connect(q.endpoint)
+    info, reader = start_long(client)
+    done = threading.Event()
+    result = {}
+
+    def second():
+        other = flight.connect(q.endpoint)
+        result["n"] = other.do_get(flight.Ticket(b"SELECT count(*) AS n FROM nation")).read_all().column("n")[0].as_py()
+        other.close()
+        done.set()
+
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    deadline = time.monotonic() + 30
+    while gauge(q, "quiver_admission_queued") != 1:
+        assert time.monotonic() < deadline, "the second query never queued"
+        time.sleep(0.05)  # polling a gauge: there is no event to wait on
+    assert not done.is_set()
+    assert flight_sql.cancel_flight_info(client, info) == flight_sql.CANCEL_STATUS_CANCELLED
+    assert done.wait(FREED_WITHIN), "the queued query did not start after the cancel"
+    waiter.join()
+    assert result["n"] == 25
+    client.close()
