@@ -90,6 +90,7 @@ def tenants(tmp_path_factory, data_dir, logs):
 tenants:
   - name: full
     tokens: ["{token_hash('full-token')}"]
+    users: [{{name: alice, password: "{token_hash('alice-password')}"}}]
     catalogs: ["quiver.public"]
   - name: outsider
     tokens: ["{token_hash('outsider-token')}"]
@@ -139,4 +140,18 @@ def test_raw_get_tables_is_filtered_and_queries_agree(tenants):
     # What is hidden is also refused.
     with pytest.raises(flight.FlightUnauthorizedError):
         client.do_get(flight.Ticket(b"SELECT * FROM nation"), outsider).read_all()
+    client.close()
+
+
+def test_handshake_basic_to_bearer(tenants):
+    """pyarrow's basic-auth Handshake: the session token it returns works like a bearer token."""
+    client = flight.connect(tenants.endpoint)
+    with pytest.raises(flight.FlightUnauthenticatedError):
+        client.authenticate_basic_token("alice", "wrong")
+    header, value = client.authenticate_basic_token("alice", "alice-password")
+    assert header.lower() == b"authorization" and value.startswith(b"Bearer "), (header, value)
+    options = flight.FlightCallOptions(headers=[(header, value)])
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(flight_sql.get_tables()), options)
+    tables = client.do_get(info.endpoints[0].ticket, options).read_all()
+    assert set(tables.column("table_name").to_pylist()) == set(TABLES)
     client.close()
