@@ -7,8 +7,9 @@
 //!      ──► worker::flight (protocol) ──► worker::engine (DataFusion) ──► worker::catalog
 //! ```
 //!
-//! `ticket` signs the stateless tickets that let any worker run any query; `status` is the one
-//! place errors become gRPC statuses; `local` runs the whole service on one machine.
+//! `ticket` signs the stateless tickets that let any worker run any query, and `prepared` carries
+//! prepared-statement parameters inside them; `status` is the one place errors become gRPC
+//! statuses; `tls` serves the gateway over TLS; `local` runs the whole service on one machine.
 
 pub mod admin;
 pub mod admission;
