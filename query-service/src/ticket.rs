@@ -277,6 +277,32 @@ mod tests {
     }
 
     #[test]
+    fn idle_prepared_handles_expire_and_binding_renews_them() {
+        let signer = TicketSigner::new(b"k");
+        let idle_ms = PREPARED_HANDLE_TTL.as_millis() as u64;
+        let created = |age_ms: u64| QueryTicket {
+            issued_at_ms: now_ms() - age_ms,
+            ..QueryTicket::new(TicketKind::Prepared, "SELECT $1")
+        };
+        // A statement ticket of that age would long be expired; a prepared handle is not yet.
+        let busy = signer.sign(&created(idle_ms - 60_000));
+        assert!(signer.verify(&busy, TicketKind::Prepared).is_ok());
+        let idle = signer.sign(&created(idle_ms + 1000));
+        assert_eq!(
+            signer.verify(&idle, TicketKind::Prepared),
+            Err(TicketError::Expired)
+        );
+        // Binding issues a fresh handle from the old one's contents.
+        let old = signer.verify(&busy, TicketKind::Prepared).unwrap();
+        let bound = signer.sign(&QueryTicket {
+            params: Some("row".into()),
+            ..QueryTicket::new(TicketKind::Prepared, &old.sql)
+        });
+        let renewed = signer.verify(&bound, TicketKind::Prepared).unwrap();
+        assert!(renewed.issued_at_ms > old.issued_at_ms);
+    }
+
+    #[test]
     fn garbage_is_malformed() {
         let signer = TicketSigner::new(b"k");
         assert_eq!(
