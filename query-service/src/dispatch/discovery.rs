@@ -86,8 +86,9 @@ pub fn ready_workers<'a>(
 /// Why discovery could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DiscoveryError {
-    /// No Kubernetes client configuration (in-cluster or kubeconfig).
-    #[error("cannot configure the Kubernetes client: {0}")]
+    /// No Kubernetes client configuration (in-cluster or kubeconfig). The cause is printed
+    /// as the error's source, not repeated in the message.
+    #[error("cannot configure the Kubernetes client for --discovery kubernetes")]
     Client(#[source] Box<kube::Error>),
 }
 
