@@ -85,7 +85,7 @@ def test_workers_follow_demand_up_and_down(start_quiver):
     draining = q.wait_for("worker draining:", TIMEOUT)
     stopped = q.wait_for("worker stopped:", TIMEOUT)
     pid = int(re.search(r"pid=(\d+)", draining).group(1))
-    assert f"pid={pid} " in stopped and "exit status: 0" in stopped, stopped
+    assert f"pid={pid} " in stopped and "exit status: 0" in stopped, f"{stopped}; {q.stdout}"
     assert not alive(pid), "a drained worker is still running"
 
     # The last one finishes, whole: back to the minimum, which is also the warm spare.

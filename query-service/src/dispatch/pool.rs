@@ -20,6 +20,10 @@ use crate::worker::MAX_MESSAGE_BYTES;
 /// How long to wait before re-opening a health stream that broke; doubles up to the maximum.
 const HEALTH_RETRY_MIN: Duration = Duration::from_millis(100);
 const HEALTH_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Unread bytes the gateway buffers per query before the worker must wait for the client.
+const STREAM_WINDOW: u32 = 2 << 20;
+/// The HTTP/2 maximum: the connection never limits a stream before its own window does.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// Connecting to a worker on the same network should take milliseconds; a second means it is gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -134,7 +138,13 @@ impl WorkerPool {
             })?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
+            // Every query to a worker shares this one connection. A client that stops reading
+            // must stall only its own query: each stream may buffer STREAM_WINDOW unread bytes,
+            // and the connection window is so large that buffered streams never exhaust it.
+            // (An adaptive window sets both to the same size, so one slow reader would block
+            // every other query on the worker.)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .connect_lazy();
         let worker = Arc::new(Worker {
             endpoint: url,
@@ -196,6 +206,17 @@ impl WorkerPool {
             pool: self.name.clone(),
             workers: n,
         })
+    }
+
+    /// The member at `endpoint` (in any spelling `add` accepts), if any.
+    pub fn worker(&self, endpoint: &str) -> Option<Arc<Worker>> {
+        let url = normalise_endpoint(endpoint);
+        self.workers
+            .read()
+            .expect("pool lock")
+            .iter()
+            .find(|w| w.endpoint == url)
+            .cloned()
     }
 
     /// Workers in the pool now.
@@ -323,6 +344,19 @@ mod tests {
         assert!(Arc::ptr_eq(&pool.pick(None).unwrap(), &a));
         pool.remove("http://127.0.0.1:1");
         assert!(pool.pick(None).is_err());
+    }
+
+    #[tokio::test]
+    async fn finds_a_worker_by_any_spelling_of_its_endpoint() {
+        let pool = WorkerPool::new("p");
+        let a = pool.add("127.0.0.1:1").unwrap();
+        for spelling in ["127.0.0.1:1", "grpc://127.0.0.1:1", "http://127.0.0.1:1"] {
+            assert!(
+                Arc::ptr_eq(&pool.worker(spelling).unwrap(), &a),
+                "{spelling}"
+            );
+        }
+        assert!(pool.worker("127.0.0.1:2").is_none());
     }
 
     #[tokio::test]

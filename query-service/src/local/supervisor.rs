@@ -141,12 +141,10 @@ pub async fn supervise(
         }
         if active.len() > want {
             let load = |endpoint: &Option<String>| {
-                endpoint.as_ref().map_or(0, |e| {
-                    pool.workers()
-                        .iter()
-                        .find(|w| w.endpoint() == e.as_str())
-                        .map_or(0, |w| w.in_flight() + 1)
-                })
+                endpoint
+                    .as_ref()
+                    .and_then(|e| pool.worker(e))
+                    .map_or(0, |w| w.in_flight() + 1)
             };
             active.sort_by_key(|(id, endpoint)| (load(endpoint), *id));
             for (id, endpoint) in active.iter().take(active.len() - want) {
