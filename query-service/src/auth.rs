@@ -154,9 +154,7 @@ fn verify_session(policy: &Policy, key: &[u8], token: &str) -> Result<Identity, 
         .map(|d| d.as_secs())
         .unwrap_or_default();
     // A tenant removed by a config reload loses its sessions too.
-    if now.saturating_sub(issued) > SESSION_TTL.as_secs()
-        || !policy.tenants.iter().any(|t| t.name == tenant)
-    {
+    if now.saturating_sub(issued) > SESSION_TTL.as_secs() || policy.tenant(tenant).is_none() {
         return Err(AuthError::BadToken);
     }
     Ok(Identity {

@@ -74,7 +74,7 @@ pub fn forbidden_table<'a>(
     identity: &Identity,
     tables: &'a [String],
 ) -> Option<&'a str> {
-    let tenant = policy.tenants.iter().find(|t| t.name == identity.tenant)?;
+    let tenant = policy.tenant(&identity.tenant)?;
     tables
         .iter()
         .find(|table| {

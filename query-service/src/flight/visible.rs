@@ -21,7 +21,7 @@ use crate::dispatch::FlightDataStream;
 
 /// The catalog patterns a tenant is limited to, lower-cased; `None` when it may see everything.
 pub fn scope(policy: &Policy, identity: &Identity) -> Option<Vec<String>> {
-    let tenant = policy.tenants.iter().find(|t| t.name == identity.tenant)?;
+    let tenant = policy.tenant(&identity.tenant)?;
     if tenant.catalogs.iter().any(|p| p == "*") {
         return None;
     }

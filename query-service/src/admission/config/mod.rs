@@ -265,6 +265,9 @@ pub struct Policy {
     pub open: bool,
     /// Tenants.
     pub tenants: Vec<Tenant>,
+    /// Tenant name to its index in `tenants`: every query looks its tenant up, and a linear
+    /// scan over thousands of tenants would dominate the admission decision.
+    tenant_index: HashMap<String, usize>,
     /// Bearer-token hash (lower-case hex SHA-256) to tenant index.
     pub tokens: HashMap<String, usize>,
     /// User name to (tenant index, password hash).
@@ -296,6 +299,11 @@ fn read_tenants(path: &Path) -> Result<Vec<TenantSpec>, ConfigError> {
 }
 
 impl Policy {
+    /// The tenant called `name`, if configured.
+    pub fn tenant(&self, name: &str) -> Option<&Tenant> {
+        self.tenant_index.get(name).map(|&i| &self.tenants[i])
+    }
+
     /// The policy without a config file: one open tenant, one unlimited default group.
     pub fn open() -> Self {
         Self {
@@ -304,6 +312,7 @@ impl Policy {
                 name: "default".into(),
                 catalogs: all_catalogs(),
             }],
+            tenant_index: HashMap::from([("default".to_owned(), 0)]),
             tokens: HashMap::new(),
             users: HashMap::new(),
             rate_limits: Vec::new(),
@@ -550,13 +559,20 @@ impl Policy {
                 .map(|s| s.group.clone())
                 .unwrap_or_else(|| groups[0].name.clone()),
         };
+        let open = tenants.is_empty();
+        let tenants = if open {
+            Policy::open().tenants
+        } else {
+            tenants
+        };
         Ok(Self {
-            open: tenants.is_empty(),
-            tenants: if tenants.is_empty() {
-                Policy::open().tenants
-            } else {
-                tenants
-            },
+            open,
+            tenant_index: tenants
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect(),
+            tenants,
             tokens,
             users,
             rate_limits,
