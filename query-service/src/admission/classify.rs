@@ -8,7 +8,9 @@
 use datafusion::sql::sqlparser::ast::{Statement, visit_relations};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
+use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::sync::{Arc, Mutex};
 
 use super::config::{GroupNode, Policy, StatementKind};
 use super::group::GroupLimits;
@@ -66,6 +68,55 @@ pub fn inspect(sql: &str) -> Option<StatementFacts> {
     tables.sort();
     tables.dedup();
     Some(StatementFacts { kind, tables })
+}
+
+/// How much SQL text (and the table names found in it) [`FactsCache`] keeps before it starts
+/// afresh.
+const FACTS_CACHE_BYTES: usize = 4 << 20;
+
+/// Statement facts by SQL text. Dashboards send the same statements again and again, and
+/// parsing is most of the cost of an admission decision, so repeats skip it. Bounded by
+/// [`FACTS_CACHE_BYTES`]: when full it empties and fills again with what is sent now.
+#[derive(Debug, Default)]
+pub struct FactsCache {
+    entries: Mutex<FactsEntries>,
+}
+
+#[derive(Debug, Default)]
+struct FactsEntries {
+    by_sql: HashMap<Box<str>, Option<Arc<StatementFacts>>>,
+    bytes: usize,
+}
+
+impl FactsCache {
+    /// [`inspect`], remembered.
+    pub fn inspect(&self, sql: &str) -> Option<Arc<StatementFacts>> {
+        if let Some(hit) = self.entries.lock().expect("facts cache").by_sql.get(sql) {
+            return hit.clone();
+        }
+        // Parse outside the lock: a long statement must not hold up every other query.
+        let facts = inspect(sql).map(Arc::new);
+        let size = sql.len()
+            + facts
+                .as_ref()
+                .map_or(0, |f| f.tables.iter().map(String::len).sum());
+        if size <= FACTS_CACHE_BYTES / 16 {
+            let mut entries = self.entries.lock().expect("facts cache");
+            if entries.bytes + size > FACTS_CACHE_BYTES {
+                entries.by_sql.clear();
+                entries.bytes = 0;
+            }
+            if entries.by_sql.insert(sql.into(), facts.clone()).is_none() {
+                entries.bytes += size;
+            }
+        }
+        facts
+    }
+
+    /// Bytes of SQL and table names held.
+    pub fn bytes(&self) -> usize {
+        self.entries.lock().expect("facts cache").bytes
+    }
 }
 
 /// The first table `tenant` may not read, if any.
@@ -164,6 +215,30 @@ fn place(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_facts_cache_answers_as_inspect_does_and_stays_bounded() {
+        let cache = FactsCache::default();
+        for sql in [
+            "SELECT * FROM lineitem",
+            "SELECT * FROM lineitem",
+            "not sql at all",
+        ] {
+            assert_eq!(
+                cache.inspect(sql).as_deref(),
+                inspect(sql).as_ref(),
+                "{sql}"
+            );
+        }
+        for i in 0..50_000 {
+            let sql = format!("SELECT {i} FROM orders, tpch.public.nation");
+            assert_eq!(cache.inspect(&sql).unwrap().tables.len(), 2);
+            assert!(cache.bytes() <= FACTS_CACHE_BYTES);
+        }
+        let huge = format!("SELECT 1{}", " ".repeat(FACTS_CACHE_BYTES));
+        assert!(cache.inspect(&huge).is_some());
+        assert!(cache.bytes() <= FACTS_CACHE_BYTES);
+    }
+
     use super::*;
     use std::path::Path;
 

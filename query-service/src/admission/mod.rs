@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use self::classify::{ClientHints, Placement};
+use self::classify::{ClientHints, FactsCache, Placement};
 use self::config::{KeyPart, Policy, StatementKind};
 use self::group::{Decision, GroupId, Rejection, Scheduler, WaiterId};
 use self::rate_limit::Gcra;
@@ -239,6 +239,8 @@ pub struct Admission {
     capacity: Mutex<HashMap<String, u32>>,
     /// Arrivals by pool, for the demand signal.
     arrivals: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Parsed statements, so repeated SQL is not parsed again.
+    facts: FactsCache,
 }
 
 /// The window over which a pool's arrival rate is measured: one second, so scaling reacts to a
@@ -257,6 +259,7 @@ impl Admission {
             replicas: replicas.max(1),
             capacity: Mutex::new(HashMap::new()),
             arrivals: Mutex::new(HashMap::new()),
+            facts: FactsCache::default(),
         })
     }
 
@@ -372,7 +375,7 @@ impl Admission {
         sql: &str,
     ) -> Result<(Arc<Policy>, Placement), AdmissionError> {
         let policy = self.policy();
-        let facts = classify::inspect(sql);
+        let facts = self.facts.inspect(sql);
         if let Some(facts) = &facts
             && let Some(table) = classify::forbidden_table(&policy, identity, &facts.tables)
         {
