@@ -214,6 +214,28 @@ def test_admission_off_runs_open_without_mounts():
     assert "WARNING" in objects.notes
 
 
+def test_gateway_tls_from_a_secret_with_http_probes():
+    objects = render_chart({"gateway": {"tls": {"enabled": True, "secretName": "gateway-cert",
+                                                "clientCAKey": "ca.crt"}}})
+    deploy = objects.one("Deployment", f"{RELEASE}-gateway")
+    c = container(deploy, "gateway")
+    e = env(c)
+    assert e["QUIVER_TLS_CERT"] == "/etc/quiver/tls/tls.crt"
+    assert e["QUIVER_TLS_KEY"] == "/etc/quiver/tls/tls.key"
+    assert e["QUIVER_TLS_CLIENT_CA"] == "/etc/quiver/tls/ca.crt"
+    # A directory mount, so a renewed certificate reaches the running gateway.
+    mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/etc/quiver/tls")
+    assert mount["readOnly"] is True and "subPath" not in mount
+    volume = next(v for v in pod_spec(deploy)["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"] == "gateway-cert"
+    # kubelet's gRPC probes speak plain text: with TLS on they check the admin port instead.
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert "grpc" not in c[probe], probe
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "admin"}, probe
+    plain = container(render_chart().one("Deployment", f"{RELEASE}-gateway"), "gateway")
+    assert "QUIVER_TLS_CERT" not in env(plain) and "grpc" in plain["readinessProbe"]
+
+
 def test_sample_pool(default_objects, all_on_objects):
     pool = default_objects.one("QueryPool", "default")
     assert pool["apiVersion"] == "quiver.dev/v1alpha1"
@@ -305,6 +327,7 @@ BAD_VALUES = [
     ({"admission": {"tenants": {"list": [{"name": "t", "tokens": ["plaintext"]}]}}}, "tokens/0", "pattern"),
     ({"gatway": {"replicas": 1}}, "additional properties 'gatway'", ""),
     ({"gateway": {"discovery": "dns"}}, "/gateway/discovery", "kubernetes"),
+    ({"gateway": {"tls": {"enabled": True}}}, "/gateway/tls", "secretName"),
 ]
 
 
