@@ -309,16 +309,19 @@ impl Admission {
         }
     }
 
-    /// Running and queued queries per group path, for metrics and the demand signal.
-    pub fn snapshot(&self) -> Vec<(String, u32, u32)> {
-        let by_pool: Vec<Arc<Groups>> = self
-            .groups
+    /// Every pool's groups, taken out of the lock so no scheduler is locked under it.
+    fn all_groups(&self) -> Vec<Arc<Groups>> {
+        self.groups
             .read()
             .expect("groups")
             .values()
             .cloned()
-            .collect();
-        by_pool
+            .collect()
+    }
+
+    /// Running and queued queries per group path, for metrics and the demand signal.
+    pub fn snapshot(&self) -> Vec<(String, u32, u32)> {
+        self.all_groups()
             .iter()
             .flat_map(|groups| groups.scheduler.lock().expect("scheduler").snapshot())
             .collect()
@@ -326,14 +329,7 @@ impl Admission {
 
     /// Queries waiting in any group of any pool.
     pub fn queued(&self) -> u32 {
-        let by_pool: Vec<Arc<Groups>> = self
-            .groups
-            .read()
-            .expect("groups")
-            .values()
-            .cloned()
-            .collect();
-        by_pool.iter().map(|groups| groups.queued()).sum()
+        self.all_groups().iter().map(|groups| groups.queued()).sum()
     }
 
     /// Queries waiting for a slot of `pool`.

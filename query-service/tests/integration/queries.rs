@@ -3,10 +3,12 @@
 
 use arrow::array::{AsArray, Int64Array};
 use arrow::datatypes::Int64Type;
+use arrow_flight::sql::client::{FlightSqlServiceClient, PreparedStatement};
 use arrow_flight::sql::{CommandGetTables, TicketStatementQuery};
 use arrow_flight::{FlightClient, Ticket};
 use futures::TryStreamExt;
 use prost::Message;
+use tonic::transport::Channel;
 
 use crate::common::*;
 
@@ -62,18 +64,26 @@ async fn plain_sql_ticket_and_prepared_statement() {
         .unwrap();
     assert_eq!(prepared.dataset_schema().unwrap().fields().len(), 1);
     for _ in 0..2 {
-        let info = prepared.execute().await.unwrap();
-        let ticket = info.endpoint[0].ticket.clone().unwrap();
-        let batches: Vec<_> = sql
-            .do_get(ticket)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(single_i64(&batches), 5);
+        assert_eq!(execute(&mut sql, &mut prepared).await, 5);
     }
     prepared.close().await.unwrap();
+}
+
+/// Executes a prepared statement and redeems its ticket: the single integer it returns.
+async fn execute(
+    sql: &mut FlightSqlServiceClient<Channel>,
+    prepared: &mut PreparedStatement<Channel>,
+) -> i64 {
+    let info = prepared.execute().await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let batches: Vec<_> = sql
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    single_i64(&batches)
 }
 
 #[tokio::test]
@@ -100,16 +110,7 @@ async fn prepared_statement_with_parameters() {
         )])
         .unwrap();
         prepared.set_parameters(batch).unwrap();
-        let info = prepared.execute().await.unwrap();
-        let ticket = info.endpoint[0].ticket.clone().unwrap();
-        let batches: Vec<_> = sql
-            .do_get(ticket)
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
-        assert_eq!(single_i64(&batches), 5);
+        assert_eq!(execute(&mut sql, &mut prepared).await, 5);
     }
     prepared.close().await.unwrap();
 }
