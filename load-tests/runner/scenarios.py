@@ -22,7 +22,7 @@ class Spec:
     about: str  # what the report should show, one paragraph
     scale_factor: float = 0.1
     workers: int = 2
-    # `quiver up` arguments when the binary has the autoscaling flags (issue 4).
+    # `quiver up` autoscaling arguments (--min-workers and the rest).
     autoscale: list[str] = field(default_factory=list)
     # Flags the scenario cannot run without; missing → skipped with a message.
     requires: list[str] = field(default_factory=list)

@@ -123,7 +123,7 @@ fn quiver_idle_capacity_stays_within_two_pods_of_knative() {
 
 #[test]
 fn quiver_asks_for_enough_pods_within_a_second_of_a_jump() {
-    // The aim: react within one second of a burst; the cold start comes on top.
+    // The aim: react within one second of a burst; the cold start comes on top.
     let report = default_report();
     for trace in ["step", "spike", "sawtooth"] {
         let outcome = report.get(trace, PolicyKind::Quiver).expect("quiver");
