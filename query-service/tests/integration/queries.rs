@@ -75,15 +75,21 @@ async fn execute(
     prepared: &mut PreparedStatement<Channel>,
 ) -> i64 {
     let info = prepared.execute().await.unwrap();
+    single_i64(&redeem(sql, info).await)
+}
+
+/// The batches behind a FlightInfo's first endpoint.
+async fn redeem(
+    sql: &mut FlightSqlServiceClient<Channel>,
+    info: arrow_flight::FlightInfo,
+) -> Vec<arrow::record_batch::RecordBatch> {
     let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<_> = sql
-        .do_get(ticket)
+    sql.do_get(ticket)
         .await
         .unwrap()
         .try_collect()
         .await
-        .unwrap();
-    single_i64(&batches)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -130,14 +136,7 @@ async fn tables_with_schemas() {
         })
         .await
         .unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let batches: Vec<_> = sql
-        .do_get(ticket)
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = redeem(&mut sql, info).await;
     let names: Vec<String> = batches
         .iter()
         .flat_map(|b| {

@@ -88,6 +88,22 @@ async fn deployment(client: &Client, name: &str) -> Deployment {
         .unwrap()
 }
 
+/// Whether the object `name` of kind `K` exists in the test namespace.
+async fn exists<K>(client: &Client, name: &str) -> bool
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), NS)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .is_some()
+}
+
 fn replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().unwrap().replicas.unwrap()
 }
@@ -341,34 +357,10 @@ async fn deleting_the_pool_deletes_its_objects() {
         .await
         .unwrap();
     // The fake collects dependents by owner reference, as the garbage collector would.
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), NS)
-            .get_opt("default")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        Api::<Service>::namespaced(client.clone(), NS)
-            .get_opt("default")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        Api::<ConfigMap>::namespaced(client.clone(), NS)
-            .get_opt("default-catalog")
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert!(
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), NS)
-            .get_opt("default")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!exists::<Deployment>(&client, "default").await);
+    assert!(!exists::<Service>(&client, "default").await);
+    assert!(!exists::<ConfigMap>(&client, "default-catalog").await);
+    assert!(!exists::<PodDisruptionBudget>(&client, "default").await);
 }
 
 #[tokio::test]
@@ -389,13 +381,7 @@ async fn invalid_spec_sets_degraded_and_touches_nothing() {
         "{}",
         degraded.message
     );
-    assert!(
-        Api::<Deployment>::namespaced(client.clone(), NS)
-            .get_opt("broken")
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert!(!exists::<Deployment>(&client, "broken").await);
     let events = Api::<K8sEvent>::namespaced(client.clone(), NS)
         .list(&ListParams::default())
         .await
