@@ -1,10 +1,13 @@
 //! `quiver-operator` command line: every flag has a `QUIVER_…` environment variable, the names
 //! the Helm chart's operator Deployment sets.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::controller::resources::GatewayPeer;
 
 /// Kubernetes operator for Quiver query pools.
 #[derive(Debug, Parser)]
@@ -41,6 +44,9 @@ pub struct RunArgs {
     /// Where demand comes from.
     #[command(flatten)]
     pub demand: DemandArgs,
+    /// Who may reach the workers.
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 /// Leader election settings.
@@ -79,6 +85,80 @@ pub struct DemandArgs {
     pub demand_timeout: Duration,
 }
 
+/// `--gateway-pod-labels` default: the labels the chart puts on the gateway pods of every release
+/// (the chart itself passes its release's full set, instance included).
+pub const DEFAULT_GATEWAY_POD_LABELS: &str =
+    "app.kubernetes.io/name=quiver,app.kubernetes.io/component=gateway";
+
+/// The gateway, the only client each pool's NetworkPolicy lets reach the workers.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// Labels of the gateway's pods, `key=value,...`: the workers admit Flight connections from
+    /// pods carrying all of them.
+    #[arg(long, env = "QUIVER_GATEWAY_POD_LABELS", default_value = DEFAULT_GATEWAY_POD_LABELS,
+          value_parser = parse_labels)]
+    pub gateway_pod_labels: BTreeMap<String, String>,
+    /// Namespace of the gateway's pods (default: each pool's own namespace).
+    #[arg(long, env = "QUIVER_GATEWAY_NAMESPACE")]
+    pub gateway_namespace: Option<String>,
+}
+
+impl GatewayArgs {
+    /// The peer the workers' NetworkPolicies admit.
+    pub fn peer(&self) -> GatewayPeer {
+        GatewayPeer {
+            pod_labels: self.gateway_pod_labels.clone(),
+            namespace: self.gateway_namespace.clone().filter(|ns| !ns.is_empty()),
+        }
+    }
+}
+
+/// Parses `key=value,...` into labels, refusing what the API server would (bad syntax) and an
+/// empty set, which would select every pod of the namespace.
+pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut labels = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let (key, value) = (key.trim(), value.trim());
+        let (prefix, name) = key.rsplit_once('/').unwrap_or(("", key));
+        let prefix_ok = prefix.len() <= 253
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+        if name.is_empty()
+            || !label_name_ok(name)
+            || !prefix_ok
+            || (key.contains('/') && prefix.is_empty())
+        {
+            return Err(format!("{key:?} is not a valid label key"));
+        }
+        if !value.is_empty() && !label_name_ok(value) {
+            return Err(format!(
+                "{value:?} (label {key}) is not a valid label value"
+            ));
+        }
+        if labels.insert(key.to_string(), value.to_string()).is_some() {
+            return Err(format!("label {key} is given twice"));
+        }
+    }
+    if labels.is_empty() {
+        return Err("give at least one label: an empty selector matches every pod".into());
+    }
+    Ok(labels)
+}
+
+/// A label name or value: at most 63 of `[A-Za-z0-9._-]`, alphanumeric at both ends.
+fn label_name_ok(s: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    s.len() <= 63
+        && alnum(s.chars().next())
+        && alnum(s.chars().last())
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
 impl Default for RunArgs {
     fn default() -> Self {
         Cli::parse_from(["quiver-operator", "run"])
@@ -88,5 +168,52 @@ impl Default for RunArgs {
                 _ => None,
             })
             .expect("run parses with defaults")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_pod_labels_default_to_the_charts_gateway_pods() {
+        let labels = parse_labels(DEFAULT_GATEWAY_POD_LABELS).unwrap();
+        assert_eq!(labels, GatewayPeer::default().pod_labels);
+        let args = Cli::parse_from(["quiver-operator", "run", "--gateway-namespace", "quiver"]);
+        let Some(Command::Run(args)) = args.command else {
+            panic!("run")
+        };
+        assert_eq!(
+            args.gateway.peer(),
+            GatewayPeer {
+                pod_labels: labels,
+                namespace: Some("quiver".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn gateway_pod_labels_parse_and_reject_bad_selectors() {
+        assert_eq!(
+            parse_labels(" app.kubernetes.io/instance=prod , tier=front,empty= ").unwrap(),
+            BTreeMap::from([
+                ("app.kubernetes.io/instance".into(), "prod".into()),
+                ("tier".into(), "front".into()),
+                ("empty".into(), String::new()),
+            ])
+        );
+        for bad in [
+            "",
+            " , ",
+            "novalue",
+            "=v",
+            "a=b,a=c",
+            "k=-v",
+            "/k=v",
+            "Bad_Prefix/k=v",
+            "k=v v",
+        ] {
+            assert!(parse_labels(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -76,7 +76,7 @@ fn admission(c: &mut Criterion) {
             b.iter(|| {
                 i = (i + 1) % TENANTS;
                 let permit =
-                    futures::executor::block_on(admission.admit(&identities[i], &hints, sql))
+                    futures::executor::block_on(admission.admit(&identities[i], &hints, sql, false))
                         .expect("admitted");
                 drop(black_box(permit));
             })
@@ -94,7 +94,7 @@ fn admission(c: &mut Criterion) {
                 fresh.clear();
                 write!(fresh, "{sql} AND l_orderkey > {n}").unwrap();
                 let permit =
-                    futures::executor::block_on(admission.admit(&identities[i], &hints, &fresh))
+                    futures::executor::block_on(admission.admit(&identities[i], &hints, &fresh, false))
                         .expect("admitted");
                 drop(black_box(permit));
             })

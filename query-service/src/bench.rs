@@ -65,7 +65,11 @@ pub async fn run(data_dir: &Path, scale_factor: f64, iterations: usize) -> anyho
         bail!("--iterations must be at least 1");
     }
     let exe = std::env::current_exe().context("cannot locate the quiver executable")?;
+    // The bench knows the deployment's key, so it can call the worker as the gateway does.
+    let key = crate::ticket::TicketSigner::random_key();
+    let signer = crate::ticket::TicketSigner::new(key.as_bytes());
     let mut up = Command::new(exe)
+        .env("QUIVER_TICKET_KEY", &key)
         .args([
             "up",
             "--listen",
@@ -114,14 +118,14 @@ pub async fn run(data_dir: &Path, scale_factor: f64, iterations: usize) -> anyho
     );
     for (name, sql) in QUERIES {
         for _ in 0..WARMUP {
-            client::query(&mut direct, sql).await?;
+            client::query_worker(&mut direct, &signer, sql).await?;
             client::query(&mut via_gateway, sql).await?;
         }
         let mut d = Vec::with_capacity(iterations);
         let mut g = Vec::with_capacity(iterations);
         for _ in 0..iterations {
             let t = Instant::now();
-            client::query(&mut direct, sql).await?;
+            client::query_worker(&mut direct, &signer, sql).await?;
             d.push(t.elapsed());
             let t = Instant::now();
             client::query(&mut via_gateway, sql).await?;

@@ -32,6 +32,9 @@ pub enum Command {
     Sql(SqlArgs),
     /// Measure latency direct to a worker and through the gateway, in the same run.
     Bench(BenchArgs),
+    /// Read a password from standard input and print its Argon2 hash for the admission config
+    /// (`users: [{name, password: <hash>}]`).
+    HashPassword,
 }
 
 /// Per-query limits shared by `worker` and `up`.
@@ -43,9 +46,36 @@ pub struct LimitArgs {
     /// Longest a query may run, from planning to its last batch, e.g. 30s or 2m.
     #[arg(long, env = "QUIVER_QUERY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub query_timeout: Duration,
-    /// How long a stopping worker waits for running queries before exiting anyway.
-    #[arg(long, env = "QUIVER_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
+    /// How long a stopping worker waits for running queries before exiting anyway (default:
+    /// the query timeout plus 15s, so a drain covers every query the worker admitted).
+    #[arg(long, env = "QUIVER_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+}
+
+/// What a drain waits for beyond the query timeout: the last batches' delivery.
+const DRAIN_MARGIN: Duration = Duration::from_secs(15);
+
+impl LimitArgs {
+    /// The drain timeout, given or derived from the query timeout.
+    pub fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+            .unwrap_or(self.query_timeout + DRAIN_MARGIN)
+    }
+}
+
+/// The gateway's request limits, shared by `gateway` and `up`.
+#[derive(Debug, Clone, Args)]
+pub struct RequestArgs {
+    /// Longest SQL text a client may send, e.g. 1MiB; longer is refused with INVALID_ARGUMENT.
+    #[arg(long, env = "QUIVER_MAX_SQL_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
+    pub max_sql_bytes: u64,
+}
+
+impl RequestArgs {
+    /// The SQL limit in bytes.
+    pub fn max_sql_bytes(&self) -> usize {
+        usize::try_from(self.max_sql_bytes).unwrap_or(usize::MAX)
+    }
 }
 
 /// `quiver up`.
@@ -104,6 +134,13 @@ pub struct UpArgs {
     /// Per-query limits for the workers.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The gateway's request limits.
+    #[command(flatten)]
+    pub requests: RequestArgs,
+    /// Key the gateway and its workers share to sign tickets and grants (default: a fresh
+    /// random key; set it to call the workers directly, as `quiver bench` does).
+    #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
+    pub ticket_key: Option<String>,
     /// TLS for the gateway's Flight endpoint.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -200,6 +237,13 @@ pub struct GatewayArgs {
     /// Key shared with the workers to sign query tickets.
     #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
     pub ticket_key: String,
+    /// Longest a query may run, from admission to its last batch, e.g. 30s or 2m; the gateway
+    /// ends it then even if its client has stopped reading. Match the workers' setting.
+    #[arg(long, env = "QUIVER_QUERY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub query_timeout: Duration,
+    /// The gateway's request limits.
+    #[command(flatten)]
+    pub requests: RequestArgs,
     /// TLS for the Flight endpoint.
     #[command(flatten)]
     pub tls: TlsArgs,

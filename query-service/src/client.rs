@@ -50,3 +50,48 @@ pub fn describe(err: &FlightError) -> String {
         other => other.to_string(),
     }
 }
+
+/// Runs `sql` straight on a worker the way the gateway does (an admitted ticket and a grant,
+/// signed with the deployment's key), for benchmarks that measure the worker alone.
+pub async fn query_worker(
+    client: &mut FlightSqlServiceClient<Channel>,
+    signer: &crate::ticket::TicketSigner,
+    sql: &str,
+) -> Result<Vec<RecordBatch>, FlightError> {
+    use crate::ticket::{QueryTicket, TicketKind};
+    use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
+    use prost::Message;
+    let all = vec!["*".to_owned()];
+    let admitted = signer.sign(&QueryTicket {
+        catalogs: Some(all.clone()),
+        ..QueryTicket::new(TicketKind::Admitted, sql)
+    });
+    let grant = crate::worker::flight::grant_header(signer, &all);
+    let request = |message| {
+        let mut request = tonic::Request::new(message);
+        if let Ok(value) = grant.parse() {
+            request
+                .metadata_mut()
+                .insert(crate::worker::flight::GRANT_HEADER, value);
+        }
+        request
+    };
+    let command = TicketStatementQuery {
+        statement_handle: admitted.into(),
+    };
+    let inner = client.inner_mut();
+    let descriptor = arrow_flight::FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let info = inner.get_flight_info(request(descriptor)).await?.into_inner();
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket = endpoint
+            .ticket
+            .ok_or_else(|| FlightError::ProtocolError("endpoint without a ticket".into()))?;
+        let stream = inner.do_get(request(ticket)).await?.into_inner();
+        let decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
+            stream.map_err(|status| FlightError::Tonic(Box::new(status))),
+        );
+        batches.extend(decoded.try_collect::<Vec<_>>().await?);
+    }
+    Ok(batches)
+}

@@ -49,7 +49,23 @@ pub struct GatewayConfig {
     pub worker_slots: u32,
     /// Serve TLS from these files; plain gRPC without.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Longest SQL text accepted.
+    pub max_sql_bytes: usize,
+    /// Longest a query may run; the gateway ends it then even if its client stops reading.
+    pub query_timeout: Duration,
 }
+
+/// HTTP/2 streams one client connection may have open at once: enough for a BI tool's
+/// parallel queries, few enough that one connection cannot hold the gateway's memory.
+const MAX_STREAMS_PER_CONNECTION: u32 = 128;
+/// Keepalive pings find peers that vanished without closing their connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers larger than this are refused (tokens and hints are short).
+const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+/// Connections are recycled after this long, so an idle or hoarded connection does not live
+/// forever; the grace lets their running queries finish first.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +120,7 @@ pub async fn run(
             "admission config loaded"
         );
     }
-    let admission = Admission::new(policy, config.replicas);
+    let admission = Admission::with_max_sql_bytes(policy, config.replicas, config.max_sql_bytes);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
     let mut background = tokio::task::JoinSet::new();
@@ -137,12 +153,30 @@ pub async fn run(
         &config.key,
         admission,
         config.metrics,
-    );
+    )
+    .with_query_timeout(config.query_timeout);
+    // On shutdown: report NOT_SERVING first (load balancers and probes stop sending), then stop
+    // accepting and let running streams finish (each ends by its time limit at the latest).
+    let drain_health = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        drain_health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        tracing::info!("gateway draining: not serving, finishing running queries");
+    };
     tracing::info!(
         addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         "gateway serving"
     );
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(config.query_timeout + Duration::from_secs(5))
         .add_service(health_service)
         .add_service(service.into_server());
     let result = match config.tls {

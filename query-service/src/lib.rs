@@ -12,6 +12,7 @@
 //! statuses; `tls` serves the gateway over TLS; `local` runs the whole service on one machine.
 
 pub mod admin;
+pub mod access;
 pub mod admission;
 pub mod auth;
 pub mod bench;
@@ -25,6 +26,7 @@ pub mod local;
 pub mod metrics;
 pub mod prepared;
 pub mod shutdown;
+pub mod sql;
 pub mod status;
 pub mod telemetry;
 pub mod ticket;

@@ -6,11 +6,25 @@ use clap::Parser;
 use quiver::cli::{Cli, Command};
 use tokio::net::TcpListener;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Stack of each runtime thread. SQL nesting is bounded before anything recursive runs; the
+/// larger stack is a margin on top of that bound, for the planner and expression evaluation.
+const THREAD_STACK_BYTES: usize = 8 << 20;
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     quiver::telemetry::init();
-    match run(cli.command).await {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(THREAD_STACK_BYTES)
+        .build();
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -41,7 +55,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 scaling,
                 memory_limit: args.limits.memory_limit.to_string(),
                 query_timeout: humantime::format_duration(args.limits.query_timeout).to_string(),
-                drain_timeout: args.limits.drain_timeout,
+                drain_timeout: args.limits.drain_timeout(),
+                max_sql_bytes: args.requests.max_sql_bytes(),
+                ticket_key: args.ticket_key,
                 config: args.config,
                 tenants: args.tenants_file,
                 worker_slots: args.worker_slots,
@@ -81,6 +97,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 replicas: args.gateway_replicas,
                 worker_slots: args.worker_slots,
                 tls: args.tls.files(),
+                max_sql_bytes: args.requests.max_sql_bytes(),
+                query_timeout: args.query_timeout,
             };
             quiver::gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }
@@ -99,11 +117,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     memory_limit: usize::try_from(args.limits.memory_limit).unwrap_or(usize::MAX),
                     timeout: args.limits.query_timeout,
                 },
-                drain_timeout: args.limits.drain_timeout,
+                drain_timeout: args.limits.drain_timeout(),
             };
             let signer = quiver::ticket::TicketSigner::new(args.ticket_key.as_bytes());
             let shutdown = quiver::shutdown::signal_or_stdin_eof(args.exit_on_stdin_eof);
             quiver::worker::run(listener, config, signer, shutdown).await?;
+        }
+        Command::HashPassword => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_line(&mut password)
+                .context("cannot read the password from standard input")?;
+            let password = password.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                anyhow::bail!("no password on standard input");
+            }
+            println!("{}", quiver::auth::hash_password(password));
         }
         Command::Datagen(args) => {
             let catalog = quiver::datagen::generate(&args.out, args.scale_factor)?;

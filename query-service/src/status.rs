@@ -20,6 +20,7 @@ impl From<EngineError> for Status {
                 Status::invalid_argument(err.to_string())
             }
             EngineError::MemoryLimit { .. } => Status::resource_exhausted(err.to_string()),
+            EngineError::Forbidden { .. } => Status::permission_denied(err.to_string()),
             EngineError::Timeout { .. } => Status::deadline_exceeded(err.to_string()),
             EngineError::Execution(source) => match source.find_root() {
                 datafusion::error::DataFusionError::Internal(_) => {
@@ -68,6 +69,17 @@ impl From<DispatchError> for Status {
 
 impl From<AuthError> for Status {
     fn from(err: AuthError) -> Self {
+        if let AuthError::Throttled(wait) = err {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            if let Ok(value) = wait.as_millis().max(1).to_string().parse() {
+                metadata.insert(RETRY_AFTER_TRAILER, value);
+            }
+            return Status::with_metadata(
+                tonic::Code::ResourceExhausted,
+                err.to_string(),
+                metadata,
+            );
+        }
         Status::unauthenticated(err.to_string())
     }
 }
@@ -77,8 +89,10 @@ pub const RETRY_AFTER_TRAILER: &str = "retry-after-ms";
 
 impl From<AdmissionError> for Status {
     fn from(err: AdmissionError) -> Self {
-        if let AdmissionError::Forbidden { .. } = err {
-            return Status::permission_denied(err.to_string());
+        match err {
+            AdmissionError::Forbidden { .. } => return Status::permission_denied(err.to_string()),
+            AdmissionError::InvalidSql(_) => return Status::invalid_argument(err.to_string()),
+            _ => {}
         }
         let mut metadata = tonic::metadata::MetadataMap::new();
         if let Some(wait) = err.retry_after() {
@@ -91,7 +105,18 @@ impl From<AdmissionError> for Status {
     }
 }
 
+/// Metadata a worker puts on a status about its own state (warming up), never on a query's
+/// error: the gateway retries such a call on another worker. A query cannot set metadata, so
+/// no text a query writes can make the gateway think a worker failed.
+pub const WORKER_STATE_HEADER: &str = "x-quiver-worker-state";
+
 /// A status for "the server is not ready yet": the client should retry shortly.
 pub fn warming_up() -> Status {
-    Status::unavailable("the worker is still warming up its catalog")
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert(WORKER_STATE_HEADER, "warming-up".parse().expect("ascii"));
+    Status::with_metadata(
+        tonic::Code::Unavailable,
+        "the worker is still warming up its catalog",
+        metadata,
+    )
 }

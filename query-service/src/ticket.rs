@@ -30,6 +30,10 @@ pub const STATEMENT_TICKET_TTL: Duration = Duration::from_secs(60 * 60);
 /// only a statement left idle this long expires.
 pub const PREPARED_HANDLE_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
+/// How long a gateway's grant to a worker stays valid: it is used at once (or on the retry a
+/// moment later); the margin covers clock skew between pods.
+pub const ADMITTED_TTL: Duration = Duration::from_secs(5 * 60);
+
 /// What a ticket lets its bearer do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -38,6 +42,9 @@ pub enum TicketKind {
     Statement,
     /// A prepared statement's handle, executable many times.
     Prepared,
+    /// A gateway's grant to a worker: this exact text, for this tenant's catalogs. Only the
+    /// gateway issues them and only workers accept them; a client never sees one.
+    Admitted,
 }
 
 impl TicketKind {
@@ -45,6 +52,7 @@ impl TicketKind {
         match self {
             TicketKind::Statement => STATEMENT_TICKET_TTL,
             TicketKind::Prepared => PREPARED_HANDLE_TTL,
+            TicketKind::Admitted => ADMITTED_TTL,
         }
     }
 }
@@ -67,6 +75,14 @@ pub struct QueryTicket {
     /// The bound parameter row (base64 Arrow IPC stream of one batch with one row).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub params: Option<String>,
+    /// Grants: the catalog patterns the tenant may read; the worker checks its plan against
+    /// them. Absent means nothing may be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalogs: Option<Vec<String>>,
+    /// Statement tickets from GetFlightInfo: a random id, so their first DoGet is not counted
+    /// against the rate limits a second time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<u64>,
 }
 
 impl QueryTicket {
@@ -79,6 +95,8 @@ impl QueryTicket {
             memory_limit: None,
             param_schema: None,
             params: None,
+            catalogs: None,
+            nonce: None,
         }
     }
 }

@@ -180,6 +180,9 @@ impl AsyncWrite for TlsConnection {
     }
 }
 
+/// TLS handshakes in progress at most.
+const MAX_HANDSHAKES: usize = 256;
+
 /// TLS connections accepted on `listener`, with the config reloaded from `files` as they change.
 /// Fails at once if the files are not a valid configuration; a later bad file is logged and the
 /// running config kept. The stream ends when it is dropped (the accept task stops with it).
@@ -190,8 +193,14 @@ pub fn incoming(
     let current = Arc::new(RwLock::new(files.load()?));
     let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
     let accept_current = current.clone();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let accept = tokio::spawn(async move {
         loop {
+            // A handshake costs CPU and memory before the peer has proved anything: at most
+            // MAX_HANDSHAKES run at once; further connections wait in the kernel's backlog.
+            let Ok(slot) = handshakes.clone().acquire_owned().await else {
+                return;
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -203,6 +212,7 @@ pub fn incoming(
             let acceptor = TlsAcceptor::from(accept_current.read().expect("tls config").clone());
             let ready = tx.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = ready.send(TlsConnection(tls)).await;

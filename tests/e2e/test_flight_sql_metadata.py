@@ -3,6 +3,7 @@ ADBC's GetInfo read it, GetXdbcTypeInfo, the key commands (answered, empty), and
 browsing limited to what a tenant may read."""
 
 import hashlib
+import subprocess
 
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flightsql
@@ -82,6 +83,14 @@ def token_hash(token: str) -> str:
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
 
 
+def password_hash(password: str) -> str:
+    """The Argon2 hash `quiver hash-password` prints for `password`."""
+    from conftest import QUIVER_BIN
+    out = subprocess.run([QUIVER_BIN, "hash-password"], input=password + "\n", text=True,
+                         capture_output=True, check=True)
+    return out.stdout.strip()
+
+
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory, data_dir, logs):
     from conftest import Quiver
@@ -90,7 +99,7 @@ def tenants(tmp_path_factory, data_dir, logs):
 tenants:
   - name: full
     tokens: ["{token_hash('full-token')}"]
-    users: [{{name: alice, password: "{token_hash('alice-password')}"}}]
+    users: [{{name: alice, password: '{password_hash('alice-password')}'}}]
     catalogs: ["quiver.public"]
   - name: outsider
     tokens: ["{token_hash('outsider-token')}"]

@@ -2,13 +2,14 @@
 //! scaling policy decides.
 //!
 //! ```text
-//!  watch QueryPools, owned Deployments/Services/PDBs/ConfigMaps
+//!  watch QueryPools, owned Deployments/Services/PDBs/NetworkPolicies/ConfigMaps
 //!      │
 //!      ▼
 //!  reconcile(pool) ── validate spec ──✗──► Degraded condition + Warning event (objects kept)
 //!      │ ok
 //!      ├─ desired = pinned replicas, or the policy's size (scale.rs)
-//!      ├─ server-side apply: ConfigMap, Service, PDB, Deployment(replicas = desired)
+//!      ├─ server-side apply: ConfigMap, Service, PDB, NetworkPolicy,
+//!      │                     Deployment(replicas = desired)
 //!      └─ status (patched only when it changed)
 //!
 //!  demand loop (demand.rs), every poll: gateways' figures ─► policy ─► on a change:
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -83,6 +85,8 @@ pub struct Context {
     pub scalers: Scalers,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
+    /// Who the workers' NetworkPolicies admit.
+    pub gateway: resources::GatewayPeer,
     /// Consecutive failed reconciles per pool, for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<PoolKey, u32>>,
     /// The policy's clock: time since this instant.
@@ -101,9 +105,17 @@ impl Context {
             client,
             scalers: Scalers::default(),
             metrics,
+            gateway: resources::GatewayPeer::default(),
             failures: Default::default(),
             epoch: Instant::now(),
         }
+    }
+
+    /// The same context with the workers admitting `gateway` (default: the chart's gateway pods
+    /// in each pool's namespace).
+    pub fn with_gateway(mut self, gateway: resources::GatewayPeer) -> Self {
+        self.gateway = gateway;
+        self
     }
 
     /// Monotonic time for the scaling policy.
@@ -220,6 +232,12 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
     apply(
         &Api::<PodDisruptionBudget>::namespaced(ctx.client.clone(), &ns),
         &resources::pod_disruption_budget(pool),
+    )
+    .await?;
+    // Before the Deployment: no worker is ever up without its ingress locked down.
+    apply(
+        &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns),
+        &resources::network_policy(pool, &ctx.gateway),
     )
     .await?;
     let deployment = resources::deployment(pool, desired, settings.drain_timeout, &catalog_hash);

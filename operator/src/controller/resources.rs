@@ -5,7 +5,9 @@
 //!                 ├──────► Deployment p           the workers; replicas = desired
 //!                 ├──────► Service    p           headless, port "flight"; its EndpointSlices
 //!                 │                               are how the gateway finds ready workers
-//!                 └──────► PodDisruptionBudget p  one worker at a time on node drains
+//!                 ├──────► PodDisruptionBudget p  one worker at a time on node drains
+//!                 └──────► NetworkPolicy p        ingress to the workers: the Flight port, from
+//!                                                 the gateway's pods only
 //! ```
 //!
 //! Every object carries the pool's labels and a controller owner reference, so deleting the
@@ -21,6 +23,10 @@ use k8s_openapi::api::core::v1::{
     EnvVar, EnvVarSource, GRPCAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SeccompProfile, SecretKeySelector, SecurityContext, Service, ServicePort, ServiceSpec,
     TCPSocketAction, Volume, VolumeMount,
+};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -45,9 +51,35 @@ const CATALOG_DIR: &str = "/etc/quiver/catalog";
 const CATALOG_KEY: &str = "catalog.yaml";
 /// The image's non-root user (deploy/Dockerfile: USER 65532).
 const RUN_AS: i64 = 65532;
+/// The label the API server puts on every namespace with its name (Kubernetes 1.22+).
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-/// Labels that select a pool's workers: the Deployment's selector, the Service's selector and
-/// the labels the gateway selects EndpointSlices by.
+/// The only clients the workers admit: the gateway's pods.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPeer {
+    /// Labels every gateway pod carries (all must match).
+    pub pod_labels: BTreeMap<String, String>,
+    /// The gateway's namespace; `None`: each pool's own namespace.
+    pub namespace: Option<String>,
+}
+
+impl Default for GatewayPeer {
+    /// The chart's gateway pods (charts/quiver/templates/_helpers.tpl,
+    /// `quiver.componentSelectorLabels` with component `gateway`) of any release, in the
+    /// pool's namespace: the `--gateway-pod-labels` default.
+    fn default() -> Self {
+        Self {
+            pod_labels: BTreeMap::from([
+                ("app.kubernetes.io/name".into(), "quiver".into()),
+                ("app.kubernetes.io/component".into(), "gateway".into()),
+            ]),
+            namespace: None,
+        }
+    }
+}
+
+/// Labels that select a pool's workers: the selector of the Deployment, the Service, the PDB and
+/// the NetworkPolicy, and the labels the gateway selects EndpointSlices by.
 pub fn selector_labels(pool: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "quiver".into()),
@@ -160,6 +192,45 @@ pub fn pod_disruption_budget(pool: &QueryPool) -> PodDisruptionBudget {
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
+    }
+}
+
+/// Ingress to the pool's workers: the Flight port, from the gateway's pods only; everything
+/// else is denied (workers have no other port; the kubelet's probes are not subject to
+/// NetworkPolicies). Egress is left alone: workers read their tables from object stores.
+pub fn network_policy(pool: &QueryPool, gateway: &GatewayPeer) -> NetworkPolicy {
+    let name = pool.name_any();
+    let selector = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        ..LabelSelector::default()
+    };
+    // One peer with both selectors: gateway pods *in* that namespace (two peers would admit
+    // every pod of the namespace).
+    let from = NetworkPolicyPeer {
+        pod_selector: Some(selector(gateway.pod_labels.clone())),
+        namespace_selector: gateway.namespace.as_ref().map(|ns| {
+            selector(BTreeMap::from([(
+                NAMESPACE_NAME_LABEL.to_string(),
+                ns.clone(),
+            )]))
+        }),
+        ip_block: None,
+    };
+    NetworkPolicy {
+        metadata: meta(pool, name.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(selector_labels(&name))),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: Some(vec![from]),
+                ports: Some(vec![NetworkPolicyPort {
+                    port: Some(IntOrString::Int(WORKER_PORT)),
+                    protocol: Some("TCP".into()),
+                    end_port: None,
+                }]),
+            }]),
+            egress: None,
+        }),
     }
 }
 

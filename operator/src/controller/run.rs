@@ -15,6 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
 use kube::runtime::watcher;
@@ -61,7 +62,12 @@ pub async fn run(
     };
     metrics.set_leader(true);
 
-    let ctx = Arc::new(Context::new(client.clone(), Some(identity), metrics));
+    let gateway = args.gateway.peer();
+    info!(
+        ?gateway,
+        "workers admit Flight connections from the gateway pods only"
+    );
+    let ctx = Arc::new(Context::new(client.clone(), Some(identity), metrics).with_gateway(gateway));
     let (pools, owned) = match &args.watch_namespace {
         Some(ns) => (
             Api::<QueryPool>::namespaced(client.clone(), ns),
@@ -79,6 +85,10 @@ pub async fn run(
         .owns(namespaced_or_all::<Service>(&client, api(&())), mine())
         .owns(
             namespaced_or_all::<PodDisruptionBudget>(&client, api(&())),
+            mine(),
+        )
+        .owns(
+            namespaced_or_all::<NetworkPolicy>(&client, api(&())),
             mine(),
         )
         .owns(namespaced_or_all::<ConfigMap>(&client, api(&())), mine());

@@ -5,9 +5,8 @@
 //! The SQL is parsed once here with DataFusion's own parser (the same the worker uses) to find
 //! the statement kind and the tables it reads; planning stays on the worker.
 
-use datafusion::sql::sqlparser::ast::{Statement, visit_relations};
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{ObjectName, ObjectNamePart, Statement, visit_relations};
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -15,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use super::config::{GroupNode, Policy, StatementKind};
 use super::group::GroupLimits;
 use crate::auth::Identity;
+use crate::sql::SqlError;
 use crate::worker::catalog::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 
 /// What a selector can see of a query besides its SQL.
@@ -29,45 +29,110 @@ pub struct ClientHints {
 /// The facts of a statement the gateway needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatementFacts {
+    /// The text a worker runs: as the client sent it, with `?` placeholders numbered.
+    pub sql: Arc<str>,
     /// Kind, for selectors.
     pub kind: StatementKind,
-    /// Fully qualified tables read (`catalog.schema.table`).
+    /// Every name the statement reads from, fully qualified (`catalog.schema.table`). CTE
+    /// names are kept (qualified like tables): that can only refuse more.
     pub tables: Vec<String>,
+    /// `SHOW …` or `DESCRIBE`: answers list catalog objects, so they need every catalog.
+    pub metadata: bool,
 }
 
-/// Parses `sql` for its kind and tables; `None` when it does not parse (the worker then
-/// reports DataFusion's syntax error).
-pub fn inspect(sql: &str) -> Option<StatementFacts> {
-    let statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
-    let mut kind = StatementKind::Other;
-    let mut tables = Vec::new();
-    for statement in &statements {
-        kind = match statement {
-            Statement::Query(_) => StatementKind::Select,
-            Statement::Explain { .. } | Statement::ExplainTable { .. } => StatementKind::Explain,
-            Statement::ShowTables { .. } | Statement::ShowColumns { .. } => StatementKind::Show,
-            _ => StatementKind::Other,
-        };
-        let _ = visit_relations(statement, |name| {
-            let parts: Vec<String> = name
-                .0
-                .iter()
-                .map(|p| p.to_string().trim_matches('"').to_ascii_lowercase())
-                .collect();
-            let qualified = match parts.as_slice() {
-                [t] => format!("{DEFAULT_CATALOG}.{DEFAULT_SCHEMA}.{t}"),
-                [s, t] => format!("{DEFAULT_CATALOG}.{s}.{t}"),
-                _ => parts.join("."),
-            };
-            tables.push(qualified);
-            ControlFlow::<()>::Continue(())
-        });
+/// Checks `sql`'s shape, numbers its placeholders and parses the result with the worker's parser
+/// for its kind and tables.
+///
+/// Fail closed: whatever is not a query, `EXPLAIN` of a query, or a catalog metadata statement
+/// is refused here, so nothing the gateway cannot classify reaches a worker.
+pub fn inspect(sql: &str, max_bytes: usize) -> Result<StatementFacts, SqlError> {
+    let sql: Arc<str> = crate::sql::normalise(sql, max_bytes)?.into();
+    let statement = crate::sql::parse_one(&sql)?;
+    let mut facts = StatementFacts {
+        sql: sql.clone(),
+        kind: StatementKind::Select,
+        tables: Vec::new(),
+        metadata: false,
+    };
+    match &statement {
+        DFStatement::Statement(inner) => sql_facts(inner, &mut facts, false)?,
+        DFStatement::Explain(explain) => {
+            facts.kind = StatementKind::Explain;
+            match &*explain.statement {
+                DFStatement::Statement(inner) => sql_facts(inner, &mut facts, true)?,
+                _ => return Err(SqlError::NotAQuery("EXPLAIN of a non-query".into())),
+            }
+        }
+        DFStatement::CreateExternalTable(_) => {
+            return Err(SqlError::NotAQuery("CREATE EXTERNAL TABLE".into()));
+        }
+        DFStatement::CopyTo(_) => return Err(SqlError::NotAQuery("COPY".into())),
+        #[allow(unreachable_patterns)]
+        _ => return Err(SqlError::NotAQuery("this kind of".into())),
     }
-    // CTE names look like tables to the visitor; keep them, they resolve to the default schema
-    // where an allowed tenant can read them anyway.
-    tables.sort();
-    tables.dedup();
-    Some(StatementFacts { kind, tables })
+    facts.tables.sort();
+    facts.tables.dedup();
+    Ok(facts)
+}
+
+/// Facts of one sqlparser statement; `explained` when it sits under `EXPLAIN`, which may wrap
+/// only a query.
+fn sql_facts(
+    statement: &Statement,
+    facts: &mut StatementFacts,
+    explained: bool,
+) -> Result<(), SqlError> {
+    match statement {
+        Statement::Query(_) => {}
+        Statement::Explain { statement, .. } if !explained => {
+            facts.kind = StatementKind::Explain;
+            return sql_facts(statement, facts, true);
+        }
+        Statement::ExplainTable { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowColumns { .. }
+        | Statement::ShowVariable { .. }
+        | Statement::ShowFunctions { .. }
+            if !explained =>
+        {
+            facts.kind = StatementKind::Show;
+            facts.metadata = true;
+        }
+        other => return Err(SqlError::NotAQuery(statement_word(other))),
+    }
+    let _ = visit_relations(statement, |name| {
+        facts.tables.push(qualified(name));
+        ControlFlow::<()>::Continue(())
+    });
+    Ok(())
+}
+
+/// `catalog.schema.table` of a relation as DataFusion resolves it: unquoted parts fold to lower
+/// case, quoted ones stay as written, missing parts are the defaults.
+fn qualified(name: &ObjectName) -> String {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) if ident.quote_style.is_some() => ident.value.clone(),
+            ObjectNamePart::Identifier(ident) => ident.value.to_lowercase(),
+            other => other.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [t] => format!("{DEFAULT_CATALOG}.{DEFAULT_SCHEMA}.{t}"),
+        [s, t] => format!("{DEFAULT_CATALOG}.{s}.{t}"),
+        _ => parts.join("."),
+    }
+}
+
+/// The first words of a statement, to name it in a refusal.
+fn statement_word(statement: &Statement) -> String {
+    let text = statement.to_string();
+    let words: Vec<&str> = text.split_whitespace().take(2).collect();
+    let mut word = words.join(" ");
+    word.truncate(40);
+    word
 }
 
 /// How much SQL text (and the table names found in it) [`FactsCache`] keeps before it starts
@@ -84,22 +149,28 @@ pub struct FactsCache {
 
 #[derive(Debug, Default)]
 struct FactsEntries {
-    by_sql: HashMap<Box<str>, Option<Arc<StatementFacts>>>,
+    by_sql: HashMap<Box<str>, Result<Arc<StatementFacts>, SqlError>>,
     bytes: usize,
 }
 
 impl FactsCache {
-    /// [`inspect`], remembered.
-    pub fn inspect(&self, sql: &str) -> Option<Arc<StatementFacts>> {
+    /// [`inspect`], remembered (refusals too: a client repeating a bad statement costs a lookup).
+    pub fn inspect(&self, sql: &str, max_bytes: usize) -> Result<Arc<StatementFacts>, SqlError> {
+        if sql.len() > max_bytes {
+            return Err(SqlError::TooLarge {
+                bytes: sql.len(),
+                limit: max_bytes,
+            });
+        }
         if let Some(hit) = self.entries.lock().expect("facts cache").by_sql.get(sql) {
             return hit.clone();
         }
         // Parse outside the lock: a long statement must not hold up every other query.
-        let facts = inspect(sql).map(Arc::new);
+        let facts = inspect(sql, max_bytes).map(Arc::new);
         let size = sql.len()
-            + facts
-                .as_ref()
-                .map_or(0, |f| f.tables.iter().map(String::len).sum());
+            + facts.as_ref().map_or(64, |f| {
+                f.sql.len() + f.tables.iter().map(String::len).sum::<usize>()
+            });
         if size <= FACTS_CACHE_BYTES / 16 {
             let mut entries = self.entries.lock().expect("facts cache");
             if entries.bytes + size > FACTS_CACHE_BYTES {
@@ -119,20 +190,25 @@ impl FactsCache {
     }
 }
 
-/// The first table `tenant` may not read, if any.
-pub fn forbidden_table<'a>(
+/// What of a statement `identity`'s tenant may not read, if anything. A tenant the policy no
+/// longer has may read nothing.
+pub fn forbidden<'a>(
     policy: &Policy,
     identity: &Identity,
-    tables: &'a [String],
+    facts: &'a StatementFacts,
 ) -> Option<&'a str> {
-    let tenant = policy.tenant(&identity.tenant)?;
-    tables
+    const METADATA: &str = "catalog metadata (SHOW, DESCRIBE; the Flight SQL metadata commands \
+                            list the tenant's own catalogs)";
+    let Some(tenant) = policy.tenant(&identity.tenant) else {
+        return Some("any table (the tenant is no longer configured)");
+    };
+    if facts.metadata && !crate::access::may_read_metadata(&tenant.catalogs) {
+        return Some(METADATA);
+    }
+    facts
+        .tables
         .iter()
-        .find(|table| {
-            !tenant.catalogs.iter().any(|pattern| {
-                pattern == "*" || table.starts_with(&format!("{}.", pattern.to_ascii_lowercase()))
-            })
-        })
+        .find(|table| !crate::access::may_read(&tenant.catalogs, table))
         .map(String::as_str)
 }
 
@@ -149,12 +225,59 @@ pub struct Placement {
     pub memory_limit: Option<u64>,
 }
 
+/// Distinct values one templated group (`${user}`, `${source}`, …) gets its own subgroup for;
+/// later values share one overflow subgroup, so client-chosen values cannot grow the scheduler
+/// or the metric label sets without bound.
+pub const MAX_TEMPLATE_VALUES: usize = 1_000;
+/// Longest template value kept; longer ones are cut.
+const MAX_TEMPLATE_VALUE_CHARS: usize = 64;
+/// The subgroup values past [`MAX_TEMPLATE_VALUES`] share.
+pub const OVERFLOW_GROUP: &str = "_overflow";
+
+/// The template values seen per templated group, bounded; starts afresh with each policy.
+#[derive(Debug, Default)]
+pub struct TemplateValues {
+    seen: Mutex<HashMap<String, std::collections::HashSet<String>>>,
+}
+
+impl TemplateValues {
+    /// The subgroup name for `value` under the templated group at `parent`: the value made
+    /// safe for a path and a label, or the overflow group once the group has enough values.
+    fn admit(&self, parent: &str, value: &str) -> String {
+        let mut name: String = value
+            .chars()
+            .take(MAX_TEMPLATE_VALUE_CHARS)
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '@') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if name.is_empty() {
+            name.push('_');
+        }
+        let mut seen = self.seen.lock().expect("template values");
+        let values = seen.entry(parent.to_owned()).or_default();
+        if values.contains(&name) {
+            return name;
+        }
+        if values.len() >= MAX_TEMPLATE_VALUES {
+            return OVERFLOW_GROUP.to_owned();
+        }
+        values.insert(name.clone());
+        name
+    }
+}
+
 /// Picks the group for a query: the first matching selector, else the default group.
 pub fn classify(
     policy: &Policy,
     identity: &Identity,
     hints: &ClientHints,
     kind: StatementKind,
+    values: &TemplateValues,
 ) -> Placement {
     let target = policy
         .selectors
@@ -170,7 +293,7 @@ pub fn classify(
         })
         .map(|s| s.group.as_str())
         .unwrap_or(&policy.default_group);
-    place(&policy.groups, target, identity, hints)
+    place(&policy.groups, target, identity, hints, values)
 }
 
 fn place(
@@ -178,6 +301,7 @@ fn place(
     target: &str,
     identity: &Identity,
     hints: &ClientHints,
+    values: &TemplateValues,
 ) -> Placement {
     let mut chain = Vec::new();
     let mut level = groups;
@@ -198,7 +322,12 @@ fn place(
             "${tenant}" => identity.tenant.as_str(),
             _ => hints.source.as_deref().unwrap_or("unknown"),
         };
-        chain.push((value.replace('.', "_"), t.limits));
+        let parent = chain
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(".");
+        chain.push((values.admit(&parent, value), t.limits));
         node = t;
     }
     Placement {
@@ -215,6 +344,8 @@ fn place(
 
 #[cfg(test)]
 mod tests {
+    const MAX: usize = crate::sql::DEFAULT_MAX_SQL_BYTES;
+
     #[test]
     fn the_facts_cache_answers_as_inspect_does_and_stays_bounded() {
         let cache = FactsCache::default();
@@ -224,19 +355,23 @@ mod tests {
             "not sql at all",
         ] {
             assert_eq!(
-                cache.inspect(sql).as_deref(),
-                inspect(sql).as_ref(),
+                cache.inspect(sql, MAX).map(|f| (*f).clone()),
+                inspect(sql, MAX),
                 "{sql}"
             );
         }
         for i in 0..50_000 {
             let sql = format!("SELECT {i} FROM orders, tpch.public.nation");
-            assert_eq!(cache.inspect(&sql).unwrap().tables.len(), 2);
+            assert_eq!(cache.inspect(&sql, MAX).unwrap().tables.len(), 2);
             assert!(cache.bytes() <= FACTS_CACHE_BYTES);
         }
         let huge = format!("SELECT 1{}", " ".repeat(FACTS_CACHE_BYTES));
-        assert!(cache.inspect(&huge).is_some());
+        assert!(cache.inspect(&huge, usize::MAX).is_ok());
         assert!(cache.bytes() <= FACTS_CACHE_BYTES);
+        assert!(matches!(
+            cache.inspect(&huge, MAX),
+            Err(SqlError::TooLarge { .. })
+        ));
     }
 
     use super::*;
@@ -262,6 +397,7 @@ mod tests {
             &id("noisy", "bob"),
             &ClientHints::default(),
             StatementKind::Select,
+            &TemplateValues::default(),
         );
         assert_eq!(noisy.path, "adhoc.bob");
         assert_eq!(noisy.chain[1].1.hard_concurrency, 1);
@@ -270,15 +406,40 @@ mod tests {
             &id("quiet", "quiet"),
             &ClientHints::default(),
             StatementKind::Select,
+            &TemplateValues::default(),
         );
         assert_eq!(quiet.path, "dashboards");
         assert_eq!(quiet.pool, "default");
     }
 
     #[test]
+    fn template_values_are_bounded_and_safe() {
+        let p = example();
+        let values = TemplateValues::default();
+        let place = |user: &str| {
+            classify(
+                &p,
+                &id("noisy", user),
+                &ClientHints::default(),
+                StatementKind::Select,
+                &values,
+            )
+            .path
+        };
+        assert_eq!(place("a.b c"), "adhoc.a_b_c");
+        for i in 0..MAX_TEMPLATE_VALUES * 2 {
+            place(&format!("user{i}"));
+        }
+        assert_eq!(place("someone-new"), format!("adhoc.{OVERFLOW_GROUP}"));
+        assert_eq!(place("user1"), "adhoc.user1", "values seen before keep their group");
+        assert!(place(&"x".repeat(1000)).len() <= "adhoc.".len() + 64);
+    }
+
+    #[test]
     fn inspect_finds_kind_and_tables() {
         let s = inspect(
             "SELECT * FROM lineitem l JOIN quiver.public.orders o ON l.l_orderkey = o.o_orderkey",
+            MAX,
         )
         .unwrap();
         assert_eq!(s.kind, StatementKind::Select);
@@ -287,21 +448,78 @@ mod tests {
             vec!["quiver.public.lineitem", "quiver.public.orders"]
         );
         assert_eq!(
-            inspect("EXPLAIN SELECT 1").unwrap().kind,
+            inspect("EXPLAIN SELECT 1", MAX).unwrap().kind,
             StatementKind::Explain
         );
-        assert!(inspect("SELEC 1").is_none());
+        assert!(matches!(inspect("SELEC 1", MAX), Err(SqlError::Syntax(_))));
+    }
+
+    #[test]
+    fn what_cannot_be_classified_is_refused() {
+        for sql in [
+            "CREATE TABLE t (a INT)",
+            "INSERT INTO lineitem VALUES (1)",
+            "SET datafusion.execution.batch_size = 1",
+            "COPY lineitem TO '/tmp/x'",
+            "CREATE EXTERNAL TABLE x STORED AS PARQUET LOCATION '/etc'",
+            "DROP TABLE lineitem",
+            "EXPLAIN COPY lineitem TO '/tmp/x'",
+            "SELECT 1; SELECT 2",
+            "",
+        ] {
+            assert!(inspect(sql, MAX).is_err(), "{sql}");
+        }
+        for sql in ["SHOW TABLES", "DESCRIBE lineitem", "SHOW COLUMNS FROM lineitem"] {
+            let facts = inspect(sql, MAX).unwrap();
+            assert!(facts.metadata, "{sql}");
+            assert_eq!(facts.kind, StatementKind::Show);
+        }
+        // Forms of EXPLAIN the worker's parser accepts are classified, not passed through.
+        for sql in [
+            "EXPLAIN FORMAT indent SELECT * FROM lineitem",
+            "EXPLAIN ANALYZE SELECT * FROM lineitem",
+            "EXPLAIN VERBOSE SELECT * FROM lineitem",
+        ] {
+            let facts = inspect(sql, MAX).unwrap();
+            assert_eq!(facts.tables, vec!["quiver.public.lineitem"], "{sql}");
+        }
+    }
+
+    #[test]
+    fn names_fold_as_datafusion_folds_them() {
+        let facts = inspect(
+            "SELECT * FROM LineItem, \"Orders\", QUIVER.PUBLIC.nation, public.region",
+            MAX,
+        )
+        .unwrap();
+        assert_eq!(
+            facts.tables,
+            vec![
+                "quiver.public.Orders",
+                "quiver.public.lineitem",
+                "quiver.public.nation",
+                "quiver.public.region"
+            ]
+        );
     }
 
     #[test]
     fn catalogs_restrict_tables() {
         let mut p = example();
         p.tenants[0].catalogs = vec!["other".into()];
-        let tables = vec!["quiver.public.lineitem".to_owned()];
+        let facts = inspect("SELECT * FROM lineitem", MAX).unwrap();
         assert_eq!(
-            forbidden_table(&p, &id("quiet", "quiet"), &tables),
+            forbidden(&p, &id("quiet", "quiet"), &facts),
             Some("quiver.public.lineitem")
         );
-        assert_eq!(forbidden_table(&p, &id("noisy", "noisy"), &tables), None);
+        assert_eq!(forbidden(&p, &id("noisy", "noisy"), &facts), None);
+        // A tenant the policy no longer has reads nothing, and metadata needs every catalog.
+        assert!(forbidden(&p, &id("gone", "gone"), &facts).is_some());
+        let show = inspect("SHOW TABLES", MAX).unwrap();
+        assert!(forbidden(&p, &id("quiet", "quiet"), &show).is_some());
+        assert!(forbidden(&p, &id("noisy", "noisy"), &show).is_none());
+        let schema = inspect("SELECT * FROM information_schema.tables", MAX).unwrap();
+        p.tenants[0].catalogs = vec!["quiver".into()];
+        assert!(forbidden(&p, &id("quiet", "quiet"), &schema).is_some());
     }
 }

@@ -30,6 +30,7 @@ use self::config::{KeyPart, Policy, StatementKind};
 use self::group::{Decision, GroupId, Rejection, Scheduler, WaiterId};
 use self::rate_limit::Gcra;
 use crate::auth::Identity;
+use crate::sql::SqlError;
 
 /// Slots per ready worker: how many queries the pool root admits per worker.
 pub const DEFAULT_WORKER_SLOTS: u32 = 8;
@@ -37,6 +38,10 @@ pub const DEFAULT_WORKER_SLOTS: u32 = 8;
 /// Why admission refused a query.
 #[derive(Debug, thiserror::Error)]
 pub enum AdmissionError {
+    /// The statement is too large, too deep, malformed, or not something the gateway can
+    /// classify: refused before any worker sees it.
+    #[error(transparent)]
+    InvalidSql(#[from] SqlError),
     /// The tenant may not read a table the query names.
     #[error("tenant {tenant:?} may not read {table}")]
     Forbidden {
@@ -95,7 +100,7 @@ impl AdmissionError {
                 expected, timeout, ..
             } => Some(expected.saturating_sub(*timeout)),
             AdmissionError::QueueTimeout { waited, .. } => Some(*waited / 2),
-            AdmissionError::Forbidden { .. } => None,
+            AdmissionError::Forbidden { .. } | AdmissionError::InvalidSql(_) => None,
         }
     }
 
@@ -104,6 +109,7 @@ impl AdmissionError {
         match self {
             AdmissionError::RateLimited { policy, .. } => policy,
             AdmissionError::Forbidden { .. } => "catalogs",
+            AdmissionError::InvalidSql(_) => "invalid_sql",
             AdmissionError::QueueFull { .. } => "queue_full",
             AdmissionError::Shed { .. } => "shed",
             AdmissionError::QueueTimeout { .. } => "queue_timeout",
@@ -213,8 +219,8 @@ pub struct Permit {
     groups: Arc<Groups>,
     leaf: GroupId,
     started: Instant,
-    /// The placement the query was admitted with.
-    pub placement: Placement,
+    /// The statement as checked, with the placement it was admitted with.
+    pub checked: Checked,
 }
 
 impl Drop for Permit {
@@ -241,6 +247,22 @@ pub struct Admission {
     arrivals: Mutex<HashMap<String, VecDeque<Instant>>>,
     /// Parsed statements, so repeated SQL is not parsed again.
     facts: FactsCache,
+    /// Longest SQL text accepted.
+    max_sql_bytes: usize,
+    /// Template values seen under the current policy (bounded); replaced on reload.
+    templates: RwLock<Arc<classify::TemplateValues>>,
+}
+
+/// A statement admission has checked: the exact text a worker may run, where it runs, and what
+/// its tenant may read (which the worker checks again against its plan).
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The text the worker runs (placeholders numbered).
+    pub sql: Arc<str>,
+    /// Group and pool.
+    pub placement: Placement,
+    /// The tenant's readable catalog patterns.
+    pub catalogs: Vec<String>,
 }
 
 /// The window over which a pool's arrival rate is measured: one second, so scaling reacts to a
@@ -260,7 +282,21 @@ impl Admission {
             capacity: Mutex::new(HashMap::new()),
             arrivals: Mutex::new(HashMap::new()),
             facts: FactsCache::default(),
+            max_sql_bytes: crate::sql::DEFAULT_MAX_SQL_BYTES,
+            templates: RwLock::default(),
         })
+    }
+
+    /// The same, accepting SQL texts of at most `max_sql_bytes`.
+    pub fn with_max_sql_bytes(policy: Policy, replicas: u32, max_sql_bytes: usize) -> Arc<Self> {
+        let mut admission = Arc::into_inner(Self::new(policy, replicas)).expect("just made");
+        admission.max_sql_bytes = max_sql_bytes;
+        Arc::new(admission)
+    }
+
+    /// Longest SQL text accepted.
+    pub fn max_sql_bytes(&self) -> usize {
+        self.max_sql_bytes
     }
 
     /// The scheduler of `pool` under the current policy.
@@ -278,6 +314,10 @@ impl Admission {
             .clone()
     }
 
+    fn templates(&self) -> Arc<classify::TemplateValues> {
+        self.templates.read().expect("templates").clone()
+    }
+
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().expect("policy").clone()
@@ -290,6 +330,7 @@ impl Admission {
         *self.limiters.lock().expect("limiters") = (0..n).map(|_| Gcra::default()).collect();
         *self.policy.write().expect("policy") = Arc::new(policy);
         self.groups.write().expect("groups").clear();
+        *self.templates.write().expect("templates") = Arc::default();
     }
 
     /// Sets `pool`'s capacity (ready workers × slots), starting waiting queries it allows.
@@ -360,41 +401,106 @@ impl Admission {
     /// The pool for a call outside any query (metadata, prepared-statement actions): the pool
     /// of the caller's group, so a group bound to its own pool never touches another.
     pub fn pool_of(&self, identity: &Identity, hints: &ClientHints) -> String {
-        classify::classify(&self.policy(), identity, hints, StatementKind::Other).pool
+        classify::classify(
+            &self.policy(),
+            identity,
+            hints,
+            StatementKind::Other,
+            &self.templates(),
+        )
+        .pool
     }
 
-    /// Classifies and checks permission; no state changes, so it can run at GetFlightInfo.
+    /// A call that makes a worker work without a statement (metadata commands): counted
+    /// against the limits keyed by identity.
+    pub fn count_call(&self, identity: &Identity) -> Result<(), AdmissionError> {
+        self.rate_limit(&self.policy(), identity, None)
+    }
+
+    /// The catalog patterns `identity`'s tenant may read; none for a tenant no longer known.
+    pub fn catalogs_of(&self, identity: &Identity) -> Vec<String> {
+        self.policy()
+            .tenant(&identity.tenant)
+            .map(|t| t.catalogs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Checks a statement and classifies it; no state changes. Refuses what the tenant may not
+    /// read and whatever cannot be classified.
     pub fn check(
         &self,
         identity: &Identity,
         hints: &ClientHints,
         sql: &str,
-    ) -> Result<(Arc<Policy>, Placement), AdmissionError> {
+    ) -> Result<(Arc<Policy>, Checked), AdmissionError> {
         let policy = self.policy();
-        let facts = self.facts.inspect(sql);
-        if let Some(facts) = &facts
-            && let Some(table) = classify::forbidden_table(&policy, identity, &facts.tables)
-        {
+        let checked = self.check_under(&policy, identity, hints, sql)?;
+        Ok((policy, checked))
+    }
+
+    fn check_under(
+        &self,
+        policy: &Policy,
+        identity: &Identity,
+        hints: &ClientHints,
+        sql: &str,
+    ) -> Result<Checked, AdmissionError> {
+        let facts = self.facts.inspect(sql, self.max_sql_bytes)?;
+        if let Some(table) = classify::forbidden(policy, identity, &facts) {
             return Err(AdmissionError::Forbidden {
                 tenant: identity.tenant.clone(),
                 table: table.to_owned(),
             });
         }
-        let kind = facts.map_or(StatementKind::Other, |f| f.kind);
-        let placement = classify::classify(&policy, identity, hints, kind);
-        Ok((policy, placement))
+        let placement =
+            classify::classify(policy, identity, hints, facts.kind, &self.templates());
+        let catalogs = policy
+            .tenant(&identity.tenant)
+            .map(|t| t.catalogs.clone())
+            .unwrap_or_default();
+        Ok(Checked {
+            sql: facts.sql.clone(),
+            placement,
+            catalogs,
+        })
     }
 
-    /// The whole decision: classify, rate-limit, then run, wait or shed.
+    /// A call that makes a worker plan (GetFlightInfo, CreatePreparedStatement): checked, and
+    /// counted against every matching rate limit like a query. Limits keyed only by identity
+    /// refuse before the statement is even parsed: a refusal costs a lookup.
+    pub fn plan(
+        &self,
+        identity: &Identity,
+        hints: &ClientHints,
+        sql: &str,
+    ) -> Result<Checked, AdmissionError> {
+        let policy = self.policy();
+        self.rate_limit(&policy, identity, None)?;
+        let checked = self.check_under(&policy, identity, hints, sql)?;
+        self.arrived(&checked.placement.pool);
+        self.rate_limit(&policy, identity, Some(&checked.placement))?;
+        Ok(checked)
+    }
+
+    /// The whole decision for a run: check and classify, rate-limit (unless `prepaid`: its
+    /// planning call was counted already), then run, wait or shed.
     pub async fn admit(
         &self,
         identity: &Identity,
         hints: &ClientHints,
         sql: &str,
+        prepaid: bool,
     ) -> Result<Permit, AdmissionError> {
-        let (policy, placement) = self.check(identity, hints, sql)?;
-        self.arrived(&placement.pool);
-        self.rate_limit(&policy, identity, &placement)?;
+        let policy = self.policy();
+        if !prepaid {
+            self.rate_limit(&policy, identity, None)?;
+        }
+        let checked = self.check_under(&policy, identity, hints, sql)?;
+        self.arrived(&checked.placement.pool);
+        if !prepaid {
+            self.rate_limit(&policy, identity, Some(&checked.placement))?;
+        }
+        let placement = checked.placement.clone();
         let groups = self.pool_groups(&placement.pool);
         let (leaf, decision, timeout) = {
             let mut s = groups.scheduler.lock().expect("scheduler");
@@ -412,7 +518,7 @@ impl Admission {
             groups,
             leaf,
             started: Instant::now(),
-            placement: placement.clone(),
+            checked: checked.clone(),
         };
         match decision {
             Decision::Run => Ok(permit(groups)),
@@ -468,24 +574,33 @@ impl Admission {
         }
     }
 
+    /// Checks and counts the rate limits that apply. Without a placement, only the limits that
+    /// need none (keyed and matched by identity alone); with one, only those that need it. A
+    /// request counts against the limits checked here only when all of them admit it.
     fn rate_limit(
         &self,
         policy: &Policy,
         identity: &Identity,
-        placement: &Placement,
+        placement: Option<&Placement>,
     ) -> Result<(), AdmissionError> {
         let now = self.origin.elapsed();
         let mut limiters = self.limiters.lock().expect("limiters");
         let mut passed = Vec::new();
         for (i, rule) in policy.rate_limits.iter().enumerate() {
+            let needs_group = rule.group.is_some() || rule.key.contains(&KeyPart::Group);
+            if needs_group != placement.is_some() {
+                continue;
+            }
+            let path = placement.map_or("", |p| p.path.as_str());
             if rule.tenant.as_ref().is_some_and(|t| *t != identity.tenant)
                 || rule
                     .user
                     .as_ref()
                     .is_some_and(|u| !u.is_match(&identity.user))
-                || rule.group.as_ref().is_some_and(|g| {
-                    placement.path != *g && !placement.path.starts_with(&format!("{g}."))
-                })
+                || rule
+                    .group
+                    .as_ref()
+                    .is_some_and(|g| path != *g && !path.starts_with(&format!("{g}.")))
             {
                 continue;
             }
@@ -496,7 +611,7 @@ impl Admission {
                     KeyPart::Global => "global".to_owned(),
                     KeyPart::Tenant => format!("tenant={}", identity.tenant),
                     KeyPart::User => format!("user={}", identity.user),
-                    KeyPart::Group => format!("group={}", placement.path),
+                    KeyPart::Group => format!("group={path}"),
                 })
                 .collect::<Vec<_>>()
                 .join(",");

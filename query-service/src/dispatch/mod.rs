@@ -1,8 +1,12 @@
 //! Dispatch: sends a query to the least-loaded ready worker of its pool and relays the answer.
 //!
-//! A worker that fails before its first response message (connection refused, killed, draining)
-//! costs the client nothing: the call is retried once on another worker. Once batches have
-//! flowed, a failure is reported as `UNAVAILABLE` so the client knows a retry is safe.
+//! A worker that fails before the client has seen a row (connection refused, killed, still
+//! warming up) costs the client nothing: the call is retried once on another worker; the schema
+//! is held back until the first batch so a worker dying while it plans is retried too. Once
+//! batches have flowed, a failure is reported as `UNAVAILABLE` so the client knows a retry is
+//! safe. A worker is judged failed on transport facts only (a connection or stream error from
+//! the HTTP/2 stack, or the worker's own state metadata), never on an error's text, which a
+//! query can write.
 //! Flight data is relayed message by message, never decoded or collected, so the gateway's
 //! memory does not grow with the result.
 
@@ -22,6 +26,8 @@ use tonic::{Code, Status};
 
 use self::pool::{Worker, WorkerLoad, WorkerPool};
 use self::registry::Pools;
+use crate::status::WORKER_STATE_HEADER;
+use crate::worker::flight::GRANT_HEADER;
 
 /// A relayed stream of Flight data.
 pub type FlightDataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send>>;
@@ -67,13 +73,51 @@ pub enum DispatchError {
     },
 }
 
-/// True for statuses that mean "the worker or its connection failed", not "the query failed".
-fn is_worker_failure(status: &Status) -> bool {
-    match status.code() {
-        Code::Unavailable | Code::Unknown | Code::Cancelled => true,
-        Code::Internal => status.message().contains("h2 protocol error"),
-        _ => false,
+/// How a failed call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection or stream broke: the worker is suspect.
+    Transport,
+    /// The worker said it cannot serve yet (warming up): try another, its health will tell.
+    NotReady,
+    /// The worker answered about the query itself.
+    Query,
+}
+
+/// Sorts a status by who failed. Statuses the client library made from a transport error carry
+/// that error as their source; statuses a worker sent do not, and only the worker's own code
+/// sets [`WORKER_STATE_HEADER`].
+fn failure(status: &Status) -> Failure {
+    if std::error::Error::source(status).is_some() {
+        Failure::Transport
+    } else if status.code() == Code::Unavailable
+        && status.metadata().contains_key(WORKER_STATE_HEADER)
+    {
+        Failure::NotReady
+    } else {
+        Failure::Query
     }
+}
+
+/// A call's request with the gateway's grant header.
+fn granted<T>(message: T, grant: &str) -> Result<tonic::Request<T>, Status> {
+    let mut request = tonic::Request::new(message);
+    let value = grant
+        .parse()
+        .map_err(|_| Status::internal("the worker grant is not a valid header"))?;
+    request.metadata_mut().insert(GRANT_HEADER, value);
+    Ok(request)
+}
+
+/// Messages held before the first batch at most; past it the stream is relayed as it is (a
+/// result with that many dictionaries is already streaming).
+const HELD_MESSAGES: usize = 64;
+
+/// True for a Flight message that carries rows (an IPC record batch).
+fn carries_rows(data: &FlightData) -> bool {
+    arrow::ipc::root_as_message(&data.data_header)
+        .map(|m| m.header_type() == arrow::ipc::MessageHeader::RecordBatch)
+        .unwrap_or(true)
 }
 
 /// Sends calls to the workers of one of the gateway's pools.
@@ -123,32 +167,43 @@ impl Dispatcher {
             };
             let load = worker.start_query();
             match call(worker.client()).await {
-                Ok(value) => return Ok((value, load)),
-                Err(status) if is_worker_failure(&status) => {
-                    tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
-                    worker.mark_failed();
-                    last_error = Some(DispatchError::WorkerFailed {
-                        endpoint: worker.endpoint().to_owned(),
-                        message: status.message().to_owned(),
-                    });
-                    failed = Some(worker);
+                Ok(value) => {
+                    worker.answered();
+                    return Ok((value, load));
                 }
-                Err(status) => return Err(DispatchError::Worker(Box::new(status))),
+                Err(status) => match failure(&status) {
+                    Failure::Query => {
+                        worker.answered();
+                        return Err(DispatchError::Worker(Box::new(status)));
+                    }
+                    kind => {
+                        tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
+                        if kind == Failure::Transport {
+                            worker.mark_failed();
+                        }
+                        last_error = Some(DispatchError::WorkerFailed {
+                            endpoint: worker.endpoint().to_owned(),
+                            message: status.message().to_owned(),
+                        });
+                        failed = Some(worker);
+                    }
+                },
             }
         }
         Err(last_error.expect("two failed attempts recorded an error"))
     }
 
-    /// `GetFlightInfo` on a worker. The returned info's endpoints carry no location, so the
-    /// client redeems its tickets at the gateway.
+    /// `GetFlightInfo` on a worker, with the gateway's `grant`. The returned info's endpoints
+    /// carry no location, so the client redeems its tickets at the gateway.
     pub async fn get_flight_info(
         &self,
         descriptor: FlightDescriptor,
+        grant: &str,
     ) -> Result<FlightInfo, DispatchError> {
         let (response, _load) = self
             .with_retry(|mut client| {
-                let descriptor = descriptor.clone();
-                async move { client.get_flight_info(descriptor).await }
+                let request = granted(descriptor.clone(), grant);
+                async move { client.get_flight_info(request?).await }
             })
             .await?;
         let mut info = response.into_inner();
@@ -162,12 +217,13 @@ impl Dispatcher {
     pub async fn do_action(
         &self,
         action: Action,
+        grant: &str,
     ) -> Result<Vec<arrow_flight::Result>, DispatchError> {
         let (results, _load) = self
             .with_retry(|mut client| {
-                let action = action.clone();
+                let request = granted(action.clone(), grant);
                 async move {
-                    let mut stream = client.do_action(action).await?.into_inner();
+                    let mut stream = client.do_action(request?).await?.into_inner();
                     let mut out = Vec::new();
                     while let Some(item) = stream.message().await? {
                         out.push(item);
@@ -179,26 +235,43 @@ impl Dispatcher {
         Ok(results)
     }
 
-    /// `DoGet` on a worker, relaying its Flight data as it arrives. The first message is awaited
-    /// before answering, so a worker that dies before producing anything is retried.
-    pub async fn do_get(&self, ticket: Ticket) -> Result<FlightDataStream, DispatchError> {
-        let ((first, rest), load) = self
+    /// `DoGet` on a worker, relaying its Flight data as it arrives. Messages are held until the
+    /// first one with rows (or the end), so a worker that dies before the client has seen a row
+    /// is retried on another.
+    pub async fn do_get(
+        &self,
+        ticket: Ticket,
+        grant: &str,
+    ) -> Result<FlightDataStream, DispatchError> {
+        let ((held, rest), load) = self
             .with_retry(|mut client| {
-                let ticket = ticket.clone();
+                let request = granted(ticket.clone(), grant);
                 async move {
-                    let mut stream = client.do_get(ticket).await?.into_inner();
-                    let first = stream.message().await?;
-                    Ok((first, stream))
+                    let mut stream = client.do_get(request?).await?.into_inner();
+                    let mut held = Vec::new();
+                    while held.len() < HELD_MESSAGES {
+                        match stream.message().await? {
+                            Some(message) => {
+                                let rows = carries_rows(&message);
+                                held.push(message);
+                                if rows {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                    Ok((held, stream))
                 }
             })
             .await?;
         let endpoint = load.worker().endpoint().to_owned();
-        let head = futures::stream::iter(first.map(Ok));
+        let head = futures::stream::iter(held.into_iter().map(Ok));
         let tail = rest.map(move |item| {
             // The load guard lives as long as the relayed stream.
             let _held = &load;
             item.map_err(|status| {
-                if is_worker_failure(&status) {
+                if failure(&status) == Failure::Transport {
                     Status::unavailable(format!(
                         "worker {endpoint} failed while streaming results: {}; the query can be retried",
                         status.message()
@@ -225,7 +298,7 @@ mod tests {
         let b = dispatcher.on("b").unwrap();
         assert_eq!(b.pool().name(), "b");
         // Pool b has no worker: its query is refused even though pool a has one.
-        let err = b.do_get(Ticket::new("SELECT 1")).await.err().unwrap();
+        let err = b.do_get(Ticket::new("SELECT 1"), "grant").await.err().unwrap();
         assert!(
             matches!(&err, DispatchError::NoReadyWorker { pool, workers: 0 } if pool == "b"),
             "{err}"

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use futures::StreamExt;
@@ -34,8 +34,21 @@ pub struct Worker {
     channel: Channel,
     ready: AtomicBool,
     in_flight: AtomicUsize,
+    /// Set after a transport failure: out of rotation until then, doubling while it repeats.
+    suspect: std::sync::Mutex<Option<Suspect>>,
     health: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
+
+/// A worker whose connection failed: skipped until `until`, then tried again.
+#[derive(Debug, Clone, Copy)]
+struct Suspect {
+    until: Instant,
+    backoff: Duration,
+}
+
+/// First pause after a transport failure; it doubles on each further failure up to the maximum.
+const SUSPECT_MIN: Duration = Duration::from_millis(250);
+const SUSPECT_MAX: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// The worker's URL, e.g. `http://127.0.0.1:50061`.
@@ -68,10 +81,34 @@ impl Worker {
         }
     }
 
-    /// Takes the worker out of rotation after a transport failure; its health stream puts it
-    /// back when it reports SERVING again.
+    /// Takes the worker out of rotation for a while after a transport failure. It comes back
+    /// by itself: when the pause ends it is tried again, and an answer clears it; a dead
+    /// worker's health stream breaks and marks it not ready anyway.
     pub fn mark_failed(&self) {
-        self.ready.store(false, Ordering::Release);
+        let mut suspect = self.suspect.lock().expect("suspect");
+        let backoff = suspect.map_or(SUSPECT_MIN, |s| (s.backoff * 2).min(SUSPECT_MAX));
+        *suspect = Some(Suspect {
+            until: Instant::now() + backoff,
+            backoff,
+        });
+    }
+
+    /// The worker answered a call: whatever failed before has healed.
+    pub fn answered(&self) {
+        let mut suspect = self.suspect.lock().expect("suspect");
+        if suspect.is_some() {
+            *suspect = None;
+        }
+    }
+
+    /// Ready, and not paused after a transport failure.
+    fn available(&self, now: Instant) -> bool {
+        self.is_ready()
+            && self
+                .suspect
+                .lock()
+                .expect("suspect")
+                .is_none_or(|s| s.until <= now)
     }
 }
 
@@ -151,6 +188,7 @@ impl WorkerPool {
             channel,
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            suspect: std::sync::Mutex::new(None),
             health: std::sync::Mutex::new(None),
         });
         let task = tokio::spawn(watch_health(Arc::downgrade(self), Arc::downgrade(&worker)));
@@ -197,9 +235,10 @@ impl WorkerPool {
         let workers = self.workers.read().expect("pool lock");
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let n = workers.len();
+        let now = Instant::now();
         let best = (0..n)
             .map(|i| &workers[(start + i) % n.max(1)])
-            .filter(|w| w.is_ready())
+            .filter(|w| w.available(now))
             .filter(|w| exclude.is_none_or(|x| !Arc::ptr_eq(x, w)))
             .min_by_key(|w| w.in_flight());
         best.cloned().ok_or_else(|| DispatchError::NoReadyWorker {
@@ -342,8 +381,25 @@ mod tests {
         assert!(Arc::ptr_eq(&pool.pick(Some(&b)).unwrap(), &a));
         b.mark_failed();
         assert!(Arc::ptr_eq(&pool.pick(None).unwrap(), &a));
+        drop(_load);
         pool.remove("http://127.0.0.1:1");
         assert!(pool.pick(None).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_worker_comes_back_by_itself() {
+        let pool = WorkerPool::new("p");
+        let a = pool.add("127.0.0.1:1").unwrap();
+        a.ready.store(true, Ordering::Release);
+        a.mark_failed();
+        assert!(pool.pick(None).is_err(), "paused right after the failure");
+        // The pause ends on its own: no health change is needed to try the worker again.
+        let later = Instant::now() + SUSPECT_MIN;
+        assert!(a.available(later));
+        a.mark_failed();
+        assert!(!a.available(later), "a repeated failure pauses longer");
+        a.answered();
+        assert!(Arc::ptr_eq(&pool.pick(None).unwrap(), &a));
     }
 
     #[tokio::test]

@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 
 use super::recorded::Query;
+use crate::auth::Identity;
 
 type Key = [u8; 32];
-/// The queries redeemed with one ticket, each with its registration id.
-type Entries = Vec<(u64, Arc<Query>)>;
+/// The queries redeemed with one ticket, each with its registration id and who runs it.
+type Entries = Vec<(u64, Identity, Arc<Query>)>;
 
 /// Running queries by ticket.
 #[derive(Debug, Default)]
@@ -35,8 +36,13 @@ fn key(ticket: &[u8]) -> Key {
 }
 
 impl Running {
-    /// Records `query`, redeemed with `ticket`; the registration ends when it is dropped.
-    pub fn register(self: &Arc<Self>, ticket: &[u8], query: Arc<Query>) -> Registration {
+    /// Records `owner`'s `query`, redeemed with `ticket`; the registration ends when dropped.
+    pub fn register(
+        self: &Arc<Self>,
+        ticket: &[u8],
+        owner: &Identity,
+        query: Arc<Query>,
+    ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let key = key(ticket);
         self.queries
@@ -44,7 +50,7 @@ impl Running {
             .expect("running queries")
             .entry(key)
             .or_default()
-            .push((id, query));
+            .push((id, owner.clone(), query));
         Registration {
             running: self.clone(),
             key,
@@ -52,8 +58,9 @@ impl Running {
         }
     }
 
-    /// Cancels every running query redeemed with `ticket`; returns how many there were.
-    pub fn cancel(&self, ticket: &[u8]) -> usize {
+    /// Cancels every running query of `owner` redeemed with `ticket`; returns how many there
+    /// were. A ticket can be shared or leaked; a query is stopped only by whoever runs it.
+    pub fn cancel(&self, ticket: &[u8], owner: &Identity) -> usize {
         let queries = self
             .queries
             .lock()
@@ -62,7 +69,10 @@ impl Running {
             .cloned()
             .unwrap_or_default();
         // Cancelled outside the registry's lock: dropping a query's parts wakes other tasks.
-        queries.iter().filter(|(_, query)| query.cancel()).count()
+        queries
+            .iter()
+            .filter(|(_, who, query)| who == owner && query.cancel())
+            .count()
     }
 
     /// Queries registered now.
@@ -93,7 +103,7 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut queries = self.running.queries.lock().expect("running queries");
         if let Some(list) = queries.get_mut(&self.key) {
-            list.retain(|(id, _)| *id != self.id);
+            list.retain(|(id, _, _)| *id != self.id);
             if list.is_empty() {
                 queries.remove(&self.key);
             }
@@ -108,14 +118,27 @@ mod tests {
     #[test]
     fn cancel_reaches_every_query_of_the_ticket_and_registrations_clean_up() {
         let running = Arc::new(Running::default());
+        let me = Identity {
+            tenant: "t".into(),
+            user: "me".into(),
+        };
+        let other_user = Identity {
+            user: "other".into(),
+            ..me.clone()
+        };
         let queries: Vec<_> = (0..3).map(|_| Query::new(None)).collect();
-        let a = running.register(b"t1", queries[0].clone());
-        let b = running.register(b"t1", queries[1].clone());
-        let other = running.register(b"t2", queries[2].clone());
+        let a = running.register(b"t1", &me, queries[0].clone());
+        let b = running.register(b"t1", &me, queries[1].clone());
+        let other = running.register(b"t2", &me, queries[2].clone());
         assert_eq!(running.len(), 3);
-        assert_eq!(running.cancel(b"t1"), 2);
         assert_eq!(
-            running.cancel(b"t1"),
+            running.cancel(b"t1", &other_user),
+            0,
+            "only the caller's own queries"
+        );
+        assert_eq!(running.cancel(b"t1", &me), 2);
+        assert_eq!(
+            running.cancel(b"t1", &me),
             0,
             "a second cancel finds nothing to stop"
         );

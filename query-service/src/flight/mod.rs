@@ -10,8 +10,10 @@
 //! query it is streaming ([`cancel`]), and hiding catalogs a tenant may not read ([`visible`]).
 //! Session options ([`session`]) are answered here too, from a signed cookie.
 
+mod authenticate;
 mod bind;
 pub mod cancel;
+mod prepaid;
 mod recorded;
 pub mod session;
 pub mod ticket;
@@ -22,13 +24,14 @@ use std::sync::Arc;
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
 use arrow_flight::sql::{
-    ActionCancelQueryRequest, ActionCancelQueryResult, ActionCreatePreparedStatementRequest, Any,
-    CommandStatementQuery, ProstMessageExt,
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, Any, CommandStatementQuery, ProstMessageExt,
 };
+use arrow_flight::sql::TicketStatementQuery;
 use arrow_flight::{
     Action, ActionType as FlightActionType, CancelFlightInfoRequest, CancelFlightInfoResult,
-    CancelStatus, Criteria, Empty, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
-    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+    CancelStatus, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
+    HandshakeRequest, HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
     flight_descriptor::DescriptorType,
 };
 use futures::Stream;
@@ -36,16 +39,26 @@ use prost::Message;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::cancel::Running;
+use self::prepaid::Prepaid;
 use self::recorded::{Query, RecordedStream};
 use self::session::{SessionCodec, proto as session_proto};
-use self::ticket::{GatewayTicket, is_flight_sql, worker_ticket};
-use crate::admission::Admission;
+use self::ticket::{GatewayTicket, is_flight_sql};
+use crate::admission::{Admission, Checked};
 use crate::admission::classify::ClientHints;
 use crate::auth::{self, Identity};
 use crate::dispatch::{Dispatcher, FlightDataStream};
 use crate::metrics::{GatewayMetrics, Outcome};
-use crate::ticket::TicketSigner;
+use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
 use crate::worker::MAX_MESSAGE_BYTES;
+use crate::worker::flight::{CREATE_ADMITTED_PREPARED, grant_header};
+
+/// A worker may take this long past the query timeout to report its own timeout before the
+/// gateway ends the query itself.
+const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// Room beyond the SQL size limit for the rest of a request message.
+const MESSAGE_OVERHEAD: usize = 64 << 10;
+/// Smallest request message accepted: one row of prepared-statement parameters must fit.
+const MIN_REQUEST_BYTES: usize = 1 << 20;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -74,14 +87,16 @@ const LOCAL_ACTIONS: [(&str, &str); 5] = [
     ),
 ];
 
-/// Flight SQL actions the gateway relays to workers.
+const CREATE_PREPARED_STATEMENT: &str = "CreatePreparedStatement";
+const CLOSE_PREPARED_STATEMENT: &str = "ClosePreparedStatement";
+/// Flight SQL actions answered with a worker's help.
 const RELAYED_ACTIONS: [(&str, &str); 2] = [
     (
-        "CreatePreparedStatement",
+        CREATE_PREPARED_STATEMENT,
         "Creates a reusable prepared statement resource on the server.",
     ),
     (
-        "ClosePreparedStatement",
+        CLOSE_PREPARED_STATEMENT,
         "Closes a reusable prepared statement resource on the server.",
     ),
 ];
@@ -96,7 +111,17 @@ pub struct GatewayService {
     metrics: Arc<GatewayMetrics>,
     running: Arc<Running>,
     sessions: SessionCodec,
+    prepaid: Arc<Prepaid>,
+    query_timeout: std::time::Duration,
+    throttle: Arc<auth::Throttle>,
+    /// Password checks (Argon2, deliberately slow) running at once.
+    password_checks: Arc<tokio::sync::Semaphore>,
 }
+
+/// Password checks at once: about one per core, so sign-ins cannot starve queries.
+const PASSWORD_CHECKS: usize = 2;
+/// How long a Handshake waits for a password check slot before it is refused.
+const PASSWORD_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl GatewayService {
     /// A gateway dispatching to `dispatcher`'s pool, signing tickets with `signer`.
@@ -114,7 +139,48 @@ impl GatewayService {
             metrics,
             running: Arc::default(),
             sessions: SessionCodec::new(key),
+            prepaid: Arc::default(),
+            query_timeout: crate::worker::engine::DEFAULT_QUERY_TIMEOUT,
+            throttle: Arc::default(),
+            password_checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
         }
+    }
+
+    /// Ends every query after `timeout` (plus a short grace for the worker's own report),
+    /// whether or not its client reads: the slot and the worker are freed either way.
+    pub fn with_query_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.query_timeout = timeout;
+        self
+    }
+
+    /// The caller's identity: set by the authentication layer before the message was read,
+    /// or (without that layer, in tests) checked here.
+    fn identity<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
+        match request.extensions().get::<Identity>() {
+            Some(identity) => Ok(identity.clone()),
+            None => self.identify(request.metadata()),
+        }
+    }
+
+    /// The grant a worker needs for a call made for `catalogs`' holder.
+    fn grant(&self, catalogs: &[String]) -> String {
+        grant_header(&self.signer, catalogs)
+    }
+
+    /// An admitted ticket for a worker: the checked text, its parameters and the tenant's
+    /// catalogs, which the worker checks against its plan.
+    fn admitted(
+        &self,
+        checked: &Checked,
+        params: Option<String>,
+        memory_limit: Option<u64>,
+    ) -> Vec<u8> {
+        self.signer.sign(&QueryTicket {
+            params,
+            memory_limit,
+            catalogs: Some(checked.catalogs.clone()),
+            ..QueryTicket::new(TicketKind::Admitted, &checked.sql)
+        })
     }
 
     /// Authentication: the first and cheapest check of every call.
@@ -123,11 +189,17 @@ impl GatewayService {
         auth::authenticate(&policy, &self.key, metadata).map_err(Status::from)
     }
 
-    /// The tonic service, with message limits matching the workers'.
-    pub fn into_server(self) -> FlightServiceServer<Self> {
-        FlightServiceServer::new(self)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    /// The tonic service, behind authentication from headers. Requests may be as large as the
+    /// SQL limit allows and no larger; results as large as the workers send.
+    pub fn into_server(self) -> authenticate::Authenticated<FlightServiceServer<Self>> {
+        let request_limit =
+            (self.admission.max_sql_bytes() + MESSAGE_OVERHEAD).max(MIN_REQUEST_BYTES);
+        let admission = self.admission.clone();
+        let key = self.key.clone();
+        let server = FlightServiceServer::new(self)
+            .max_decoding_message_size(request_limit)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        authenticate::Authenticated::new(server, admission, key)
     }
 }
 
@@ -196,9 +268,10 @@ impl GatewayService {
         }
     }
 
-    /// Cancels the queries redeemed with any of `tickets`.
-    fn cancel(&self, tickets: Vec<Vec<u8>>) -> CancelStatus {
-        let cancelled: usize = tickets.iter().map(|t| self.running.cancel(t)).sum();
+    /// Cancels `owner`'s queries redeemed with any of `tickets`; another caller's are not theirs
+    /// to stop, whatever ticket they present.
+    fn cancel(&self, tickets: Vec<Vec<u8>>, owner: &Identity) -> CancelStatus {
+        let cancelled: usize = tickets.iter().map(|t| self.running.cancel(t, owner)).sum();
         tracing::info!(cancelled, "cancel requested");
         if cancelled > 0 {
             CancelStatus::Cancelled
@@ -233,30 +306,54 @@ fn client_hints(metadata: &tonic::metadata::MetadataMap) -> ClientHints {
     }
 }
 
-/// The SQL a descriptor will run, for the permission check at planning time. A prepared
-/// statement's handle is checked here too: forged, expired or still unbound, it goes no further.
-fn descriptor_sql(
-    descriptor: &FlightDescriptor,
-    signer: &TicketSigner,
-) -> Result<Option<String>, Status> {
+/// What a `GetFlightInfo` descriptor asks for.
+enum Planned {
+    /// A statement (or a bound prepared statement): SQL and parameters.
+    Statement {
+        sql: String,
+        params: Option<String>,
+    },
+    /// A Flight SQL metadata command, answered by a worker from its catalog.
+    Metadata,
+}
+
+/// Decodes a descriptor's command once. A prepared statement's handle is checked here too:
+/// forged, expired or still unbound, it goes no further; an unknown command is refused.
+fn planned(descriptor: &FlightDescriptor, signer: &TicketSigner) -> Result<Planned, Status> {
     use arrow_flight::sql::Command;
-    let Some(command) = Any::decode(&*descriptor.cmd)
-        .ok()
-        .and_then(|any| Command::try_from(any).ok())
-    else {
-        return Ok(None);
-    };
+    let command = Any::decode(&*descriptor.cmd)
+        .map_err(|e| Status::invalid_argument(format!("invalid Flight SQL command: {e}")))
+        .and_then(|any| {
+            Command::try_from(any)
+                .map_err(|e| Status::invalid_argument(format!("invalid Flight SQL command: {e}")))
+        })?;
     match command {
-        Command::CommandStatementQuery(q) => Ok(Some(q.query)),
+        Command::CommandStatementQuery(q) => Ok(Planned::Statement {
+            sql: q.query,
+            params: None,
+        }),
         Command::CommandPreparedStatementQuery(p) => {
-            let prepared = signer.verify(
-                &p.prepared_statement_handle,
-                crate::ticket::TicketKind::Prepared,
-            )?;
+            let prepared = signer.verify(&p.prepared_statement_handle, TicketKind::Prepared)?;
             crate::prepared::check_bound(&prepared)?;
-            Ok(Some(prepared.sql))
+            Ok(Planned::Statement {
+                sql: prepared.sql,
+                params: prepared.params,
+            })
         }
-        _ => Ok(None),
+        Command::CommandGetCatalogs(_)
+        | Command::CommandGetDbSchemas(_)
+        | Command::CommandGetTables(_)
+        | Command::CommandGetTableTypes(_)
+        | Command::CommandGetSqlInfo(_)
+        | Command::CommandGetXdbcTypeInfo(_)
+        | Command::CommandGetPrimaryKeys(_)
+        | Command::CommandGetExportedKeys(_)
+        | Command::CommandGetImportedKeys(_)
+        | Command::CommandGetCrossReference(_) => Ok(Planned::Metadata),
+        other => Err(Status::unimplemented(format!(
+            "{} is not supported",
+            other.type_url()
+        ))),
     }
 }
 
@@ -328,7 +425,27 @@ impl FlightService for GatewayService {
         let token = if policy.open {
             String::new()
         } else {
-            auth::handshake(&policy, &self.key, request.metadata())?.1
+            let user = auth::basic_user(request.metadata());
+            if let Some(user) = &user {
+                self.throttle.check(user)?;
+            }
+            let _slot = tokio::time::timeout(
+                PASSWORD_CHECK_WAIT,
+                self.password_checks.clone().acquire_owned(),
+            )
+            .await
+            .map_err(|_| Status::resource_exhausted("too many sign-ins at once; retry shortly"))?
+            .map_err(|_| Status::unavailable("the gateway is stopping"))?;
+            let key = self.key.clone();
+            let headers = request.metadata().clone();
+            let result =
+                tokio::task::spawn_blocking(move || auth::handshake(&policy, &key, &headers))
+                    .await
+                    .map_err(|_| Status::internal("the sign-in check failed; see the gateway log"))?;
+            if let Some(user) = &user {
+                self.throttle.record(user, result.is_ok());
+            }
+            result?.1
         };
         let reply = HandshakeResponse {
             protocol_version: 0,
@@ -359,17 +476,56 @@ impl FlightService for GatewayService {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let result = async {
-            let identity = self.identify(request.metadata())?;
+            let identity = self.identity(&request)?;
             let hints = self.hints(request.metadata());
             let descriptor = normalise_descriptor(request.into_inner())?;
-            // Refuse tables the tenant may not read before a worker plans anything; plan on
-            // the pool of the query's group.
-            let pool = match descriptor_sql(&descriptor, &self.signer)? {
-                Some(sql) => self.admission.check(&identity, &hints, &sql)?.1.pool,
-                None => self.admission.pool_of(&identity, &hints),
-            };
-            let dispatcher = self.dispatcher.on(&pool)?;
-            Ok::<_, Status>(dispatcher.get_flight_info(descriptor).await?)
+            match planned(&descriptor, &self.signer)? {
+                Planned::Statement { sql, params } => {
+                    // Planning makes a worker work: it counts against the rate limits, and the
+                    // statement is checked before a worker sees it.
+                    let checked = self.admission.plan(&identity, &hints, &sql)?;
+                    let command = TicketStatementQuery {
+                        statement_handle: self.admitted(&checked, params.clone(), None).into(),
+                    };
+                    let mut info = self
+                        .dispatcher
+                        .on(&checked.placement.pool)?
+                        .get_flight_info(
+                            FlightDescriptor::new_cmd(command.as_any().encode_to_vec()),
+                            &self.grant(&checked.catalogs),
+                        )
+                        .await?;
+                    // The client's ticket is the gateway's: the checked text, prepaid once.
+                    let nonce = rand::random::<u64>();
+                    self.prepaid.insert(nonce, &identity.tenant);
+                    let ticket = TicketStatementQuery {
+                        statement_handle: self
+                            .signer
+                            .sign(&QueryTicket {
+                                params,
+                                nonce: Some(nonce),
+                                ..QueryTicket::new(TicketKind::Statement, &checked.sql)
+                            })
+                            .into(),
+                    };
+                    info.endpoint = vec![
+                        FlightEndpoint::new()
+                            .with_ticket(Ticket::new(ticket.as_any().encode_to_vec())),
+                    ];
+                    info.flight_descriptor = Some(descriptor);
+                    Ok::<_, Status>(info)
+                }
+                Planned::Metadata => {
+                    self.admission.count_call(&identity)?;
+                    let pool = self.admission.pool_of(&identity, &hints);
+                    let grant = self.grant(&self.admission.catalogs_of(&identity));
+                    Ok(self
+                        .dispatcher
+                        .on(&pool)?
+                        .get_flight_info(descriptor, &grant)
+                        .await?)
+                }
+            }
         }
         .await;
         // A query refused while planning never reaches DoGet; count it here so rejected SQL
@@ -405,54 +561,72 @@ impl FlightService for GatewayService {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let mut record = self.metrics.start_query(self.dispatcher.pool().name());
         let result = async {
-            let identity = self.identify(request.metadata())?;
+            let identity = self.identity(&request)?;
             let hints = self.hints(request.metadata());
             // Forged tickets are refused here, before admission or a worker is touched.
             let presented = &request.get_ref().ticket;
-            let (ticket, permit, scope) = match GatewayTicket::decode(presented, &self.signer)? {
-                GatewayTicket::Metadata(bytes) => {
-                    let scope = lists_catalog_objects(&bytes)
-                        .then(|| visible::scope(&self.admission.policy(), &identity))
-                        .flatten();
-                    (Ticket::new(bytes), None, scope)
-                }
-                GatewayTicket::Query(query) => {
-                    let admitted = std::time::Instant::now();
-                    let permit = self
-                        .admission
-                        .admit(&identity, &hints, &query.sql)
-                        .await
-                        .inspect_err(|e| self.metrics.admission_rejected(e.source()))?;
-                    self.metrics
-                        .admitted(&permit.placement.path, admitted.elapsed());
-                    let ticket = worker_ticket(&self.signer, &query, permit.placement.memory_limit);
-                    (ticket, Some(permit), None)
-                }
-            };
+            let (ticket, permit, scope, grant) =
+                match GatewayTicket::decode(presented, &self.signer)? {
+                    GatewayTicket::Metadata(bytes) => {
+                        self.admission.count_call(&identity)?;
+                        let scope = lists_catalog_objects(&bytes)
+                            .then(|| visible::scope(&self.admission.policy(), &identity))
+                            .flatten();
+                        let grant = self.grant(&self.admission.catalogs_of(&identity));
+                        (Ticket::new(bytes), None, scope, grant)
+                    }
+                    GatewayTicket::Query(query) => {
+                        let prepaid = query
+                            .nonce
+                            .is_some_and(|n| self.prepaid.take(n, &identity.tenant));
+                        let admitted = std::time::Instant::now();
+                        let permit = self
+                            .admission
+                            .admit(&identity, &hints, &query.sql, prepaid)
+                            .await
+                            .inspect_err(|e| self.metrics.admission_rejected(e.source()))?;
+                        self.metrics
+                            .admitted(&permit.checked.placement.path, admitted.elapsed());
+                        let handle = self.admitted(
+                            &permit.checked,
+                            query.params.clone(),
+                            permit.checked.placement.memory_limit,
+                        );
+                        let ticket = TicketStatementQuery {
+                            statement_handle: handle.into(),
+                        };
+                        let grant = self.grant(&permit.checked.catalogs);
+                        (
+                            Ticket::new(ticket.as_any().encode_to_vec()),
+                            Some(permit),
+                            None,
+                            grant,
+                        )
+                    }
+                };
             // A query runs on its group's pool, metadata on the caller's group's pool.
             let pool = match &permit {
-                Some(permit) => permit.placement.pool.clone(),
+                Some(permit) => permit.checked.placement.pool.clone(),
                 None => self.admission.pool_of(&identity, &hints),
             };
             record.set_pool(&pool);
             // Registered before dispatch, so a cancel that races the first batch still lands.
             let is_query = permit.is_some();
             let query = Query::new(permit);
-            let registration = is_query.then(|| self.running.register(presented, query.clone()));
-            let mut stream = self.dispatcher.on(&pool)?.do_get(ticket).await?;
+            let registration =
+                is_query.then(|| self.running.register(presented, &identity, query.clone()));
+            let deadline = is_query.then(|| query.expire_after(self.query_timeout + DEADLINE_GRACE));
+            let mut stream = self.dispatcher.on(&pool)?.do_get(ticket, &grant).await?;
             if let Some(patterns) = scope {
                 stream = visible::filter(stream, patterns);
             }
-            Ok::<_, Status>((stream, query, registration))
+            Ok::<_, Status>((stream, query, registration, deadline))
         }
         .await;
         match result {
-            Ok((stream, query, registration)) => Ok(Response::new(Box::pin(RecordedStream::new(
-                query,
-                stream,
-                record,
-                registration,
-            )))),
+            Ok((stream, query, registration, deadline)) => Ok(Response::new(Box::pin(
+                RecordedStream::new(query, stream, record, registration, deadline),
+            ))),
             Err(status) => {
                 record.finish(Outcome::from_code(status.code()));
                 Err(status)
@@ -464,7 +638,7 @@ impl FlightService for GatewayService {
         &self,
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        self.identify(request.metadata())?;
+        self.identity(&request)?;
         let result = bind::bind(&self.signer, request.into_inner()).await?;
         Ok(Response::new(Box::pin(futures::stream::iter([Ok(result)]))))
     }
@@ -473,9 +647,8 @@ impl FlightService for GatewayService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        let identity = self.identify(request.metadata())?;
+        let identity = self.identity(&request)?;
         let hints = self.hints(request.metadata());
-        let pool = self.admission.pool_of(&identity, &hints);
         if matches!(
             request.get_ref().r#type.as_str(),
             SET_SESSION_OPTIONS | GET_SESSION_OPTIONS | CLOSE_SESSION
@@ -483,18 +656,18 @@ impl FlightService for GatewayService {
             return self.session_action(request.get_ref(), request.metadata());
         }
         let action = request.into_inner();
+        let one = |body: Vec<u8>| -> Result<Response<Self::DoActionStream>, Status> {
+            Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+                arrow_flight::Result { body: body.into() },
+            )]))))
+        };
         match action.r#type.as_str() {
             CANCEL_FLIGHT_INFO => {
                 let cancel = CancelFlightInfoRequest::decode(&*action.body).map_err(|e| {
                     Status::invalid_argument(format!("invalid CancelFlightInfoRequest: {e}"))
                 })?;
-                let status = self.cancel(info_tickets(cancel.info)?);
-                let result = CancelFlightInfoResult::new(status);
-                return Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-                    arrow_flight::Result {
-                        body: result.encode_to_vec().into(),
-                    },
-                )]))));
+                let status = self.cancel(info_tickets(cancel.info)?, &identity);
+                one(CancelFlightInfoResult::new(status).encode_to_vec())
             }
             CANCEL_QUERY => {
                 let cancel: ActionCancelQueryRequest = Any::decode(&*action.body)
@@ -504,42 +677,53 @@ impl FlightService for GatewayService {
                 let info = FlightInfo::decode(&*cancel.info).map_err(|e| {
                     Status::invalid_argument(format!("invalid FlightInfo in CancelQuery: {e}"))
                 })?;
-                let status = self.cancel(info_tickets(Some(info))?);
+                let status = self.cancel(info_tickets(Some(info))?, &identity);
                 // CancelResult shares CancelStatus's numbering.
                 let result = ActionCancelQueryResult {
                     result: status as i32,
                 };
-                return Ok(Response::new(Box::pin(futures::stream::iter([Ok(
-                    arrow_flight::Result {
-                        body: result.as_any().encode_to_vec().into(),
-                    },
-                )]))));
+                one(result.as_any().encode_to_vec())
             }
-            "CreatePreparedStatement" => {
-                // Refuse tables the tenant may not read before a worker plans anything.
-                if let Some(create) = Any::decode(&*action.body)
+            CREATE_PREPARED_STATEMENT => {
+                let create = Any::decode(&*action.body)
                     .ok()
                     .and_then(|any| any.unpack::<ActionCreatePreparedStatementRequest>().ok())
                     .flatten()
-                {
-                    self.admission.check(&identity, &hints, &create.query)?;
-                }
+                    .ok_or_else(|| {
+                        Status::invalid_argument("invalid ActionCreatePreparedStatementRequest")
+                    })?;
+                // Planning on a worker counts like a query, and the statement is checked first.
+                let checked = self.admission.plan(&identity, &hints, &create.query)?;
+                let admitted = Action {
+                    r#type: CREATE_ADMITTED_PREPARED.to_owned(),
+                    body: self.admitted(&checked, None, None).into(),
+                };
+                let results = self
+                    .dispatcher
+                    .on(&checked.placement.pool)?
+                    .do_action(admitted, &self.grant(&checked.catalogs))
+                    .await?;
+                Ok(Response::new(Box::pin(futures::stream::iter(
+                    results.into_iter().map(Ok),
+                ))))
             }
-            _ => {}
+            CLOSE_PREPARED_STATEMENT => {
+                // Handles are stateless: closing one only checks that it is genuine.
+                let close = Any::decode(&*action.body)
+                    .ok()
+                    .and_then(|any| any.unpack::<ActionClosePreparedStatementRequest>().ok())
+                    .flatten()
+                    .ok_or_else(|| {
+                        Status::invalid_argument("invalid ActionClosePreparedStatementRequest")
+                    })?;
+                self.signer
+                    .verify(&close.prepared_statement_handle, TicketKind::Prepared)?;
+                Ok(Response::new(Box::pin(futures::stream::empty())))
+            }
+            other => Err(Status::unimplemented(format!(
+                "action {other:?} is not supported"
+            ))),
         }
-        if !RELAYED_ACTIONS
-            .iter()
-            .any(|(name, _)| *name == action.r#type)
-        {
-            return Err(Status::unimplemented(format!(
-                "action {:?} is not supported",
-                action.r#type
-            )));
-        }
-        let results = self.dispatcher.on(&pool)?.do_action(action).await?;
-        Ok(Response::new(Box::pin(futures::stream::iter(
-            results.into_iter().map(Ok),
-        ))))
     }
 
     async fn list_actions(

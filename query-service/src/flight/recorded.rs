@@ -31,6 +31,8 @@ struct Held {
     permit: Option<Permit>,
     started: bool,
     cancelled: bool,
+    /// Set when the query was ended for running past its time limit.
+    timed_out: Option<std::time::Duration>,
     waker: Option<Waker>,
 }
 
@@ -58,12 +60,33 @@ impl Query {
     /// Stops the query: drops its worker stream (the worker's gRPC stream is reset, which stops
     /// the plan there) and its permit (the slot frees now). False if it had already ended.
     pub fn cancel(&self) -> bool {
+        self.end(None)
+    }
+
+    /// Ends the query once `limit` has passed, whether or not its client reads: a timer, not
+    /// a poll of the stream, which a client that stops reading never causes. The timer stops
+    /// when the returned guard drops (the stream ended first).
+    pub fn expire_after(self: &Arc<Self>, limit: std::time::Duration) -> Deadline {
+        let query = Arc::downgrade(self);
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            if let Some(query) = query.upgrade()
+                && query.end(Some(limit))
+            {
+                tracing::info!(limit = ?limit, "query ended by its time limit at the gateway");
+            }
+        });
+        Deadline(task)
+    }
+
+    fn end(&self, timed_out: Option<std::time::Duration>) -> bool {
         let (inner, permit, waker) = {
             let mut held = self.held.lock().expect("query");
             if held.cancelled || (held.started && held.inner.is_none()) {
                 return false;
             }
             held.cancelled = true;
+            held.timed_out = timed_out;
             (held.inner.take(), held.permit.take(), held.waker.take())
         };
         drop(inner);
@@ -75,6 +98,16 @@ impl Query {
     }
 }
 
+/// A query's time limit at the gateway; dropping it stops the timer.
+#[derive(Debug)]
+pub struct Deadline(tokio::task::JoinHandle<()>);
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Passes messages through; the first error or the end of the stream sets the outcome, and
 /// dropping the stream early leaves it `cancelled`.
 /// The admission permit rides along, so the group's slot is held until the stream ends.
@@ -83,6 +116,7 @@ pub struct RecordedStream {
     record: QueryRecord,
     reported: bool,
     _registration: Option<Registration>,
+    _deadline: Option<Deadline>,
 }
 
 impl RecordedStream {
@@ -92,6 +126,7 @@ impl RecordedStream {
         inner: FlightDataStream,
         record: QueryRecord,
         registration: Option<Registration>,
+        deadline: Option<Deadline>,
     ) -> Self {
         {
             let mut held = query.held.lock().expect("query");
@@ -105,6 +140,7 @@ impl RecordedStream {
             record,
             reported: false,
             _registration: registration,
+            _deadline: deadline,
         }
     }
 }
@@ -120,6 +156,13 @@ impl Stream for RecordedStream {
                 return Poll::Ready(None);
             }
             this.reported = true;
+            if let Some(limit) = held.timed_out {
+                this.record.finish(Outcome::from_code(tonic::Code::DeadlineExceeded));
+                return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "query exceeded its time limit of {}",
+                    humantime::format_duration(limit)
+                )))));
+            }
             this.record.finish(Outcome::Cancelled);
             return Poll::Ready(Some(Err(Status::cancelled(
                 "the query was cancelled by the client",

@@ -1,8 +1,7 @@
 //! What a client's `DoGet` ticket is: a signed statement ticket, a Flight SQL metadata command,
 //! or plain UTF-8 SQL from a simple gRPC client.
 
-use arrow_flight::Ticket;
-use arrow_flight::sql::{Any, Command, ProstMessageExt, TicketStatementQuery};
+use arrow_flight::sql::{Any, Command};
 use prost::Message;
 use tonic::Status;
 
@@ -74,29 +73,10 @@ impl GatewayTicket {
     }
 }
 
-/// A fresh statement ticket for a worker: the query's SQL and bound parameters, and the group's
-/// memory limit.
-pub fn worker_ticket(
-    signer: &TicketSigner,
-    query: &QueryTicket,
-    memory_limit: Option<u64>,
-) -> Ticket {
-    let signed = TicketStatementQuery {
-        statement_handle: signer
-            .sign(&QueryTicket {
-                memory_limit,
-                params: query.params.clone(),
-                ..QueryTicket::new(TicketKind::Statement, &query.sql)
-            })
-            .into(),
-    };
-    Ticket::new(signed.as_any().encode_to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_flight::sql::CommandGetCatalogs;
+    use arrow_flight::sql::{CommandGetCatalogs, ProstMessageExt, TicketStatementQuery};
     use tonic::Code;
 
     #[test]
@@ -106,15 +86,27 @@ mod tests {
         assert!(matches!(&plain, GatewayTicket::Query(q) if q.sql == "SELECT 1"));
         let query = QueryTicket {
             params: Some("row".into()),
+            nonce: Some(7),
             ..QueryTicket::new(TicketKind::Statement, "SELECT 2")
         };
-        let ticket = worker_ticket(&signer, &query, Some(1 << 20));
+        let ticket = TicketStatementQuery {
+            statement_handle: signer.sign(&query).into(),
+        }
+        .as_any()
+        .encode_to_vec();
         assert!(matches!(
-            GatewayTicket::decode(&ticket.ticket, &signer).unwrap(),
+            GatewayTicket::decode(&ticket, &signer).unwrap(),
             GatewayTicket::Query(q) if q.sql == "SELECT 2"
                 && q.params.as_deref() == Some("row")
-                && q.memory_limit == Some(1 << 20)
+                && q.nonce == Some(7)
         ));
+        // A worker grant is never accepted from a client.
+        let grant = TicketStatementQuery {
+            statement_handle: signer.issue(TicketKind::Admitted, "SELECT 3").into(),
+        }
+        .as_any()
+        .encode_to_vec();
+        assert!(GatewayTicket::decode(&grant, &signer).is_err());
         let meta = CommandGetCatalogs {}.as_any().encode_to_vec();
         assert!(matches!(
             GatewayTicket::decode(&meta, &signer).unwrap(),

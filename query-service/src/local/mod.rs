@@ -41,6 +41,10 @@ pub struct UpConfig {
     pub worker_slots: u32,
     /// TLS for the gateway, if on.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Longest SQL text the gateway accepts.
+    pub max_sql_bytes: usize,
+    /// Key shared by the gateway and its workers; a fresh random one when not given.
+    pub ticket_key: Option<String>,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -96,7 +100,10 @@ pub async fn run(
             .expect("data generation panicked")?
     };
 
-    let ticket_key = TicketSigner::random_key();
+    let ticket_key = config
+        .ticket_key
+        .clone()
+        .unwrap_or_else(TicketSigner::random_key);
     let pool = WorkerPool::new(pool_name());
     let command = WorkerCommand {
         exe: std::env::current_exe().map_err(UpError::Exe)?,
@@ -154,6 +161,9 @@ pub async fn run(
         replicas: 1,
         worker_slots: config.worker_slots,
         tls: config.tls.clone(),
+        max_sql_bytes: config.max_sql_bytes,
+        query_timeout: humantime::parse_duration(&config.query_timeout)
+            .unwrap_or(crate::worker::engine::DEFAULT_QUERY_TIMEOUT),
     };
     let mut gateway = tokio::spawn(crate::gateway::run(listener, gateway_config, async {
         let _ = gateway_stop_rx.await;

@@ -36,6 +36,9 @@ use url::Url;
 
 use super::catalog::{Catalog, CatalogError};
 
+/// Default longest a query may run, from planning to its last batch.
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Limits every query on this worker runs under.
 #[derive(Debug, Clone, Copy)]
 pub struct QueryLimits {
@@ -64,6 +67,13 @@ pub enum EngineError {
     Timeout {
         /// The limit.
         limit: Duration,
+    },
+    /// The plan scans a table the tenant may not read (the gateway's check should have refused
+    /// it first; this is the second line).
+    #[error("the query reads {table}, which its tenant may not read")]
+    Forbidden {
+        /// The table, `catalog.schema.table`.
+        table: String,
     },
     /// SQL that DataFusion parses but cannot run.
     #[error("not supported: {0}")]
@@ -210,14 +220,19 @@ impl Engine {
         &self,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
+        catalogs: &[String],
     ) -> Result<(DataFrame, SchemaRef), EngineError> {
-        self.plan_limited(sql, params, &self.limits).await
+        self.plan_limited(sql, params, &self.limits, catalogs).await
     }
 
     /// Plans a statement for `CreatePreparedStatement`: its result schema and the schema of the
-    /// parameters its `?` or `$n` placeholders take.
-    pub async fn prepare(&self, sql: &str) -> Result<(SchemaRef, Schema), EngineError> {
-        let (df, schema) = self.plan_limited(sql, None, &self.limits).await?;
+    /// parameters its `$n` placeholders take.
+    pub async fn prepare(
+        &self,
+        sql: &str,
+        catalogs: &[String],
+    ) -> Result<(SchemaRef, Schema), EngineError> {
+        let (df, schema) = self.plan_limited(sql, None, &self.limits, catalogs).await?;
         let types = df
             .logical_plan()
             .get_parameter_types()
@@ -226,22 +241,34 @@ impl Engine {
         Ok((schema, params))
     }
 
+    /// Plans `sql` exactly as given (the gateway numbered its placeholders), then checks every
+    /// table the plan scans against `catalogs` before anything runs.
     async fn plan_limited(
         &self,
         sql: &str,
         params: Option<Vec<ScalarValue>>,
         limits: &QueryLimits,
+        catalogs: &[String],
     ) -> Result<(DataFrame, SchemaRef), EngineError> {
         let options = SQLOptions::new()
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let sql = crate::prepared::number_placeholders(sql);
+        // The worker's own bound on nesting: the text is checked again where it is parsed.
+        crate::sql::check_shape(sql, usize::MAX)
+            .map_err(|e| EngineError::InvalidQuery(e.to_string()))?;
         let mut df = self
             .session(limits.memory_limit)
-            .sql_with_options(&sql, options)
+            .sql_with_options(sql, options)
             .await
             .map_err(|e| EngineError::classify(e, limits))?;
+        let config = self.base.config_options();
+        super::authorise::check_plan(
+            df.logical_plan(),
+            catalogs,
+            &config.catalog.default_catalog,
+            &config.catalog.default_schema,
+        )?;
         if let Some(values) = params {
             df = df
                 .with_param_values(values)
@@ -259,6 +286,7 @@ impl Engine {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
         memory_limit: Option<u64>,
+        catalogs: &[String],
     ) -> Result<QueryStream, EngineError> {
         let mut limits = self.limits;
         if let Some(cap) = memory_limit {
@@ -268,7 +296,7 @@ impl Engine {
         }
         let deadline = Instant::now() + limits.timeout;
         let started = tokio::time::timeout_at(deadline, async {
-            let (df, schema) = self.plan_limited(sql, params, &limits).await?;
+            let (df, schema) = self.plan_limited(sql, params, &limits, catalogs).await?;
             let stream = df
                 .execute_stream()
                 .await

@@ -1,8 +1,11 @@
 //! The worker's Flight SQL service: decodes each command, calls the engine or the metadata
 //! module, and encodes the answer. No policy lives here; the gateway decides who may run what.
 //!
-//! Statement tickets and prepared-statement handles are signed and carry their SQL (see
-//! [`crate::ticket`]), so a query planned on one worker can run on any other.
+//! A worker runs only what a gateway admitted: every call carries the gateway's signed grant in
+//! the `x-quiver-grant` header (checked by [`require_grant`] before the message is read), and
+//! every statement arrives as a signed [`TicketKind::Admitted`] ticket holding the exact text
+//! the gateway checked and the catalogs its tenant may read, which the engine checks against
+//! the plan. Plain Flight SQL statements sent straight to a worker are refused.
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -35,6 +38,49 @@ use super::metadata::{self, Keys};
 use crate::prepared;
 use crate::status;
 use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
+
+/// Header of the gateway's grant on every call to a worker.
+pub const GRANT_HEADER: &str = "x-quiver-grant";
+/// Action the gateway sends to create a prepared statement: its body is an admitted ticket.
+pub const CREATE_ADMITTED_PREPARED: &str = "quiver.CreatePreparedStatement";
+
+/// Refuses a call without a valid gateway grant before its message is decoded: who reaches a
+/// worker's port directly can make it read nothing.
+pub fn require_grant(
+    signer: TicketSigner,
+) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |request: Request<()>| {
+        let grant = request
+            .metadata()
+            .get(GRANT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(not_admitted)?;
+        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, grant)
+            .map_err(|_| not_admitted())?;
+        signer
+            .verify(&bytes, TicketKind::Admitted)
+            .map_err(|_| not_admitted())?;
+        Ok(request)
+    }
+}
+
+/// The header value granting a worker call (no statement: statements travel as tickets).
+pub fn grant_header(signer: &TicketSigner, catalogs: &[String]) -> String {
+    let grant = QueryTicket {
+        catalogs: Some(catalogs.to_vec()),
+        ..QueryTicket::new(TicketKind::Admitted, "")
+    };
+    base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        signer.sign(&grant),
+    )
+}
+
+fn not_admitted() -> Status {
+    Status::unauthenticated(
+        "workers answer only calls a Quiver gateway admitted; connect to the gateway",
+    )
+}
 
 type FlightStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send + 'static>>;
 
@@ -80,20 +126,21 @@ impl WorkerService {
         Ok(Response::new(info))
     }
 
-    /// Plans a (prepared) statement and answers with a statement ticket that carries its SQL and
-    /// bound parameters, so any worker can run it.
+    /// Plans an admitted statement for its schema. The endpoint's ticket is the grant itself:
+    /// the gateway replaces it with a ticket of its own before a client sees it.
     async fn statement_info(
         &self,
-        query: &QueryTicket,
+        handle: &[u8],
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        let (_, schema) = self.engine()?.plan(&query.sql, params(query)?).await?;
-        let handle = self.signer.sign(&QueryTicket {
-            params: query.params.clone(),
-            ..QueryTicket::new(TicketKind::Statement, &query.sql)
-        });
+        let query = self.signer.verify(handle, TicketKind::Admitted)?;
+        let _planning = self.in_flight.enter();
+        let (_, schema) = self
+            .engine()?
+            .plan(&query.sql, params(&query)?, catalogs(&query))
+            .await?;
         let ticket = TicketStatementQuery {
-            statement_handle: handle.into(),
+            statement_handle: handle.to_vec().into(),
         };
         Self::flight_info(&schema, ticket.as_any().encode_to_vec(), descriptor)
     }
@@ -108,13 +155,19 @@ impl WorkerService {
     }
 
     async fn run(&self, query: &QueryTicket) -> Result<Response<FlightStream>, Status> {
+        // Entered before planning, so a drain waits for queries still being planned too; it
+        // lives as long as the response stream, so draining waits for the last batch.
+        let guard = self.in_flight.enter();
         let stream = self
             .engine()?
-            .execute(&query.sql, params(query)?, query.memory_limit)
+            .execute(
+                &query.sql,
+                params(query)?,
+                query.memory_limit,
+                catalogs(query),
+            )
             .await?;
         let schema = stream.schema();
-        // The guard lives as long as the response stream, so draining waits for the last batch.
-        let guard = self.in_flight.enter();
         let batches = stream.map(move |item| {
             let _held = &guard;
             item.map_err(|e| FlightError::Tonic(Box::new(Status::from(e))))
@@ -125,6 +178,11 @@ impl WorkerService {
             .map_err(Status::from);
         Ok(Response::new(Box::pin(flight)))
     }
+}
+
+/// The catalogs an admitted ticket's tenant may read; none when the grant names none.
+fn catalogs(query: &QueryTicket) -> &[String] {
+    query.catalogs.as_deref().unwrap_or_default()
 }
 
 /// The bound parameter values of a ticket, if any.
@@ -150,22 +208,36 @@ impl FlightSqlService for WorkerService {
 
     async fn get_flight_info_statement(
         &self,
-        query: CommandStatementQuery,
-        request: Request<FlightDescriptor>,
+        _query: CommandStatementQuery,
+        _request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let query = QueryTicket::new(TicketKind::Statement, &query.query);
-        self.statement_info(&query, request.into_inner()).await
+        Err(not_admitted())
     }
 
     async fn get_flight_info_prepared_statement(
         &self,
-        cmd: CommandPreparedStatementQuery,
+        _cmd: CommandPreparedStatementQuery,
+        _request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        Err(not_admitted())
+    }
+
+    /// The gateway's planning call: a descriptor holding an admitted statement ticket.
+    async fn get_flight_info_fallback(
+        &self,
+        cmd: arrow_flight::sql::Command,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let prepared = self
-            .signer
-            .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
-        self.statement_info(&prepared, request.into_inner()).await
+        match cmd {
+            arrow_flight::sql::Command::TicketStatementQuery(ticket) => {
+                self.statement_info(&ticket.statement_handle, request.into_inner())
+                    .await
+            }
+            other => Err(Status::unimplemented(format!(
+                "{} is not supported",
+                other.type_url()
+            ))),
+        }
     }
 
     async fn do_get_statement(
@@ -175,27 +247,56 @@ impl FlightSqlService for WorkerService {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let verified = self
             .signer
-            .verify(&ticket.statement_handle, TicketKind::Statement)?;
+            .verify(&ticket.statement_handle, TicketKind::Admitted)
+            .map_err(|_| not_admitted())?;
         self.run(&verified).await
     }
 
     async fn do_get_prepared_statement(
         &self,
-        cmd: CommandPreparedStatementQuery,
+        _cmd: CommandPreparedStatementQuery,
         _request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        let prepared = self
-            .signer
-            .verify(&cmd.prepared_statement_handle, TicketKind::Prepared)?;
-        self.run(&prepared).await
+        Err(not_admitted())
+    }
+
+    async fn do_get_fallback(
+        &self,
+        _request: Request<Ticket>,
+        _message: arrow_flight::sql::Any,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        Err(not_admitted())
     }
 
     async fn do_action_create_prepared_statement(
         &self,
-        query: ActionCreatePreparedStatementRequest,
+        _query: ActionCreatePreparedStatementRequest,
         _request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let (schema, parameters) = self.engine()?.prepare(&query.query).await?;
+        Err(not_admitted())
+    }
+
+    /// The gateway's CreatePreparedStatement: the body is an admitted ticket for the statement.
+    async fn do_action_fallback(
+        &self,
+        request: Request<arrow_flight::Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let action = request.into_inner();
+        if action.r#type != CREATE_ADMITTED_PREPARED {
+            return Err(Status::unimplemented(format!(
+                "action {:?} is not supported",
+                action.r#type
+            )));
+        }
+        let query = self
+            .signer
+            .verify(&action.body, TicketKind::Admitted)
+            .map_err(|_| not_admitted())?;
+        let _planning = self.in_flight.enter();
+        let (schema, parameters) = self
+            .engine()?
+            .prepare(&query.sql, catalogs(&query))
+            .await?;
         let ipc = |schema: &arrow::datatypes::Schema| {
             SchemaAsIpc::new(schema, &Default::default())
                 .try_into()
@@ -204,13 +305,17 @@ impl FlightSqlService for WorkerService {
         };
         let handle = QueryTicket {
             param_schema: Some(prepared::encode_schema(&parameters)?),
-            ..QueryTicket::new(TicketKind::Prepared, &query.query)
+            ..QueryTicket::new(TicketKind::Prepared, &query.sql)
         };
-        Ok(ActionCreatePreparedStatementResult {
+        let result = ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.signer.sign(&handle).into(),
             dataset_schema: ipc(&schema)?,
             parameter_schema: ipc(&parameters)?,
-        })
+        };
+        let body = arrow_flight::Result {
+            body: result.as_any().encode_to_vec().into(),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))))
     }
 
     async fn do_action_close_prepared_statement(

@@ -9,6 +9,7 @@
 //! The socket is bound before warm-up so orchestrators can probe health while tables load, and
 //! health flips to NOT_SERVING before draining so the gateway stops sending new queries.
 
+mod authorise;
 pub mod catalog;
 pub mod engine;
 pub mod flight;
@@ -115,10 +116,14 @@ pub async fn run(
         .await;
     let engine_cell = Arc::new(OnceLock::new());
     let in_flight = InFlight::default();
+    let grant = flight::require_grant(signer.clone());
     let service = WorkerService::new(engine_cell.clone(), signer, in_flight.clone());
-    let flight = FlightServiceServer::new(service)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let flight = tonic::service::interceptor::InterceptedService::new(
+        FlightServiceServer::new(service)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        grant,
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let drain_health = health.clone();

@@ -98,6 +98,8 @@ pub async fn start_gateway_with(
         replicas: 1,
         worker_slots: 8,
         tls: None,
+        max_sql_bytes: quiver::sql::DEFAULT_MAX_SQL_BYTES,
+        query_timeout: Duration::from_secs(30),
     };
     tokio::spawn(quiver::gateway::run(
         listener,

@@ -27,7 +27,7 @@ async fn statement_through_gateway_matches_direct() {
     let worker = start_worker(default_limits()).await;
     let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
     let sql = "SELECT count(*) FROM lineitem WHERE l_quantity < 10";
-    let direct = quiver::client::query(&mut client(worker.addr).await, sql)
+    let direct = quiver::client::query_worker(&mut client(worker.addr).await, &TicketSigner::new(KEY), sql)
         .await
         .unwrap();
     let via = quiver::client::query(&mut client(gateway).await, sql)

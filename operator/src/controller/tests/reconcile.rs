@@ -1,5 +1,5 @@
-//! Reconcile: owned objects, idempotence, status, drift, deletion, invalid specs, pinning and
-//! the scale-down order.
+//! Reconcile: owned objects, the workers' NetworkPolicy, idempotence, status, drift, deletion,
+//! invalid specs, pinning and the scale-down order.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodStatus, Service};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource, ResourceExt};
@@ -15,6 +16,7 @@ use kube_fake_client::{ClientBuilder, interceptor};
 use serde_json::json;
 
 use crate::controller::demand::{self, DELETION_COST, DemandReport, PoolDemand, WorkerLoad};
+use crate::controller::resources::GatewayPeer;
 use crate::controller::{Context, reconcile, status};
 use crate::crd::{QueryPool, QueryPoolSpec, QueryPoolStatus};
 use crate::metrics::Metrics;
@@ -234,6 +236,102 @@ async fn reconcile_creates_owned_objects() {
     );
 }
 
+/// The pool's NetworkPolicy: its workers (the Deployment's selector) take Flight connections from
+/// the gateway's pods only.
+async fn network_policy_spec(
+    client: &Client,
+) -> k8s_openapi::api::networking::v1::NetworkPolicySpec {
+    let np = Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+        .get("default")
+        .await
+        .unwrap();
+    let pool = get_pool(client, "default").await;
+    let owner = &np.metadata.owner_references.as_ref().unwrap()[..];
+    assert_eq!(owner.len(), 1);
+    assert_eq!(
+        (
+            owner[0].kind.as_str(),
+            owner[0].uid.as_str(),
+            owner[0].controller
+        ),
+        ("QueryPool", pool.uid().unwrap().as_str(), Some(true))
+    );
+    assert_eq!(
+        np.labels()["app.kubernetes.io/managed-by"],
+        "quiver-operator"
+    );
+    let spec = np.spec.unwrap();
+    let workers = deployment(client, "default").await.spec.unwrap().selector;
+    assert_eq!(spec.pod_selector.as_ref(), Some(&workers));
+    assert_eq!(
+        spec.pod_selector
+            .as_ref()
+            .unwrap()
+            .match_labels
+            .as_ref()
+            .unwrap()["quiver.dev/pool"],
+        "default"
+    );
+    assert_eq!(
+        spec.policy_types.as_deref(),
+        Some(&["Ingress".to_string()][..])
+    );
+    assert!(spec.egress.is_none(), "egress is left alone");
+    spec
+}
+
+#[tokio::test]
+async fn network_policy_admits_only_the_gateway_on_the_flight_port() {
+    let (client, ctx) = setup(vec![pool("default", json!({}))]).await;
+    reconcile(get_pool(&client, "default").await, ctx.clone())
+        .await
+        .unwrap();
+    let spec = network_policy_spec(&client).await;
+    assert_eq!(
+        serde_json::to_value(&spec.ingress).unwrap(),
+        json!([{
+            "ports": [{"port": 50051, "protocol": "TCP"}],
+            "from": [{"podSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "quiver",
+                "app.kubernetes.io/component": "gateway",
+            }}}],
+        }]),
+        "one rule: Flight from the chart's gateway pods in the pool's namespace; nothing else"
+    );
+
+    // A gateway in another namespace, with its release's labels: one peer with both selectors
+    // (the gateway's pods in that namespace, not every pod there).
+    let (client, _) = setup(vec![pool("default", json!({}))]).await;
+    let gateway = GatewayPeer {
+        pod_labels: BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "quiver".into()),
+            ("app.kubernetes.io/instance".into(), "edge".into()),
+            ("app.kubernetes.io/component".into(), "gateway".into()),
+        ]),
+        namespace: Some("quiver-system".into()),
+    };
+    let ctx = Arc::new(
+        Context::new(client.clone(), None, Arc::new(Metrics::default())).with_gateway(gateway),
+    );
+    reconcile(get_pool(&client, "default").await, ctx)
+        .await
+        .unwrap();
+    let spec = network_policy_spec(&client).await;
+    let ingress = spec.ingress.unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        serde_json::to_value(&ingress[0].from).unwrap(),
+        json!([{
+            "podSelector": {"matchLabels": {
+                "app.kubernetes.io/name": "quiver",
+                "app.kubernetes.io/instance": "edge",
+                "app.kubernetes.io/component": "gateway",
+            }},
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "quiver-system"}},
+        }])
+    );
+}
+
 #[tokio::test]
 async fn reconcile_twice_changes_nothing() {
     let (client, ctx) = setup(vec![pool("default", json!({}))]).await;
@@ -255,6 +353,12 @@ async fn reconcile_twice_changes_nothing() {
                 .await
                 .unwrap(),
         ),
+        owned_view(
+            &Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+                .get("default")
+                .await
+                .unwrap(),
+        ),
     );
     reconcile(pool_after_first.clone(), ctx.clone())
         .await
@@ -270,6 +374,12 @@ async fn reconcile_twice_changes_nothing() {
         owned_view(
             &Api::<ConfigMap>::namespaced(client.clone(), NS)
                 .get("default-catalog")
+                .await
+                .unwrap(),
+        ),
+        owned_view(
+            &Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+                .get("default")
                 .await
                 .unwrap(),
         ),
@@ -352,6 +462,7 @@ async fn deleting_the_pool_deletes_its_objects() {
     reconcile(get_pool(&client, "default").await, ctx.clone())
         .await
         .unwrap();
+    assert!(exists::<NetworkPolicy>(&client, "default").await);
     Api::<QueryPool>::namespaced(client.clone(), NS)
         .delete("default", &DeleteParams::default())
         .await
@@ -361,6 +472,7 @@ async fn deleting_the_pool_deletes_its_objects() {
     assert!(!exists::<Service>(&client, "default").await);
     assert!(!exists::<ConfigMap>(&client, "default-catalog").await);
     assert!(!exists::<PodDisruptionBudget>(&client, "default").await);
+    assert!(!exists::<NetworkPolicy>(&client, "default").await);
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //! tenants:
 //!   - name: analytics
 //!     tokens: ["sha256:<hex of the bearer token>"]   # bearer tokens, stored as hashes
-//!     users: [{name: alice, password: "sha256:<hex>"}] # basic auth through the Handshake
+//!     users: [{name: alice, password: "$argon2id$…"}]  # basic auth (quiver hash-password)
 //!     catalogs: ["*"]                                  # or ["quiver"], ["quiver.public"]
 //! rate_limits:
 //!   - {name: per-tenant, key: [tenant], qps: 50, burst: 10}
@@ -270,7 +270,7 @@ pub struct Policy {
     tenant_index: HashMap<String, usize>,
     /// Bearer-token hash (lower-case hex SHA-256) to tenant index.
     pub tokens: HashMap<String, usize>,
-    /// User name to (tenant index, password hash).
+    /// User name to (tenant index, Argon2 PHC password hash).
     pub users: HashMap<String, (usize, String)>,
     /// Rate-limit policies, in file order.
     pub rate_limits: Vec<RateLimitPolicy>,
@@ -434,7 +434,7 @@ impl Policy {
                 }
             }
             for (j, u) in t.users.iter().enumerate() {
-                let hash = parse_hash(&u.password).map_err(|reason| {
+                let hash = parse_password_hash(&u.password).map_err(|reason| {
                     invalid(format!("tenants[{i}].users[{j}].password"), reason)
                 })?;
                 if users.insert(u.name.clone(), (index, hash)).is_some() {
@@ -725,6 +725,18 @@ fn parse_hash(s: &str) -> Result<String, String> {
         return Err("must be \"sha256:<64 hex digits>\"".into());
     }
     Ok(hex.to_ascii_lowercase())
+}
+
+/// A Basic-auth password as stored: an Argon2 PHC string (`$argon2id$v=19$m=…`). SHA-256 is
+/// right for long random tokens but far too fast for passwords a person chose.
+fn parse_password_hash(s: &str) -> Result<String, String> {
+    let hint = "must be an Argon2 hash in PHC form ($argon2id$v=19$…); `quiver hash-password` \
+                prints one (the password is never stored in clear, and sha256 is for tokens only)";
+    let parsed = argon2::PasswordHash::new(s).map_err(|_| hint.to_owned())?;
+    if !parsed.algorithm.as_str().starts_with("argon2") || parsed.hash.is_none() {
+        return Err(hint.to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 fn anchored(pattern: &str) -> Result<Regex, String> {
