@@ -75,9 +75,13 @@ fn admission(c: &mut Criterion) {
         |b| {
             b.iter(|| {
                 i = (i + 1) % TENANTS;
-                let permit =
-                    futures::executor::block_on(admission.admit(&identities[i], &hints, sql, false))
-                        .expect("admitted");
+                let permit = futures::executor::block_on(admission.admit(
+                    &identities[i],
+                    &hints,
+                    sql,
+                    false,
+                ))
+                .expect("admitted");
                 drop(black_box(permit));
             })
         },
@@ -93,9 +97,13 @@ fn admission(c: &mut Criterion) {
                 i = (i + 1) % TENANTS;
                 fresh.clear();
                 write!(fresh, "{sql} AND l_orderkey > {n}").unwrap();
-                let permit =
-                    futures::executor::block_on(admission.admit(&identities[i], &hints, &fresh, false))
-                        .expect("admitted");
+                let permit = futures::executor::block_on(admission.admit(
+                    &identities[i],
+                    &hints,
+                    &fresh,
+                    false,
+                ))
+                .expect("admitted");
                 drop(black_box(permit));
             })
         },

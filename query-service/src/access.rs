@@ -56,8 +56,14 @@ mod tests {
 
     #[test]
     fn information_schema_needs_every_catalog() {
-        assert!(!may_read(&p(&["quiver"]), "quiver.information_schema.tables"));
-        assert!(!may_read(&p(&["quiver.information_schema"]), "quiver.information_schema.tables"));
+        assert!(!may_read(
+            &p(&["quiver"]),
+            "quiver.information_schema.tables"
+        ));
+        assert!(!may_read(
+            &p(&["quiver.information_schema"]),
+            "quiver.information_schema.tables"
+        ));
         assert!(may_read(&p(&["*"]), "quiver.information_schema.tables"));
     }
 }

@@ -155,7 +155,7 @@ mod tests {
             user: "u".into(),
         };
         let _running = admission
-            .admit(&identity, &ClientHints::default(), "SELECT 1")
+            .admit(&identity, &ClientHints::default(), "SELECT 1", false)
             .await
             .unwrap();
         let state = AdminState {

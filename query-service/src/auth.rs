@@ -151,8 +151,8 @@ pub fn verify_password(stored: &str, password: &str) -> bool {
 pub fn hash_password(password: &str) -> String {
     use argon2::PasswordHasher;
     use argon2::password_hash::SaltString;
-    use argon2::password_hash::rand_core::OsRng;
-    let salt = SaltString::generate(&mut OsRng);
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
+        .expect("16 bytes is a valid salt length");
     argon2::Argon2::default()
         .hash_password(password.as_bytes(), &salt)
         .expect("Argon2 accepts any password with a generated salt")
@@ -388,8 +388,7 @@ mod tests {
         let p = policy();
         let basic = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
         let (_, session) = handshake(&p, b"k", &headers(&format!("Basic {basic}"))).unwrap();
-        let (_, token_session) =
-            handshake(&p, b"k", &headers("Bearer quiet-token-1")).unwrap();
+        let (_, token_session) = handshake(&p, b"k", &headers("Bearer quiet-token-1")).unwrap();
         // The same tenant, with alice removed and the token replaced.
         let text = format!(
             "tenants:\n  - name: quiet\n    tokens: ['sha256:{}']\n",

@@ -67,7 +67,7 @@ pub async fn query_worker(
         ..QueryTicket::new(TicketKind::Admitted, sql)
     });
     let grant = crate::worker::flight::grant_header(signer, &all);
-    let request = |message| {
+    fn request<T>(message: T, grant: &str) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Ok(value) = grant.parse() {
             request
@@ -75,19 +75,22 @@ pub async fn query_worker(
                 .insert(crate::worker::flight::GRANT_HEADER, value);
         }
         request
-    };
+    }
     let command = TicketStatementQuery {
         statement_handle: admitted.into(),
     };
     let inner = client.inner_mut();
     let descriptor = arrow_flight::FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
-    let info = inner.get_flight_info(request(descriptor)).await?.into_inner();
+    let info = inner
+        .get_flight_info(request(descriptor, &grant))
+        .await?
+        .into_inner();
     let mut batches = Vec::new();
     for endpoint in info.endpoint {
         let ticket = endpoint
             .ticket
             .ok_or_else(|| FlightError::ProtocolError("endpoint without a ticket".into()))?;
-        let stream = inner.do_get(request(ticket)).await?.into_inner();
+        let stream = inner.do_get(request(ticket, &grant)).await?.into_inner();
         let decoded = arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
             stream.map_err(|status| FlightError::Tonic(Box::new(status))),
         );

@@ -11,8 +11,8 @@
 //! prepared-statement parameters inside them; `status` is the one place errors become gRPC
 //! statuses; `tls` serves the gateway over TLS; `local` runs the whole service on one machine.
 
-pub mod admin;
 pub mod access;
+pub mod admin;
 pub mod admission;
 pub mod auth;
 pub mod bench;

@@ -95,6 +95,30 @@ def test_namespaced_operator_uses_a_role_only():
     assert env(operator)["QUIVER_WATCH_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
+# The kinds a QueryPool owns (operator/src/controller/resources.rs): the operator applies and
+# watches each of them the same way.
+POOL_CHILDREN = [("apps", "deployments"), ("", "services"), ("", "configmaps"),
+                 ("policy", "poddisruptionbudgets"), ("networking.k8s.io", "networkpolicies")]
+
+
+@pytest.mark.parametrize("cluster_wide", [True, False])
+def test_operator_may_manage_the_workers_network_policies(cluster_wide):
+    objects = render_chart({"operator": {"rbac": {"clusterWide": cluster_wide}}})
+    kind = "ClusterRole" if cluster_wide else "Role"
+    rules = rules_map(objects.one(kind, f"{RELEASE}-operator")["rules"])
+    policies = rules[("networking.k8s.io", "networkpolicies")]
+    assert policies == {"list", "watch", "create", "patch"}, "apply (create, patch) and watch (list, watch)"
+    assert all(policies <= rules[child] for child in POOL_CHILDREN), "same verbs as the other owned kinds"
+    assert "delete" not in policies, "the garbage collector deletes them with their pool"
+    # The policies admit this release's gateway pods, in the release namespace.
+    gateway = objects.one("Deployment", f"{RELEASE}-gateway")
+    e = env(container(objects.one("Deployment", f"{RELEASE}-operator"), "operator"))
+    labels = dict(pair.split("=", 1) for pair in e["QUIVER_GATEWAY_POD_LABELS"].split(","))
+    assert labels == gateway["spec"]["selector"]["matchLabels"]
+    assert labels.items() <= gateway["spec"]["template"]["metadata"]["labels"].items()
+    assert e["QUIVER_GATEWAY_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
 def test_gateway_rbac_is_read_only(objects):
     rules = rules_map(objects.one("Role", f"{RELEASE}-gateway")["rules"])
     assert rules == GATEWAY_RULES

@@ -63,6 +63,15 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
+{{/* Labels as a `key=value,...` selector string, keys sorted. Call with a dict of labels. */}}
+{{- define "quiver.selectorString" -}}
+{{- $pairs := list }}
+{{- range $key, $value := . }}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}
+
 {{/* Component names. */}}
 {{- define "quiver.operator.fullname" -}}
 {{- printf "%s-operator" (include "quiver.fullname" .) }}

@@ -431,7 +431,11 @@ mod tests {
             place(&format!("user{i}"));
         }
         assert_eq!(place("someone-new"), format!("adhoc.{OVERFLOW_GROUP}"));
-        assert_eq!(place("user1"), "adhoc.user1", "values seen before keep their group");
+        assert_eq!(
+            place("user1"),
+            "adhoc.user1",
+            "values seen before keep their group"
+        );
         assert!(place(&"x".repeat(1000)).len() <= "adhoc.".len() + 64);
     }
 
@@ -469,7 +473,11 @@ mod tests {
         ] {
             assert!(inspect(sql, MAX).is_err(), "{sql}");
         }
-        for sql in ["SHOW TABLES", "DESCRIBE lineitem", "SHOW COLUMNS FROM lineitem"] {
+        for sql in [
+            "SHOW TABLES",
+            "DESCRIBE lineitem",
+            "SHOW COLUMNS FROM lineitem",
+        ] {
             let facts = inspect(sql, MAX).unwrap();
             assert!(facts.metadata, "{sql}");
             assert_eq!(facts.kind, StatementKind::Show);

@@ -452,8 +452,7 @@ impl Admission {
                 table: table.to_owned(),
             });
         }
-        let placement =
-            classify::classify(policy, identity, hints, facts.kind, &self.templates());
+        let placement = classify::classify(policy, identity, hints, facts.kind, &self.templates());
         let catalogs = policy
             .tenant(&identity.tenant)
             .map(|t| t.catalogs.clone())

@@ -30,10 +30,20 @@ resource_groups:
 async fn rate_limit_names_policy_and_retry_hint() {
     let adm = admission(TWO_TENANTS);
     let hints = ClientHints::default();
-    let p1 = adm.admit(&who("a"), &hints, "SELECT 1", false).await.unwrap();
+    let p1 = adm
+        .admit(&who("a"), &hints, "SELECT 1", false)
+        .await
+        .unwrap();
     drop(p1);
-    drop(adm.admit(&who("a"), &hints, "SELECT 1", false).await.unwrap());
-    let err = adm.admit(&who("a"), &hints, "SELECT 1", false).await.unwrap_err();
+    drop(
+        adm.admit(&who("a"), &hints, "SELECT 1", false)
+            .await
+            .unwrap(),
+    );
+    let err = adm
+        .admit(&who("a"), &hints, "SELECT 1", false)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, AdmissionError::RateLimited { policy, .. } if policy == "per-tenant"),
         "{err}"
@@ -44,16 +54,26 @@ async fn rate_limit_names_policy_and_retry_hint() {
         "{hint:?}"
     );
     // Another tenant has its own bucket.
-    assert!(adm.admit(&who("b"), &hints, "SELECT 1", false).await.is_ok());
+    assert!(
+        adm.admit(&who("b"), &hints, "SELECT 1", false)
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
 async fn queue_timeout_then_slot_handover() {
     let adm = admission(TWO_TENANTS);
     let hints = ClientHints::default();
-    let running = adm.admit(&who("a"), &hints, "SELECT 1", false).await.unwrap();
+    let running = adm
+        .admit(&who("a"), &hints, "SELECT 1", false)
+        .await
+        .unwrap();
     // Waits its whole queue timeout of 200 ms.
-    let err = adm.admit(&who("b"), &hints, "SELECT 1", false).await.unwrap_err();
+    let err = adm
+        .admit(&who("b"), &hints, "SELECT 1", false)
+        .await
+        .unwrap_err();
     assert!(matches!(err, AdmissionError::QueueTimeout { .. }), "{err}");
     assert!(err.to_string().contains("timed out in the queue"));
     // A waiter gets the slot as soon as the running query's permit drops.
@@ -99,7 +119,12 @@ async fn forbidden_table_is_refused() {
         "tenants: [{name: a, tokens: ['sha256:0000000000000000000000000000000000000000000000000000000000000000'], catalogs: [other]}]",
     );
     let err = adm
-        .admit(&who("a"), &ClientHints::default(), "SELECT * FROM lineitem", false)
+        .admit(
+            &who("a"),
+            &ClientHints::default(),
+            "SELECT * FROM lineitem",
+            false,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("quiver.public.lineitem"), "{err}");
@@ -124,7 +149,10 @@ async fn each_pool_has_its_own_capacity_and_demand() {
         source: Some("etl".into()),
         ..ClientHints::default()
     };
-    let on_b = adm.admit(&who("default"), &etl, "SELECT 1", false).await.unwrap();
+    let on_b = adm
+        .admit(&who("default"), &etl, "SELECT 1", false)
+        .await
+        .unwrap();
     assert_eq!(on_b.checked.placement.pool, "b");
     // Pool b is full; pool a is not, so y's query runs at once.
     let on_a = adm
@@ -135,7 +163,8 @@ async fn each_pool_has_its_own_capacity_and_demand() {
     // A second x query waits for pool b alone.
     let adm2 = adm.clone();
     let etl2 = etl.clone();
-    let waiter = tokio::spawn(async move { adm2.admit(&who("default"), &etl2, "SELECT 2", false).await });
+    let waiter =
+        tokio::spawn(async move { adm2.admit(&who("default"), &etl2, "SELECT 2", false).await });
     tokio::task::yield_now().await;
     assert_eq!((adm.queued_in("a"), adm.queued_in("b")), (0, 1));
     // More capacity in pool a starts nothing; in pool b it starts the waiter.

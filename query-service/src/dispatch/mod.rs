@@ -298,7 +298,11 @@ mod tests {
         let b = dispatcher.on("b").unwrap();
         assert_eq!(b.pool().name(), "b");
         // Pool b has no worker: its query is refused even though pool a has one.
-        let err = b.do_get(Ticket::new("SELECT 1"), "grant").await.err().unwrap();
+        let err = b
+            .do_get(Ticket::new("SELECT 1"), "grant")
+            .await
+            .err()
+            .unwrap();
         assert!(
             matches!(&err, DispatchError::NoReadyWorker { pool, workers: 0 } if pool == "b"),
             "{err}"

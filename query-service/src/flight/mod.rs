@@ -23,11 +23,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::sql::TicketStatementQuery;
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
     ActionCreatePreparedStatementRequest, Any, CommandStatementQuery, ProstMessageExt,
 };
-use arrow_flight::sql::TicketStatementQuery;
 use arrow_flight::{
     Action, ActionType as FlightActionType, CancelFlightInfoRequest, CancelFlightInfoResult,
     CancelStatus, Criteria, Empty, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo,
@@ -43,8 +43,8 @@ use self::prepaid::Prepaid;
 use self::recorded::{Query, RecordedStream};
 use self::session::{SessionCodec, proto as session_proto};
 use self::ticket::{GatewayTicket, is_flight_sql};
-use crate::admission::{Admission, Checked};
 use crate::admission::classify::ClientHints;
+use crate::admission::{Admission, Checked};
 use crate::auth::{self, Identity};
 use crate::dispatch::{Dispatcher, FlightDataStream};
 use crate::metrics::{GatewayMetrics, Outcome};
@@ -55,10 +55,11 @@ use crate::worker::flight::{CREATE_ADMITTED_PREPARED, grant_header};
 /// A worker may take this long past the query timeout to report its own timeout before the
 /// gateway ends the query itself.
 const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
-/// Room beyond the SQL size limit for the rest of a request message.
-const MESSAGE_OVERHEAD: usize = 64 << 10;
+/// Request messages may be this many times the SQL limit, so SQL somewhat over the limit gets
+/// the clear INVALID_ARGUMENT from the SQL check rather than the transport's OUT_OF_RANGE.
+const REQUEST_TO_SQL_RATIO: usize = 4;
 /// Smallest request message accepted: one row of prepared-statement parameters must fit.
-const MIN_REQUEST_BYTES: usize = 1 << 20;
+const MIN_REQUEST_BYTES: usize = 4 << 20;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -192,8 +193,11 @@ impl GatewayService {
     /// The tonic service, behind authentication from headers. Requests may be as large as the
     /// SQL limit allows and no larger; results as large as the workers send.
     pub fn into_server(self) -> authenticate::Authenticated<FlightServiceServer<Self>> {
-        let request_limit =
-            (self.admission.max_sql_bytes() + MESSAGE_OVERHEAD).max(MIN_REQUEST_BYTES);
+        let request_limit = self
+            .admission
+            .max_sql_bytes()
+            .saturating_mul(REQUEST_TO_SQL_RATIO)
+            .max(MIN_REQUEST_BYTES);
         let admission = self.admission.clone();
         let key = self.key.clone();
         let server = FlightServiceServer::new(self)
@@ -309,10 +313,7 @@ fn client_hints(metadata: &tonic::metadata::MetadataMap) -> ClientHints {
 /// What a `GetFlightInfo` descriptor asks for.
 enum Planned {
     /// A statement (or a bound prepared statement): SQL and parameters.
-    Statement {
-        sql: String,
-        params: Option<String>,
-    },
+    Statement { sql: String, params: Option<String> },
     /// A Flight SQL metadata command, answered by a worker from its catalog.
     Metadata,
 }
@@ -441,7 +442,9 @@ impl FlightService for GatewayService {
             let result =
                 tokio::task::spawn_blocking(move || auth::handshake(&policy, &key, &headers))
                     .await
-                    .map_err(|_| Status::internal("the sign-in check failed; see the gateway log"))?;
+                    .map_err(|_| {
+                        Status::internal("the sign-in check failed; see the gateway log")
+                    })?;
             if let Some(user) = &user {
                 self.throttle.record(user, result.is_ok());
             }
@@ -615,7 +618,8 @@ impl FlightService for GatewayService {
             let query = Query::new(permit);
             let registration =
                 is_query.then(|| self.running.register(presented, &identity, query.clone()));
-            let deadline = is_query.then(|| query.expire_after(self.query_timeout + DEADLINE_GRACE));
+            let deadline =
+                is_query.then(|| query.expire_after(self.query_timeout + DEADLINE_GRACE));
             let mut stream = self.dispatcher.on(&pool)?.do_get(ticket, &grant).await?;
             if let Some(patterns) = scope {
                 stream = visible::filter(stream, patterns);

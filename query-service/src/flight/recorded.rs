@@ -157,7 +157,8 @@ impl Stream for RecordedStream {
             }
             this.reported = true;
             if let Some(limit) = held.timed_out {
-                this.record.finish(Outcome::from_code(tonic::Code::DeadlineExceeded));
+                this.record
+                    .finish(Outcome::from_code(tonic::Code::DeadlineExceeded));
                 return Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
                     "query exceeded its time limit of {}",
                     humantime::format_duration(limit)

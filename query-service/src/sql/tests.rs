@@ -40,9 +40,15 @@ fn size_and_emptiness_are_checked() {
         check_shape("SELECT 1", 4),
         Err(SqlError::TooLarge { bytes: 8, limit: 4 })
     ));
-    assert_eq!(check_shape("  -- only a comment\n", 100), Err(SqlError::Empty));
+    assert_eq!(
+        check_shape("  -- only a comment\n", 100),
+        Err(SqlError::Empty)
+    );
     assert_eq!(check_shape("", 100), Err(SqlError::Empty));
-    assert!(matches!(check_shape("SELECT 'open", 100), Err(SqlError::Syntax(_))));
+    assert!(matches!(
+        check_shape("SELECT 'open", 100),
+        Err(SqlError::Syntax(_))
+    ));
 }
 
 #[test]
@@ -50,7 +56,11 @@ fn deep_shapes_are_refused_before_parsing() {
     let deep = [
         chain("+", 5_000),
         chain("AND", 5_000),
-        format!("SELECT {}1{}", "(".repeat(MAX_SQL_DEPTH + 1), ")".repeat(MAX_SQL_DEPTH + 1)),
+        format!(
+            "SELECT {}1{}",
+            "(".repeat(MAX_SQL_DEPTH + 1),
+            ")".repeat(MAX_SQL_DEPTH + 1)
+        ),
         format!("SELECT {}true", "NOT ".repeat(MAX_SQL_DEPTH + 1)),
         format!("SELECT {}1", "- ".repeat(MAX_SQL_DEPTH + 1)),
         vec!["SELECT 1"; MAX_SQL_DEPTH + 1].join(" UNION ALL "),

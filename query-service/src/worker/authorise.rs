@@ -20,7 +20,10 @@ pub fn check_plan(
     let _ = plan.apply_with_subqueries(|node| {
         let table = match node {
             LogicalPlan::TableScan(scan) => {
-                let name = scan.table_name.resolve(default_catalog, default_schema);
+                let name = scan
+                    .table_name
+                    .clone()
+                    .resolve(default_catalog, default_schema);
                 Some(format!("{}.{}.{}", name.catalog, name.schema, name.table))
             }
             // DESCRIBE reads a schema without scanning: metadata, which needs every catalog.

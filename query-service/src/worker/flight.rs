@@ -293,10 +293,7 @@ impl FlightSqlService for WorkerService {
             .verify(&action.body, TicketKind::Admitted)
             .map_err(|_| not_admitted())?;
         let _planning = self.in_flight.enter();
-        let (schema, parameters) = self
-            .engine()?
-            .prepare(&query.sql, catalogs(&query))
-            .await?;
+        let (schema, parameters) = self.engine()?.prepare(&query.sql, catalogs(&query)).await?;
         let ipc = |schema: &arrow::datatypes::Schema| {
             SchemaAsIpc::new(schema, &Default::default())
                 .try_into()

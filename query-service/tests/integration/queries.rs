@@ -4,7 +4,7 @@
 use arrow::array::{AsArray, Int64Array};
 use arrow::datatypes::Int64Type;
 use arrow_flight::sql::client::{FlightSqlServiceClient, PreparedStatement};
-use arrow_flight::sql::{CommandGetTables, TicketStatementQuery};
+use arrow_flight::sql::{CommandGetTables, ProstMessageExt, TicketStatementQuery};
 use arrow_flight::{FlightClient, Ticket};
 use futures::TryStreamExt;
 use prost::Message;
@@ -27,9 +27,13 @@ async fn statement_through_gateway_matches_direct() {
     let worker = start_worker(default_limits()).await;
     let (gateway, _pool) = start_gateway(&[worker.addr], 1).await;
     let sql = "SELECT count(*) FROM lineitem WHERE l_quantity < 10";
-    let direct = quiver::client::query_worker(&mut client(worker.addr).await, &TicketSigner::new(KEY), sql)
-        .await
-        .unwrap();
+    let direct = quiver::client::query_worker(
+        &mut client(worker.addr).await,
+        &quiver::ticket::TicketSigner::new(KEY),
+        sql,
+    )
+    .await
+    .unwrap();
     let via = quiver::client::query(&mut client(gateway).await, sql)
         .await
         .unwrap();
@@ -200,26 +204,67 @@ async fn draining_worker_finishes_its_query_while_the_other_serves() {
 }
 
 #[tokio::test]
-async fn signed_ticket_from_one_worker_runs_on_another() {
+async fn an_admitted_ticket_runs_on_any_worker_and_nothing_else_does() {
+    use quiver::ticket::{QueryTicket, TicketKind, TicketSigner};
     let a = start_worker(default_limits()).await;
     let b = start_worker(default_limits()).await;
     // Both warm (the gateway is only used here to wait for readiness).
     let _gateway = start_gateway(&[a.addr, b.addr], 2).await;
-    let mut on_a = client(a.addr).await;
-    let info = on_a
+    let signer = TicketSigner::new(KEY);
+    // Stateless: what the gateway admitted runs on either worker.
+    for worker in [a.addr, b.addr] {
+        let batches = quiver::client::query_worker(
+            &mut client(worker).await,
+            &signer,
+            "SELECT count(*) FROM part",
+        )
+        .await
+        .unwrap();
+        assert_eq!(single_i64(&batches), 200);
+    }
+    // Straight to a worker without the gateway's grant: refused before anything runs.
+    let status = client(a.addr)
+        .await
         .execute("SELECT count(*) FROM part".into(), None)
         .await
-        .unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let any = arrow_flight::sql::Any::decode(&*ticket.ticket).unwrap();
-    assert!(any.is::<TicketStatementQuery>());
-    let mut on_b = client(b.addr).await;
-    let batches: Vec<_> = on_b
-        .do_get(ticket)
+        .unwrap_err();
+    assert!(
+        matches!(&status, arrow_flight::error::FlightError::Tonic(s) if s.code() == tonic::Code::Unauthenticated),
+        "{status:?}"
+    );
+    // A grant signed with another key is no grant.
+    let forged = TicketSigner::new(b"another key");
+    let status = quiver::client::query_worker(&mut client(a.addr).await, &forged, "SELECT 1")
         .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    assert_eq!(single_i64(&batches), 200);
+        .unwrap_err();
+    assert!(
+        matches!(&status, arrow_flight::error::FlightError::Tonic(s) if s.code() == tonic::Code::Unauthenticated),
+        "{status:?}"
+    );
+    // The worker checks the plan against the grant's catalogs itself.
+    let mut on_a = client(a.addr).await;
+    let outsider = signer.sign(&QueryTicket {
+        catalogs: Some(vec!["other".into()]),
+        ..QueryTicket::new(TicketKind::Admitted, "SELECT * FROM (SELECT 1) x, part")
+    });
+    let ticket = Ticket::new(
+        TicketStatementQuery {
+            statement_handle: outsider.into(),
+        }
+        .as_any()
+        .encode_to_vec(),
+    );
+    let mut request = tonic::Request::new(ticket);
+    request.metadata_mut().insert(
+        quiver::worker::flight::GRANT_HEADER,
+        quiver::worker::flight::grant_header(&signer, &[])
+            .parse()
+            .unwrap(),
+    );
+    let status = on_a.inner_mut().do_get(request).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("quiver.public.part"),
+        "{status:?}"
+    );
 }

@@ -3,10 +3,10 @@ Exactly what quiver-operator calls (operator/src/controller), one rule per reaso
 - QueryPools: list and watch them (the controller's watch); patch status (server-side apply of
   the status subresource). The finalizers subresource: owned objects carry an owner reference
   with blockOwnerDeletion, which the API server allows only to those who may update it.
-- The objects a pool owns (Deployment of workers, headless Service, PDB, catalog ConfigMap):
-  list and watch (drift repair), create and patch (server-side apply). Deployments also get:
-  the reconciler reads the current replicas. No delete: owner references let the garbage
-  collector remove them with their pool.
+- The objects a pool owns (Deployment of workers, headless Service, PDB, NetworkPolicy,
+  catalog ConfigMap): list and watch (drift repair), create and patch (server-side apply).
+  Deployments also get: the reconciler reads the current replicas. No delete: owner references
+  let the garbage collector remove them with their pool.
 - Pods: list a pool's pods and patch the pod-deletion-cost annotation before a scale-down.
 - EndpointSlices: list the gateway admin Service's endpoints to poll every gateway pod.
 - Events (events.k8s.io): record what it did; a repeated event is patched as a series.
@@ -30,6 +30,9 @@ No access to Secrets: worker pods reference the ticket key Secret by name.
   verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
+  verbs: ["list", "watch", "create", "patch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
   verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
