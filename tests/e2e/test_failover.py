@@ -2,7 +2,9 @@
 already streaming from that worker, fails with a clear UNAVAILABLE that says it can be retried,
 and succeeds when retried. The supervisor replaces the worker, and the replacement serves."""
 
+import json
 import os
+import urllib.request
 import signal
 import threading
 import time
@@ -124,18 +126,19 @@ def test_kill_worker_mid_run(start_quiver):
     assert replacement not in (victim, survivor)
     assert not alive(victim)
     assert replacement in children_of(q.proc.pid)
-    # Once warm (it answers Flight SQL itself), the replacement alone can carry the pool: kill the
-    # other original worker too, and no query through the gateway fails — a worker that is gone
-    # before the first message costs the client nothing.
-    direct = flight.connect(q.started[-1][1])
+    # Once warm (the gateway sees it ready; workers answer only the gateway), the replacement
+    # alone can carry the pool: kill the other original worker too, and no query through the
+    # gateway fails — a worker that is gone before the first message costs the client nothing.
+    admin = next(line.split(": ", 1)[1] for line in q.stdout if line.startswith("quiver admin: "))
+    endpoint = q.started[-1][1].replace("grpc://", "http://")
     deadline = time.monotonic() + 120
     while True:
-        try:
-            flight_sql.command(direct, flight_sql.statement_query("SELECT count(*) FROM nation"))
+        pools = json.loads(urllib.request.urlopen(f"{admin}/v1/pools", timeout=5).read())
+        if any(w["endpoint"] == endpoint and w["ready"]
+               for p in pools["pools"] for w in p["worker_loads"]):
             break
-        except flight.FlightError:
-            assert time.monotonic() < deadline, "the replacement worker never served"
-            time.sleep(0.2)
+        assert time.monotonic() < deadline, "the replacement worker never served"
+        time.sleep(0.2)
     os.kill(survivor, signal.SIGKILL)
     for i in range(10):
         assert read(client, "agg").equals(expected["agg"]), i
