@@ -241,30 +241,6 @@ pub fn parameter_schema(
     ))
 }
 
-/// Rewrites `?` placeholders (JDBC, ADBC) to the numbered `$1..$n` DataFusion binds by position.
-/// Tokenising keeps `?` inside strings, quoted names and comments as it is.
-pub fn number_placeholders(sql: &str) -> String {
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
-    if !sql.contains('?') {
-        return sql.to_owned();
-    }
-    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
-        return sql.to_owned();
-    };
-    let mut n = 0;
-    tokens
-        .into_iter()
-        .map(|token| match token {
-            Token::Placeholder(p) if p == "?" => {
-                n += 1;
-                format!("${n}")
-            }
-            other => other.to_string(),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,15 +324,6 @@ mod tests {
             bind(&schema(), &[too_big]),
             Err(ParamError::Value { name, .. }) if name == "$1"
         ));
-    }
-
-    #[test]
-    fn numbers_question_marks_outside_strings() {
-        assert_eq!(
-            number_placeholders("SELECT '?' AS q, a FROM t WHERE a = ? AND b < ?"),
-            "SELECT '?' AS q, a FROM t WHERE a = $1 AND b < $2"
-        );
-        assert_eq!(number_placeholders("SELECT $1"), "SELECT $1");
     }
 
     #[test]

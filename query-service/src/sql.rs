@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
-use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+use datafusion::sql::sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 /// Default longest SQL text accepted: generated dashboard SQL stays far below it, and it caps the
 /// memory and parse time one request can cost.
@@ -74,18 +74,27 @@ pub enum SqlError {
 /// (a left-deep `a + b + c`), every bracket, `CASE … END` and set operation one more. Commas and
 /// clause keywords end a chain, since what follows is a sibling, not a child.
 pub fn check_shape(sql: &str, max_bytes: usize) -> Result<(), SqlError> {
+    check_tokens(&tokenize(sql, max_bytes)?)
+}
+
+/// The tokens of text within `max_bytes`, with their positions.
+fn tokenize(sql: &str, max_bytes: usize) -> Result<Vec<TokenWithSpan>, SqlError> {
     if sql.len() > max_bytes {
         return Err(SqlError::TooLarge {
             bytes: sql.len(),
             limit: max_bytes,
         });
     }
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize()
-        .map_err(|e| SqlError::Syntax(e.to_string()))?;
+    Tokenizer::new(&GenericDialect {}, sql)
+        .tokenize_with_location()
+        .map_err(|e| SqlError::Syntax(e.to_string()))
+}
+
+/// [`check_shape`] on tokens already made.
+fn check_tokens(tokens: &[TokenWithSpan]) -> Result<(), SqlError> {
     let mut bound = DepthBound::default();
     let mut meaningful = false;
-    for token in &tokens {
+    for TokenWithSpan { token, .. } in tokens {
         if !matches!(token, Token::Whitespace(_) | Token::EOF) {
             meaningful = true;
         }
@@ -253,12 +262,20 @@ pub fn number_placeholders(sql: &str) -> Result<Cow<'_, str>, SqlError> {
     if !sql.contains('?') {
         return Ok(Cow::Borrowed(sql));
     }
-    let tokens = Tokenizer::new(&GenericDialect {}, sql)
-        .tokenize_with_location()
-        .map_err(|e| SqlError::Syntax(e.to_string()))?;
+    splice_placeholders(sql, &tokenize(sql, usize::MAX)?)
+}
+
+/// [`number_placeholders`] on the tokens of `sql`.
+fn splice_placeholders<'a>(
+    sql: &'a str,
+    tokens: &[TokenWithSpan],
+) -> Result<Cow<'a, str>, SqlError> {
+    if !sql.contains('?') {
+        return Ok(Cow::Borrowed(sql));
+    }
     let mut questions = Vec::new();
     let mut numbered = false;
-    for token in &tokens {
+    for token in tokens {
         match &token.token {
             Token::Placeholder(p) if p == "?" => questions.push(token.span.start),
             Token::Placeholder(p) if p.starts_with('$') => numbered = true,
@@ -326,8 +343,9 @@ pub fn parse_one(sql: &str) -> Result<Statement, SqlError> {
 /// The text a worker runs for `sql`: shape checked, placeholders numbered. The gateway checks
 /// and signs this text; the worker runs it as it is.
 pub fn normalise(sql: &str, max_bytes: usize) -> Result<String, SqlError> {
-    check_shape(sql, max_bytes)?;
-    Ok(number_placeholders(sql)?.into_owned())
+    let tokens = tokenize(sql, max_bytes)?;
+    check_tokens(&tokens)?;
+    Ok(splice_placeholders(sql, &tokens)?.into_owned())
 }
 
 #[cfg(test)]

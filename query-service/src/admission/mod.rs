@@ -272,6 +272,11 @@ const ARRIVAL_WINDOW: Duration = Duration::from_secs(1);
 impl Admission {
     /// Admission under `policy`, sharing limits with `replicas - 1` other gateways.
     pub fn new(policy: Policy, replicas: u32) -> Arc<Self> {
+        Self::with_max_sql_bytes(policy, replicas, crate::sql::DEFAULT_MAX_SQL_BYTES)
+    }
+
+    /// The same, accepting SQL texts of at most `max_sql_bytes`.
+    pub fn with_max_sql_bytes(policy: Policy, replicas: u32, max_sql_bytes: usize) -> Arc<Self> {
         let n = policy.rate_limits.len();
         Arc::new(Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -282,16 +287,9 @@ impl Admission {
             capacity: Mutex::new(HashMap::new()),
             arrivals: Mutex::new(HashMap::new()),
             facts: FactsCache::default(),
-            max_sql_bytes: crate::sql::DEFAULT_MAX_SQL_BYTES,
+            max_sql_bytes,
             templates: RwLock::default(),
         })
-    }
-
-    /// The same, accepting SQL texts of at most `max_sql_bytes`.
-    pub fn with_max_sql_bytes(policy: Policy, replicas: u32, max_sql_bytes: usize) -> Arc<Self> {
-        let mut admission = Arc::into_inner(Self::new(policy, replicas)).expect("just made");
-        admission.max_sql_bytes = max_sql_bytes;
-        Arc::new(admission)
     }
 
     /// Longest SQL text accepted.

@@ -42,7 +42,7 @@ use self::cancel::Running;
 use self::prepaid::Prepaid;
 use self::recorded::{Query, RecordedStream};
 use self::session::{SessionCodec, proto as session_proto};
-use self::ticket::{GatewayTicket, is_flight_sql};
+use self::ticket::{GatewayTicket, bound_prepared, is_flight_sql, is_metadata};
 use crate::admission::classify::ClientHints;
 use crate::admission::{Admission, Checked};
 use crate::auth::{self, Identity};
@@ -334,28 +334,29 @@ fn planned(descriptor: &FlightDescriptor, signer: &TicketSigner) -> Result<Plann
             params: None,
         }),
         Command::CommandPreparedStatementQuery(p) => {
-            let prepared = signer.verify(&p.prepared_statement_handle, TicketKind::Prepared)?;
-            crate::prepared::check_bound(&prepared)?;
+            let prepared = bound_prepared(signer, &p.prepared_statement_handle)?;
             Ok(Planned::Statement {
                 sql: prepared.sql,
                 params: prepared.params,
             })
         }
-        Command::CommandGetCatalogs(_)
-        | Command::CommandGetDbSchemas(_)
-        | Command::CommandGetTables(_)
-        | Command::CommandGetTableTypes(_)
-        | Command::CommandGetSqlInfo(_)
-        | Command::CommandGetXdbcTypeInfo(_)
-        | Command::CommandGetPrimaryKeys(_)
-        | Command::CommandGetExportedKeys(_)
-        | Command::CommandGetImportedKeys(_)
-        | Command::CommandGetCrossReference(_) => Ok(Planned::Metadata),
+        command if is_metadata(&command) => Ok(Planned::Metadata),
         other => Err(Status::unimplemented(format!(
             "{} is not supported",
             other.type_url()
         ))),
     }
+}
+
+/// A Flight SQL action body (`Any`-wrapped) as the message the action takes.
+fn unpack<T: ProstMessageExt + Default>(body: &[u8]) -> Result<T, Status> {
+    Any::decode(body)
+        .ok()
+        .and_then(|any| any.unpack::<T>().ok().flatten())
+        .ok_or_else(|| {
+            let name = T::type_url().rsplit('.').next().unwrap_or("message");
+            Status::invalid_argument(format!("invalid {name}"))
+        })
 }
 
 /// True for the metadata commands whose answers list catalog objects a tenant may not see.
@@ -674,10 +675,7 @@ impl FlightService for GatewayService {
                 one(CancelFlightInfoResult::new(status).encode_to_vec())
             }
             CANCEL_QUERY => {
-                let cancel: ActionCancelQueryRequest = Any::decode(&*action.body)
-                    .ok()
-                    .and_then(|any| any.unpack().ok().flatten())
-                    .ok_or_else(|| Status::invalid_argument("invalid ActionCancelQueryRequest"))?;
+                let cancel: ActionCancelQueryRequest = unpack(&action.body)?;
                 let info = FlightInfo::decode(&*cancel.info).map_err(|e| {
                     Status::invalid_argument(format!("invalid FlightInfo in CancelQuery: {e}"))
                 })?;
@@ -689,13 +687,7 @@ impl FlightService for GatewayService {
                 one(result.as_any().encode_to_vec())
             }
             CREATE_PREPARED_STATEMENT => {
-                let create = Any::decode(&*action.body)
-                    .ok()
-                    .and_then(|any| any.unpack::<ActionCreatePreparedStatementRequest>().ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        Status::invalid_argument("invalid ActionCreatePreparedStatementRequest")
-                    })?;
+                let create: ActionCreatePreparedStatementRequest = unpack(&action.body)?;
                 // Planning on a worker counts like a query, and the statement is checked first.
                 let checked = self.admission.plan(&identity, &hints, &create.query)?;
                 let admitted = Action {
@@ -713,13 +705,7 @@ impl FlightService for GatewayService {
             }
             CLOSE_PREPARED_STATEMENT => {
                 // Handles are stateless: closing one only checks that it is genuine.
-                let close = Any::decode(&*action.body)
-                    .ok()
-                    .and_then(|any| any.unpack::<ActionClosePreparedStatementRequest>().ok())
-                    .flatten()
-                    .ok_or_else(|| {
-                        Status::invalid_argument("invalid ActionClosePreparedStatementRequest")
-                    })?;
+                let close: ActionClosePreparedStatementRequest = unpack(&action.body)?;
                 self.signer
                     .verify(&close.prepared_statement_handle, TicketKind::Prepared)?;
                 Ok(Response::new(Box::pin(futures::stream::empty())))

@@ -21,6 +21,30 @@ fn decode_flight_sql(bytes: &[u8]) -> Option<Any> {
         .filter(|any| any.type_url.starts_with(FLIGHT_SQL_TYPE_PREFIX))
 }
 
+/// True for the Flight SQL metadata commands a worker answers from its catalog.
+pub fn is_metadata(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::CommandGetCatalogs(_)
+            | Command::CommandGetDbSchemas(_)
+            | Command::CommandGetTables(_)
+            | Command::CommandGetTableTypes(_)
+            | Command::CommandGetSqlInfo(_)
+            | Command::CommandGetXdbcTypeInfo(_)
+            | Command::CommandGetPrimaryKeys(_)
+            | Command::CommandGetExportedKeys(_)
+            | Command::CommandGetImportedKeys(_)
+            | Command::CommandGetCrossReference(_)
+    )
+}
+
+/// A prepared statement's handle, checked: genuine, unexpired, and with its parameters bound.
+pub fn bound_prepared(signer: &TicketSigner, handle: &[u8]) -> Result<QueryTicket, Status> {
+    let prepared = signer.verify(handle, TicketKind::Prepared)?;
+    crate::prepared::check_bound(&prepared)?;
+    Ok(prepared)
+}
+
 /// A ticket the gateway has checked.
 #[derive(Debug)]
 pub enum GatewayTicket {
@@ -41,22 +65,11 @@ impl GatewayTicket {
                 Command::TicketStatementQuery(t) => Ok(Self::Query(
                     signer.verify(&t.statement_handle, TicketKind::Statement)?,
                 )),
-                Command::CommandPreparedStatementQuery(p) => {
-                    let prepared =
-                        signer.verify(&p.prepared_statement_handle, TicketKind::Prepared)?;
-                    crate::prepared::check_bound(&prepared)?;
-                    Ok(Self::Query(prepared))
-                }
-                Command::CommandGetCatalogs(_)
-                | Command::CommandGetDbSchemas(_)
-                | Command::CommandGetTables(_)
-                | Command::CommandGetTableTypes(_)
-                | Command::CommandGetSqlInfo(_)
-                | Command::CommandGetXdbcTypeInfo(_)
-                | Command::CommandGetPrimaryKeys(_)
-                | Command::CommandGetExportedKeys(_)
-                | Command::CommandGetImportedKeys(_)
-                | Command::CommandGetCrossReference(_) => Ok(Self::Metadata(bytes.to_vec())),
+                Command::CommandPreparedStatementQuery(p) => Ok(Self::Query(bound_prepared(
+                    signer,
+                    &p.prepared_statement_handle,
+                )?)),
+                command if is_metadata(&command) => Ok(Self::Metadata(bytes.to_vec())),
                 other => Err(Status::unimplemented(format!(
                     "{} is not supported",
                     other.type_url()

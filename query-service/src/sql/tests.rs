@@ -35,6 +35,15 @@ fn placeholders_are_spliced_and_nothing_else_changes() {
 }
 
 #[test]
+fn numbers_question_marks_outside_strings() {
+    assert_eq!(
+        number_placeholders("SELECT '?' AS q, a FROM t WHERE a = ? AND b < ?").unwrap(),
+        "SELECT '?' AS q, a FROM t WHERE a = $1 AND b < $2"
+    );
+    assert_eq!(number_placeholders("SELECT $1").unwrap(), "SELECT $1");
+}
+
+#[test]
 fn size_and_emptiness_are_checked() {
     assert!(matches!(
         check_shape("SELECT 1", 4),
