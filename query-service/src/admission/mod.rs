@@ -471,11 +471,32 @@ impl Admission {
         hints: &ClientHints,
         sql: &str,
     ) -> Result<Checked, AdmissionError> {
-        let policy = self.policy();
-        self.rate_limit(&policy, identity, None)?;
-        let checked = self.check_under(&policy, identity, hints, sql)?;
-        self.arrived(&checked.placement.pool);
-        self.rate_limit(&policy, identity, Some(&checked.placement))?;
+        self.check_counted(&self.policy(), identity, hints, sql, true, false)
+    }
+
+    /// [`Admission::check`] under `policy`, counted against the rate limits when `count`:
+    /// limits keyed by identity alone before the parse, the rest after classification. With
+    /// `arrive`, a classified run counts in its pool's arrival rate (refused by a group limit
+    /// too: that is demand the pool did not meet).
+    fn check_counted(
+        &self,
+        policy: &Policy,
+        identity: &Identity,
+        hints: &ClientHints,
+        sql: &str,
+        count: bool,
+        arrive: bool,
+    ) -> Result<Checked, AdmissionError> {
+        if count {
+            self.rate_limit(policy, identity, None)?;
+        }
+        let checked = self.check_under(policy, identity, hints, sql)?;
+        if arrive {
+            self.arrived(&checked.placement.pool);
+        }
+        if count {
+            self.rate_limit(policy, identity, Some(&checked.placement))?;
+        }
         Ok(checked)
     }
 
@@ -488,15 +509,7 @@ impl Admission {
         sql: &str,
         prepaid: bool,
     ) -> Result<Permit, AdmissionError> {
-        let policy = self.policy();
-        if !prepaid {
-            self.rate_limit(&policy, identity, None)?;
-        }
-        let checked = self.check_under(&policy, identity, hints, sql)?;
-        self.arrived(&checked.placement.pool);
-        if !prepaid {
-            self.rate_limit(&policy, identity, Some(&checked.placement))?;
-        }
+        let checked = self.check_counted(&self.policy(), identity, hints, sql, !prepaid, true)?;
         let placement = checked.placement.clone();
         let groups = self.pool_groups(&placement.pool);
         let (leaf, decision, timeout) = {
