@@ -35,6 +35,17 @@ pub enum Command {
     /// Read a password from standard input and print its Argon2 hash for the admission config
     /// (`users: [{name, password: <hash>}]`).
     HashPassword,
+    /// Wait, then exit: a Kubernetes preStop hook for an image without a shell. The pod keeps
+    /// serving while its endpoints are removed, so no new connection arrives after SIGTERM.
+    PreStop(PreStopArgs),
+}
+
+/// `quiver pre-stop`.
+#[derive(Debug, Args)]
+pub struct PreStopArgs {
+    /// How long to wait, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub delay: Duration,
 }
 
 /// Per-query limits shared by `worker` and `up`.

@@ -134,6 +134,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             println!("{}", quiver::auth::hash_password(password));
         }
+        Command::PreStop(args) => tokio::time::sleep(args.delay).await,
         Command::Datagen(args) => {
             let catalog = quiver::datagen::generate(&args.out, args.scale_factor)?;
             println!("wrote {}", catalog.display());

@@ -101,6 +101,8 @@ pub struct GatewayMetrics {
     in_flight: Family<PoolLabels, Gauge>,
     arrivals: Mutex<VecDeque<Instant>>,
     admitted: Family<GroupLabels, Counter>,
+    /// The groups `admitted` has series for, so series of groups gone can be removed.
+    admitted_groups: Mutex<std::collections::HashSet<String>>,
     rejected: Family<ReasonLabels, Counter>,
     queue_wait: Histogram,
     group_running: Family<GroupLabels, Gauge>,
@@ -183,6 +185,7 @@ impl Default for GatewayMetrics {
             in_flight,
             arrivals: Mutex::new(VecDeque::new()),
             admitted,
+            admitted_groups: Mutex::default(),
             rejected,
             queue_wait,
             group_running,
@@ -210,6 +213,12 @@ impl GatewayMetrics {
 
     /// Counts an admission into `group` after waiting `waited`.
     pub fn admitted(&self, group: &str, waited: Duration) {
+        {
+            let mut counted = self.admitted_groups.lock().expect("admitted groups");
+            if !counted.contains(group) {
+                counted.insert(group.to_owned());
+            }
+        }
         self.admitted
             .get_or_create(&GroupLabels {
                 group: group.to_owned(),
@@ -236,6 +245,23 @@ impl GatewayMetrics {
 
     /// Prometheus text for the registry, with pool gauges read from `pools` now.
     pub fn encode(&self, pools: &[Arc<WorkerPool>], groups: &[(String, u32, u32)]) -> String {
+        // Only the groups that exist now: a templated subgroup taken over by another value (or
+        // dropped by a reload) leaves the label sets, which therefore stay bounded. Held for the
+        // whole encoding, so two scrapes do not interleave their clearing and setting.
+        let mut counted = self.admitted_groups.lock().expect("admitted groups");
+        self.group_running.clear();
+        self.group_queued.clear();
+        let live: std::collections::HashSet<&str> =
+            groups.iter().map(|(g, _, _)| g.as_str()).collect();
+        counted.retain(|group| {
+            let keep = live.contains(group.as_str());
+            if !keep {
+                self.admitted.remove(&GroupLabels {
+                    group: group.clone(),
+                });
+            }
+            keep
+        });
         for (group, running, queued) in groups {
             let labels = GroupLabels {
                 group: group.clone(),

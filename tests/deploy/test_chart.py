@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import pathlib
+import subprocess
 
 import pytest
 import yaml
@@ -22,7 +25,7 @@ from deploy_checks import (
     pod_spec,
     rules_map,
 )
-from deploy_helpers import ALL_ON_VALUES, CHART, NAMESPACE, RELEASE, helm_chart, load_values, render_chart, validate_object
+from deploy_helpers import ALL_ON_VALUES, CHART, NAMESPACE, RELEASE, ROOT, helm_chart, load_values, render_chart, validate_object
 
 RENDERINGS = ("default_objects", "all_on_objects")
 
@@ -161,6 +164,25 @@ def test_gateway_wiring(default_objects):
     assert flight["spec"]["type"] == "ClusterIP"
     admin = default_objects.one("Service", f"{RELEASE}-gateway-admin")
     assert admin["spec"]["ports"][0]["port"] == 9090 and admin["spec"]["type"] == "ClusterIP"
+
+
+def test_gateway_graceful_exit(default_objects):
+    """The preStop hook keeps a stopping gateway serving while endpoints drop it; then SIGTERM
+    drains its streams, and the grace period covers the hook plus the longest query."""
+    deploy = default_objects.one("Deployment", f"{RELEASE}-gateway")
+    c = container(deploy, "gateway")
+    command = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert command == ["quiver", "pre-stop", "--delay", "5s"]
+    assert env(c)["QUIVER_QUERY_TIMEOUT"] == "60s"
+    assert pod_spec(deploy)["terminationGracePeriodSeconds"] >= 5 + 60 + 10
+    # The hook is a real subcommand of the image's binary.
+    binary = os.environ.get("QUIVER_BIN") or str(ROOT / "target" / "debug" / "quiver")
+    if pathlib.Path(binary).is_file():
+        done = subprocess.run([binary, *command[1:-1], "0s"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+    # Off when asked.
+    off = render_chart({"gateway": {"preStopDelaySeconds": 0}}).one("Deployment", f"{RELEASE}-gateway")
+    assert "lifecycle" not in container(off, "gateway")
 
 
 def test_operator_wiring(default_objects, all_on_objects):

@@ -265,7 +265,10 @@ pub fn deployment(
         },
         env_value("QUIVER_MEMORY_LIMIT", &template.query_memory_limit),
         env_value("QUIVER_QUERY_TIMEOUT", &template.query_timeout),
-        env_value("QUIVER_DRAIN_TIMEOUT", &pool.spec.drain_timeout),
+        env_value(
+            "QUIVER_DRAIN_TIMEOUT",
+            &humantime::format_duration(drain).to_string(),
+        ),
     ];
     env.extend(template.env.iter().cloned());
     let grpc = || GRPCAction {

@@ -88,11 +88,12 @@ pub struct QueryPoolSpec {
     /// How the operator sizes the pool from demand.
     #[serde(default)]
     pub autoscaling: Autoscaling,
-    /// How long a stopping worker may take to finish its queries (default 30s); the pods'
+    /// How long a stopping worker may take to finish its queries (default: the template's
+    /// queryTimeout plus 15s, so a drain covers every query the worker admitted); the pods'
     /// terminationGracePeriodSeconds is this plus a margin.
-    #[serde(default = "default_drain_timeout")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
-    pub drain_timeout: String,
+    pub drain_timeout: Option<String>,
     /// The worker pods.
     pub template: WorkerTemplate,
 }
@@ -107,7 +108,7 @@ impl Default for QueryPoolSpec {
             target_concurrency: default_target_concurrency(),
             replicas: None,
             autoscaling: Autoscaling::default(),
-            drain_timeout: default_drain_timeout(),
+            drain_timeout: None,
             template: WorkerTemplate::default(),
         }
     }
@@ -305,9 +306,6 @@ fn default_target_concurrency() -> i32 {
 }
 fn default_true() -> bool {
     true
-}
-fn default_drain_timeout() -> String {
-    "30s".into()
 }
 fn default_stable_window() -> String {
     "30s".into()

@@ -80,14 +80,34 @@ fn crd_has_scale_status_and_columns() {
 fn defaults_fill_an_empty_spec() {
     let spec = sample_spec();
     assert!(spec.autoscaling.enabled);
-    assert_eq!(spec.drain_timeout, "30s");
+    assert_eq!(spec.drain_timeout, None);
     assert_eq!(spec.template.ticket_key_secret.key, "ticket-key");
     assert_eq!(spec.template.query_memory_limit, "1GiB");
     let settings = validate(&spec).unwrap();
     assert_eq!(settings.scaling.min_replicas, 1);
     assert_eq!(settings.scaling.max_replicas, 4);
     assert_eq!(settings.pinned, 1, "replicas unset pins minReplicas");
-    assert_eq!(settings.drain_timeout, std::time::Duration::from_secs(30));
+    // The default drain covers the longest query (60s) plus the last batches' delivery.
+    assert_eq!(settings.drain_timeout, std::time::Duration::from_secs(75));
+    let longer = QueryPoolSpec {
+        template: WorkerTemplate {
+            query_timeout: "2m".into(),
+            ..spec.template.clone()
+        },
+        ..spec.clone()
+    };
+    assert_eq!(
+        validate(&longer).unwrap().drain_timeout,
+        std::time::Duration::from_secs(135)
+    );
+    let explicit = QueryPoolSpec {
+        drain_timeout: Some("45s".into()),
+        ..spec
+    };
+    assert_eq!(
+        validate(&explicit).unwrap().drain_timeout,
+        std::time::Duration::from_secs(45)
+    );
 }
 
 #[test]
@@ -111,7 +131,7 @@ fn invalid_specs_name_the_field() {
             "InvalidScaling",
         ),
         (
-            |s| s.drain_timeout = "soon".into(),
+            |s| s.drain_timeout = Some("soon".into()),
             "spec.drainTimeout: \"soon\"",
             "InvalidLimits",
         ),

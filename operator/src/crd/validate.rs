@@ -58,6 +58,10 @@ impl SpecError {
     }
 }
 
+/// What a worker's default drain allows beyond the query timeout: the last batches' delivery
+/// (the same margin `quiver worker` adds when no drain timeout is given).
+pub const DRAIN_MARGIN: Duration = Duration::from_secs(15);
+
 /// A checked spec.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
@@ -101,9 +105,12 @@ pub fn validate(spec: &QueryPoolSpec) -> Result<PoolSettings, SpecError> {
         Some(replicas) => count("replicas", replicas)?,
         None => scaling.min_replicas,
     };
-    let drain_timeout = duration("drainTimeout", &spec.drain_timeout)?;
     let template = &spec.template;
-    duration("template.queryTimeout", &template.query_timeout)?;
+    let query_timeout = duration("template.queryTimeout", &template.query_timeout)?;
+    let drain_timeout = match &spec.drain_timeout {
+        Some(drain) => duration("drainTimeout", drain)?,
+        None => query_timeout + DRAIN_MARGIN,
+    };
     if parse_size(&template.query_memory_limit).is_none() {
         return Err(SpecError::Size(template.query_memory_limit.clone()));
     }

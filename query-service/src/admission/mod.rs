@@ -249,8 +249,6 @@ pub struct Admission {
     facts: FactsCache,
     /// Longest SQL text accepted.
     max_sql_bytes: usize,
-    /// Template values seen under the current policy (bounded); replaced on reload.
-    templates: RwLock<Arc<classify::TemplateValues>>,
 }
 
 /// A statement admission has checked: the exact text a worker may run, where it runs, and what
@@ -288,7 +286,6 @@ impl Admission {
             arrivals: Mutex::new(HashMap::new()),
             facts: FactsCache::default(),
             max_sql_bytes,
-            templates: RwLock::default(),
         })
     }
 
@@ -312,10 +309,6 @@ impl Admission {
             .clone()
     }
 
-    fn templates(&self) -> Arc<classify::TemplateValues> {
-        self.templates.read().expect("templates").clone()
-    }
-
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().expect("policy").clone()
@@ -328,7 +321,6 @@ impl Admission {
         *self.limiters.lock().expect("limiters") = (0..n).map(|_| Gcra::default()).collect();
         *self.policy.write().expect("policy") = Arc::new(policy);
         self.groups.write().expect("groups").clear();
-        *self.templates.write().expect("templates") = Arc::default();
     }
 
     /// Sets `pool`'s capacity (ready workers × slots), starting waiting queries it allows.
@@ -399,14 +391,7 @@ impl Admission {
     /// The pool for a call outside any query (metadata, prepared-statement actions): the pool
     /// of the caller's group, so a group bound to its own pool never touches another.
     pub fn pool_of(&self, identity: &Identity, hints: &ClientHints) -> String {
-        classify::classify(
-            &self.policy(),
-            identity,
-            hints,
-            StatementKind::Other,
-            &self.templates(),
-        )
-        .pool
+        classify::classify(&self.policy(), identity, hints, StatementKind::Other).pool
     }
 
     /// A call that makes a worker work without a statement (metadata commands): counted
@@ -450,7 +435,7 @@ impl Admission {
                 table: table.to_owned(),
             });
         }
-        let placement = classify::classify(policy, identity, hints, facts.kind, &self.templates());
+        let placement = classify::classify(policy, identity, hints, facts.kind);
         let catalogs = policy
             .tenant(&identity.tenant)
             .map(|t| t.catalogs.clone())
@@ -509,21 +494,34 @@ impl Admission {
         sql: &str,
         prepaid: bool,
     ) -> Result<Permit, AdmissionError> {
-        let checked = self.check_counted(&self.policy(), identity, hints, sql, !prepaid, true)?;
-        let placement = checked.placement.clone();
-        let groups = self.pool_groups(&placement.pool);
+        let mut checked =
+            self.check_counted(&self.policy(), identity, hints, sql, !prepaid, true)?;
+        let groups = self.pool_groups(&checked.placement.pool);
         let (leaf, decision, timeout) = {
             let mut s = groups.scheduler.lock().expect("scheduler");
             let mut node = s.root();
-            for (name, limits) in &placement.chain {
+            for (name, limits, templated) in &checked.placement.chain {
                 let mut limits = *limits;
                 if self.replicas > 1 && limits.hard_concurrency != u32::MAX {
                     limits.hard_concurrency = limits.hard_concurrency.div_ceil(self.replicas);
                 }
-                node = s.ensure(node, name, limits);
+                node = if *templated {
+                    s.ensure_bounded(
+                        node,
+                        name,
+                        limits,
+                        classify::MAX_TEMPLATE_VALUES,
+                        classify::OVERFLOW_GROUP,
+                    )
+                } else {
+                    s.ensure(node, name, limits)
+                };
             }
+            // Where the query runs: a templated value may have been sent to the overflow group.
+            checked.placement.path = s.path(node).to_owned();
             (node, s.submit(node), s.queue_timeout(node))
         };
+        let placement = checked.placement.clone();
         let permit = |groups: Arc<Groups>| Permit {
             groups,
             leaf,

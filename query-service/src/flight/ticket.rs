@@ -167,4 +167,75 @@ mod tests {
         let err = GatewayTicket::decode(b"   ", &signer).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
     }
+
+    mod fuzz {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// A genuine statement ticket, as the gateway hands out.
+        fn genuine(signer: &TicketSigner) -> Vec<u8> {
+            let query = QueryTicket {
+                nonce: Some(42),
+                catalogs: Some(vec!["quiver".into()]),
+                ..QueryTicket::new(TicketKind::Statement, "SELECT 1")
+            };
+            TicketStatementQuery {
+                statement_handle: signer.sign(&query).into(),
+            }
+            .as_any()
+            .encode_to_vec()
+        }
+
+        /// True unless `q` claims a signature without being exactly the genuine ticket.
+        fn not_forged(q: &QueryTicket) -> bool {
+            q.nonce.is_none()
+                || (q.nonce == Some(42)
+                    && q.sql == "SELECT 1"
+                    && q.catalogs.as_deref() == Some(&["quiver".to_owned()][..]))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+            /// Any bytes: an answer or a clear refusal, never a panic; what is accepted without
+            /// a signature is plain SQL or a metadata command, never a signed kind.
+            #[test]
+            fn arbitrary_tickets_decode_or_refuse(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+                let signer = TicketSigner::new(b"k");
+                match GatewayTicket::decode(&bytes, &signer) {
+                    Ok(GatewayTicket::Query(q)) => prop_assert!(q.nonce.is_none() && q.catalogs.is_none()),
+                    Ok(GatewayTicket::Metadata(m)) => prop_assert_eq!(m, bytes),
+                    Err(status) => prop_assert!(!status.message().is_empty()),
+                }
+            }
+
+            /// A genuine ticket with any byte changed never verifies as the signed statement.
+            #[test]
+            fn altered_tickets_never_verify(index in any::<prop::sample::Index>(), flip in 1u8..=255) {
+                let signer = TicketSigner::new(b"k");
+                let mut bytes = genuine(&signer);
+                let at = index.index(bytes.len());
+                bytes[at] ^= flip;
+                if let Ok(GatewayTicket::Query(q)) = GatewayTicket::decode(&bytes, &signer) {
+                    prop_assert!(not_forged(&q), "an altered ticket verified: {q:?}");
+                }
+            }
+
+            /// Truncations and extensions of a genuine ticket are refused too.
+            #[test]
+            fn cut_or_extended_tickets_never_verify(cut in 0usize..200, tail in prop::collection::vec(any::<u8>(), 1..16)) {
+                let signer = TicketSigner::new(b"k");
+                let bytes = genuine(&signer);
+                let short = &bytes[..cut.min(bytes.len() - 1)];
+                if let Ok(GatewayTicket::Query(q)) = GatewayTicket::decode(short, &signer) {
+                    prop_assert!(not_forged(&q));
+                }
+                let mut long = bytes.clone();
+                long.extend_from_slice(&tail);
+                if let Ok(GatewayTicket::Query(q)) = GatewayTicket::decode(&long, &signer) {
+                    prop_assert!(not_forged(&q));
+                }
+            }
+        }
+    }
 }

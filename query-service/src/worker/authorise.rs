@@ -9,6 +9,39 @@ use datafusion::logical_expr::LogicalPlan;
 use super::engine::EngineError;
 use crate::access;
 
+/// What a logical plan reads.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reads {
+    /// Every table it scans, subqueries included, as `catalog.schema.table`.
+    pub tables: Vec<String>,
+    /// It describes a table (`DESCRIBE`): reads a schema without scanning it.
+    pub describes: bool,
+}
+
+/// The tables `plan` scans and whether it describes one, names resolved against the defaults.
+pub fn reads(plan: &LogicalPlan, default_catalog: &str, default_schema: &str) -> Reads {
+    let mut reads = Reads::default();
+    let _ = plan.apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::TableScan(scan) => {
+                let name = scan
+                    .table_name
+                    .clone()
+                    .resolve(default_catalog, default_schema);
+                reads
+                    .tables
+                    .push(format!("{}.{}.{}", name.catalog, name.schema, name.table));
+            }
+            LogicalPlan::DescribeTable(_) => reads.describes = true,
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    reads.tables.sort();
+    reads.tables.dedup();
+    reads
+}
+
 /// Refuses `plan` if it reads anything `catalogs` do not allow.
 pub fn check_plan(
     plan: &LogicalPlan,
@@ -16,31 +49,18 @@ pub fn check_plan(
     default_catalog: &str,
     default_schema: &str,
 ) -> Result<(), EngineError> {
-    let mut refused = None;
-    let _ = plan.apply_with_subqueries(|node| {
-        let table = match node {
-            LogicalPlan::TableScan(scan) => {
-                let name = scan
-                    .table_name
-                    .clone()
-                    .resolve(default_catalog, default_schema);
-                Some(format!("{}.{}.{}", name.catalog, name.schema, name.table))
-            }
-            // DESCRIBE reads a schema without scanning: metadata, which needs every catalog.
-            LogicalPlan::DescribeTable(_) if !access::may_read_metadata(catalogs) => {
-                Some("catalog metadata (DESCRIBE)".to_owned())
-            }
-            _ => None,
-        };
-        if let Some(table) = table
-            && (table.starts_with("catalog metadata") || !access::may_read(catalogs, &table))
-        {
-            refused = Some(table);
-            return Ok(TreeNodeRecursion::Stop);
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    match refused {
+    let reads = reads(plan, default_catalog, default_schema);
+    // DESCRIBE is metadata, which needs every catalog.
+    if reads.describes && !access::may_read_metadata(catalogs) {
+        return Err(EngineError::Forbidden {
+            table: "catalog metadata (DESCRIBE)".to_owned(),
+        });
+    }
+    match reads
+        .tables
+        .into_iter()
+        .find(|table| !access::may_read(catalogs, table))
+    {
         Some(table) => Err(EngineError::Forbidden { table }),
         None => Ok(()),
     }

@@ -403,6 +403,9 @@ impl Stream for QueryStream {
 }
 
 #[cfg(test)]
+mod differential_tests;
+
+#[cfg(test)]
 mod tests {
     use super::format_bytes;
 

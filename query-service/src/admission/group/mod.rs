@@ -111,6 +111,8 @@ struct Node {
     queue: VecDeque<WaiterId>,
     /// Smoothed time a query of this group holds its slot, for the expected-wait estimate.
     service: Option<Duration>,
+    /// When a query last arrived, on the scheduler's own count of arrivals.
+    last_used: u64,
 }
 
 /// Weight of the newest sample in the service-time average.
@@ -122,6 +124,8 @@ pub struct Scheduler {
     nodes: Vec<Node>,
     by_path: HashMap<String, GroupId>,
     next_waiter: WaiterId,
+    /// Arrivals so far: the clock of `last_used`.
+    arrivals: u64,
 }
 
 impl Default for Scheduler {
@@ -137,6 +141,7 @@ impl Scheduler {
             nodes: Vec::new(),
             by_path: HashMap::new(),
             next_waiter: 1,
+            arrivals: 0,
         };
         s.push(String::new(), None, root);
         s
@@ -155,6 +160,7 @@ impl Scheduler {
             pass: parent.map_or(0.0, |p| self.min_active_pass(p)),
             queue: VecDeque::new(),
             service: None,
+            last_used: self.arrivals,
         });
         if let Some(p) = parent {
             self.nodes[p].children.push(id);
@@ -174,14 +180,64 @@ impl Scheduler {
 
     /// The group `name` under `parent`, created with `limits` if new.
     pub fn ensure(&mut self, parent: GroupId, name: &str, limits: GroupLimits) -> GroupId {
-        let path = if self.nodes[parent].path.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{}.{name}", self.nodes[parent].path)
-        };
+        let path = self.child_path(parent, name);
         match self.by_path.get(&path) {
             Some(id) => *id,
             None => self.push(path, Some(parent), limits),
+        }
+    }
+
+    /// The group `name` under `parent` when `parent` has at most `cap` children: created if new
+    /// and there is room; otherwise the least recently used idle child (no query running or
+    /// waiting) is renamed to it and starts afresh; while every child is busy, the `overflow`
+    /// child. For subgroups named by client-chosen values, whose number must stay bounded.
+    pub fn ensure_bounded(
+        &mut self,
+        parent: GroupId,
+        name: &str,
+        limits: GroupLimits,
+        cap: usize,
+        overflow: &str,
+    ) -> GroupId {
+        let path = self.child_path(parent, name);
+        if let Some(id) = self.by_path.get(&path) {
+            return *id;
+        }
+        if self.nodes[parent].children.len() < cap {
+            return self.push(path, Some(parent), limits);
+        }
+        let overflow_path = self.child_path(parent, overflow);
+        let idle = self.nodes[parent]
+            .children
+            .iter()
+            .copied()
+            .filter(|c| {
+                let n = &self.nodes[*c];
+                n.running == 0 && n.queued == 0 && n.path != overflow_path && n.children.is_empty()
+            })
+            .min_by_key(|c| self.nodes[*c].last_used);
+        match idle {
+            Some(id) => {
+                let pass = self.min_active_pass(parent);
+                let node = &mut self.nodes[id];
+                self.by_path.remove(&node.path);
+                node.path = path.clone();
+                node.limits = limits;
+                node.pass = pass;
+                node.service = None;
+                node.last_used = self.arrivals;
+                self.by_path.insert(path, id);
+                id
+            }
+            None => self.ensure(parent, overflow, limits),
+        }
+    }
+
+    fn child_path(&self, parent: GroupId, name: &str) -> String {
+        if self.nodes[parent].path.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.nodes[parent].path)
         }
     }
 
@@ -236,6 +292,8 @@ impl Scheduler {
     /// Submits a query to leaf `group`: runs it now if the group and its ancestors have room
     /// and nobody in the group waits ahead of it, queues it, or refuses it.
     pub fn submit(&mut self, group: GroupId) -> Decision {
+        self.arrivals += 1;
+        self.nodes[group].last_used = self.arrivals;
         if self.nodes[group].queue.is_empty() && self.has_room(group) {
             self.start(group);
             return Decision::Run;

@@ -180,3 +180,42 @@ fn capacity_growth_starts_waiters() {
     assert_eq!(s.set_capacity(1), vec![a]);
     assert_eq!(s.set_capacity(4), vec![b]);
 }
+
+#[test]
+fn bounded_subgroups_recycle_idle_ones_and_overflow_when_busy() {
+    let mut s = Scheduler::new(limits(100, 1));
+    let adhoc = s.ensure(s.root(), "adhoc", limits(100, 1));
+    let user =
+        |s: &mut Scheduler, name: &str| s.ensure_bounded(adhoc, name, limits(1, 1), 3, "_overflow");
+    let a = user(&mut s, "a");
+    let b = user(&mut s, "b");
+    let c = user(&mut s, "c");
+    assert_eq!(user(&mut s, "a"), a, "a value keeps its group");
+    // a and c are busy, b is idle: a new value takes over b, the least recently used idle one.
+    assert_eq!(s.submit(a), Decision::Run);
+    assert_eq!(s.submit(c), Decision::Run);
+    let d = user(&mut s, "d");
+    assert_eq!(d, b);
+    assert_eq!(s.path(d), "adhoc.d");
+    assert_eq!(s.find("adhoc.b"), None);
+    // Every subgroup busy: the next value waits in the overflow group, which is one more node.
+    assert_eq!(s.submit(d), Decision::Run);
+    let e = user(&mut s, "e");
+    assert_eq!(s.path(e), "adhoc._overflow");
+    assert_eq!(user(&mut s, "f"), e);
+    // Once a is done it is the least recently used idle subgroup and goes first.
+    s.release(a, Duration::from_millis(5));
+    let g = user(&mut s, "g");
+    assert_eq!(g, a);
+    assert_eq!(s.path(g), "adhoc.g");
+    assert_eq!(
+        s.snapshot().len(),
+        1 + 4,
+        "adhoc, three users and the overflow group"
+    );
+    // Many distinct values never grow the tree past the cap plus the overflow group.
+    for i in 0..10_000 {
+        user(&mut s, &format!("user{i}"));
+    }
+    assert_eq!(s.snapshot().len(), 1 + 4);
+}
