@@ -15,49 +15,12 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use quiver_core::demand::{DemandReport, PoolDemand, WorkerLoad, count};
 use tokio::net::TcpListener;
 
 use crate::admission::Admission;
 use crate::dispatch::registry::Pools;
 use crate::metrics::GatewayMetrics;
-
-/// Demand of one pool, as the operator reads it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct PoolDemand {
-    /// Pool name.
-    pub pool: String,
-    /// Workers in the pool.
-    pub workers: usize,
-    /// Workers reporting SERVING.
-    pub ready: usize,
-    /// Queries running on the pool.
-    pub in_flight: usize,
-    /// Queries admitted but waiting for a slot.
-    pub queued: usize,
-    /// Arrivals over the last second.
-    pub arrivals_per_sec: f64,
-    /// Per-worker load, so scale-down can pick the least busy pods.
-    pub worker_loads: Vec<WorkerLoad>,
-}
-
-/// One worker's load.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct WorkerLoad {
-    /// Worker URL.
-    pub endpoint: String,
-    /// Reporting SERVING.
-    pub ready: bool,
-    /// Queries running on it.
-    pub in_flight: usize,
-}
-
-/// The `/v1/pools` document.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DemandReport {
-    /// One entry per pool.
-    pub pools: Vec<PoolDemand>,
-}
 
 /// What the admin handlers read.
 #[derive(Debug, Clone)]
@@ -82,17 +45,17 @@ impl AdminState {
                     let workers = pool.workers();
                     PoolDemand {
                         pool: pool.name().to_owned(),
-                        workers: workers.len(),
-                        ready: workers.iter().filter(|w| w.is_ready()).count(),
-                        in_flight: workers.iter().map(|w| w.in_flight()).sum(),
-                        queued: self.admission.queued_in(pool.name()) as usize,
+                        workers: count(workers.len()),
+                        ready: count(workers.iter().filter(|w| w.is_ready()).count()),
+                        in_flight: count(workers.iter().map(|w| w.in_flight()).sum()),
+                        queued: self.admission.queued_in(pool.name()),
                         arrivals_per_sec: self.admission.arrivals_per_sec(pool.name()),
                         worker_loads: workers
                             .iter()
                             .map(|w| WorkerLoad {
                                 endpoint: w.endpoint().to_owned(),
                                 ready: w.is_ready(),
-                                in_flight: w.in_flight(),
+                                in_flight: count(w.in_flight()),
                             })
                             .collect(),
                     }

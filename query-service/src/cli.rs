@@ -191,7 +191,7 @@ impl UpArgs {
         }
         let min = self.min_workers.unwrap_or(1);
         let max = self.max_workers.unwrap_or(min.max(4));
-        Scaling::Auto(quiver_operator::scaling::ScalingConfig {
+        Scaling::Auto(quiver_core::scaling::ScalingConfig {
             min_replicas: u32::from(min),
             max_replicas: u32::from(max),
             warm_replicas: u32::from(self.warm_workers),
@@ -199,7 +199,7 @@ impl UpArgs {
             stable_window: self.stable_window,
             panic_window: self.panic_window,
             scale_down_delay: self.scale_down_delay,
-            ..quiver_operator::scaling::ScalingConfig::default()
+            ..quiver_core::scaling::ScalingConfig::default()
         })
     }
 }
@@ -425,31 +425,10 @@ pub fn default_data_dir(scale_factor: f64) -> PathBuf {
     PathBuf::from(format!(".quiver/tpch-sf{scale_factor}"))
 }
 
-/// Parses sizes such as `512MiB`, `2GiB`, `64MB`, `1048576`.
+/// Parses sizes such as `512MiB`, `2Gi`, `64MB`, `1048576` (the grammar of
+/// [`quiver_core::units`]) for a flag.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size such as 512MiB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
-    };
-    let bytes = number * scale as f64;
-    if bytes < 1.0 {
-        return Err(format!("{s:?} must be at least one byte"));
-    }
-    Ok(bytes as u64)
+    quiver_core::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -33,49 +33,16 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use super::{Context, Figures, PoolKey, reconcile, status};
 use crate::crd::{POOL_LABEL, QueryPool};
-use crate::scaling::{Decision, DemandSample};
+use quiver_core::scaling::{Decision, DemandSample};
 
 /// Pods with a lower cost are removed first when a ReplicaSet shrinks.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
-/// The gateway's `/v1/pools` document (query-service `admin.rs`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct DemandReport {
-    /// One entry per pool.
-    pub pools: Vec<PoolDemand>,
-}
-
-/// One pool as one gateway sees it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct PoolDemand {
-    /// Pool name: the QueryPool's name.
-    pub pool: String,
-    /// Queries running on the pool.
-    pub in_flight: u32,
-    /// Queries admitted and waiting for a worker.
-    pub queued: u32,
-    /// Arrivals over the last second.
-    pub arrivals_per_sec: f64,
-    /// Per-worker load.
-    #[serde(default)]
-    pub worker_loads: Vec<WorkerLoad>,
-}
-
-/// One worker's load as one gateway sees it.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-pub struct WorkerLoad {
-    /// `grpc://IP:PORT`.
-    pub endpoint: String,
-    /// Reporting SERVING.
-    pub ready: bool,
-    /// Queries this gateway runs on it.
-    pub in_flight: u32,
-}
+pub use quiver_core::demand::{DemandReport, PoolDemand, WorkerLoad};
 
 /// A pool's demand summed over the gateways.
 #[derive(Debug, Clone, Default, PartialEq)]

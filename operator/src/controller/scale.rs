@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::crd::PoolSettings;
-use crate::scaling::{Decision, DemandSample, ScalingPolicy};
+use quiver_core::scaling::{Decision, DemandSample, ScalingPolicy};
 
 /// A pool: (namespace, name).
 pub type PoolKey = (String, String);

@@ -28,10 +28,8 @@ pub const WORKER_PORT: i32 = 50051;
 /// Name of the worker port on the pod and the Service (the gateway looks it up by this name).
 pub const WORKER_PORT_NAME: &str = "flight";
 
-/// Pattern of a duration the workers and the operator accept, e.g. `30s`, `1m30s`, `500ms`.
-const DURATION_PATTERN: &str = r"^([0-9]+(ns|us|ms|s|m|h))+$";
-/// Pattern of a memory size as the worker's `--memory-limit` accepts it, e.g. `512MiB`, `2GiB`.
-const SIZE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?([kKmMgG]([iI]?[bB])?|[bB])?$";
+/// Durations and sizes in the grammar every Quiver binary reads (`30s`, `1m30s`; `512MiB`, `2Gi`).
+use quiver_core::units::{DURATION_PATTERN, SIZE_PATTERN};
 
 /// Spec of a pool of pre-warmed query workers. The operator keeps `desired` workers running,
 /// where desired = demand / targetConcurrency + warmReplicas within [minReplicas, maxReplicas],

@@ -136,7 +136,7 @@ fn invalid_specs_name_the_field() {
             "InvalidLimits",
         ),
         (
-            |s| s.template.query_memory_limit = "2Gi".into(),
+            |s| s.template.query_memory_limit = "2 parsecs".into(),
             "queryMemoryLimit",
             "InvalidLimits",
         ),
@@ -162,10 +162,14 @@ fn invalid_specs_name_the_field() {
 
 #[test]
 fn sizes_follow_the_worker_flag() {
-    for ok in ["1GiB", "512MiB", "1.5GB", "100", "64kib"] {
-        assert!(validate::parse_size(ok).is_some(), "{ok}");
+    for ok in ["1GiB", "512MiB", "1.5GB", "100", "64kib", "2Gi", "1TiB"] {
+        let mut spec = sample_spec();
+        spec.template.query_memory_limit = ok.into();
+        assert!(validate(&spec).is_ok(), "{ok}");
     }
-    for bad in ["", "GiB", "2Gi", "1TiB", "-1GiB", "0"] {
-        assert!(validate::parse_size(bad).is_none(), "{bad}");
+    for bad in ["", "GiB", "1PiB", "-1GiB", "0"] {
+        let mut spec = sample_spec();
+        spec.template.query_memory_limit = bad.into();
+        assert!(validate(&spec).is_err(), "{bad}");
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use super::QueryPoolSpec;
-use crate::scaling::{ScalingConfig, ScalingError};
+use quiver_core::scaling::{ScalingConfig, ScalingError};
 
 /// A spec the operator cannot run; the message names the field and becomes the `Degraded`
 /// condition's message.
@@ -111,7 +111,7 @@ pub fn validate(spec: &QueryPoolSpec) -> Result<PoolSettings, SpecError> {
         Some(drain) => duration("drainTimeout", drain)?,
         None => query_timeout + DRAIN_MARGIN,
     };
-    if parse_size(&template.query_memory_limit).is_none() {
+    if quiver_core::units::parse_size(&template.query_memory_limit).is_err() {
         return Err(SpecError::Size(template.query_memory_limit.clone()));
     }
     if template.image.trim().is_empty() {
@@ -145,25 +145,4 @@ pub fn validate(spec: &QueryPoolSpec) -> Result<PoolSettings, SpecError> {
         pinned,
         drain_timeout,
     })
-}
-
-/// Bytes in a size such as `512MiB`, with the units `quiver worker --memory-limit` accepts.
-pub(crate) fn parse_size(s: &str) -> Option<u64> {
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (number, unit) = s.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let scale: u64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1_000,
-        "kib" => 1 << 10,
-        "m" | "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "g" | "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => return None,
-    };
-    let bytes = number * scale as f64;
-    (bytes >= 1.0).then_some(bytes as u64)
 }

@@ -12,13 +12,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use quiver_operator::scaling::{DemandSample, ScalingConfig, ScalingError, ScalingPolicy};
+use quiver_core::scaling::{ScalingConfig, ScalingError, ScalingPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::admin::DemandReport;
+use quiver_core::demand::DemandReport;
 
 /// How often demand is sampled: the policy reacts to a burst within one sample.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
@@ -72,7 +72,7 @@ pub async fn run(
             return Ok(());
         }
         let sample = match fetch_demand(admin).await {
-            Ok(report) => sample_of(&report, &pool),
+            Ok(report) => report.sample_of(&pool),
             Err(e) => {
                 tracing::debug!(error = %e, "demand sample skipped");
                 continue;
@@ -93,20 +93,6 @@ pub async fn run(
             desired.send_replace(decision.desired);
         }
     }
-}
-
-/// The policy's input for `pool` from a demand report; a pool the report lacks has no demand.
-pub fn sample_of(report: &DemandReport, pool: &str) -> DemandSample {
-    report
-        .pools
-        .iter()
-        .find(|p| p.pool == pool)
-        .map(|p| DemandSample {
-            in_flight: u32::try_from(p.in_flight).unwrap_or(u32::MAX),
-            queued: u32::try_from(p.queued).unwrap_or(u32::MAX),
-            arrivals_per_sec: p.arrivals_per_sec,
-        })
-        .unwrap_or_default()
 }
 
 /// Why a demand sample could not be read.
@@ -194,11 +180,14 @@ mod tests {
             REPORT.len()
         );
         let report = parse_response(response.as_bytes()).unwrap();
-        let sample = sample_of(&report, "default");
+        let sample = report.sample_of("default");
         assert_eq!(sample.in_flight, 5);
         assert_eq!(sample.queued, 3);
         assert_eq!(sample.arrivals_per_sec, 12.5);
-        assert_eq!(sample_of(&report, "other"), DemandSample::default());
+        assert_eq!(
+            report.sample_of("other"),
+            quiver_core::scaling::DemandSample::default()
+        );
     }
 
     #[test]
@@ -210,7 +199,7 @@ mod tests {
             b.len()
         );
         let report = parse_response(response.as_bytes()).unwrap();
-        assert_eq!(sample_of(&report, "default").in_flight, 5);
+        assert_eq!(report.sample_of("default").in_flight, 5);
     }
 
     #[test]

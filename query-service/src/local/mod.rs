@@ -64,7 +64,7 @@ pub enum UpError {
     Config(#[from] crate::admission::config::ConfigError),
     /// The worker counts do not hold together.
     #[error("invalid worker counts: {0}")]
-    Scaling(#[from] quiver_operator::scaling::ScalingError),
+    Scaling(#[from] quiver_core::scaling::ScalingError),
     /// The current executable could not be found to start workers.
     #[error("cannot locate the quiver executable to start workers: {0}")]
     Exe(#[source] std::io::Error),

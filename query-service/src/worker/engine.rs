@@ -55,7 +55,7 @@ pub enum EngineError {
     #[error("{0}")]
     InvalidQuery(String),
     /// The query needed more memory than its limit.
-    #[error("query exceeded its memory limit of {}: {detail}", format_bytes(*.limit_bytes))]
+    #[error("query exceeded its memory limit of {}: {detail}", quiver_core::units::format_size(*.limit_bytes as u64))]
     MemoryLimit {
         /// The limit in bytes.
         limit_bytes: usize,
@@ -81,22 +81,6 @@ pub enum EngineError {
     /// Anything else: data that cannot be read, an engine bug.
     #[error("query execution failed: {0}")]
     Execution(#[source] Box<DataFusionError>),
-}
-
-/// Sizes as an operator writes them in flags: `256 KiB`, `512 MiB`, `1.5 GiB`.
-fn format_bytes(bytes: usize) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 impl EngineError {
@@ -404,16 +388,3 @@ impl Stream for QueryStream {
 
 #[cfg(test)]
 mod differential_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::format_bytes;
-
-    #[test]
-    fn sizes_read_as_configured() {
-        assert_eq!(format_bytes(256 << 10), "256 KiB");
-        assert_eq!(format_bytes(1 << 30), "1 GiB");
-        assert_eq!(format_bytes(3 << 29), "1.5 GiB");
-        assert_eq!(format_bytes(100), "100 B");
-    }
-}

@@ -31,6 +31,7 @@ fn gateway_report(in_flight: &[(&str, u32)], queued: u32, arrivals: f64) -> Dema
                     in_flight: *n,
                 })
                 .collect(),
+            ..PoolDemand::default()
         }],
     }
 }

@@ -539,6 +539,7 @@ fn report(pool: &str, loads: &[(&str, u32)], queued: u32) -> DemandReport {
                     in_flight: *n,
                 })
                 .collect(),
+            ..PoolDemand::default()
         }],
     }
 }

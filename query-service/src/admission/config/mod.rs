@@ -638,9 +638,9 @@ fn compile_group(
     }
     let memory_limit = g
         .memory_limit
-        .map(|m| crate::cli::parse_bytes(&m))
+        .map(|m| quiver_core::units::parse_size(&m))
         .transpose()
-        .map_err(|e| invalid(format!("{field}.memory_limit"), e))?
+        .map_err(|e| invalid(format!("{field}.memory_limit"), e.to_string()))?
         .or(parent.and_then(|p| p.memory_limit));
     let mut node = GroupNode {
         name: g.name,
