@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::controller::resources::GatewayPeer;
-
 /// Kubernetes operator for Quiver query pools.
 #[derive(Debug, Parser)]
 #[command(name = "quiver-operator", version, about)]
@@ -103,16 +101,6 @@ pub struct GatewayArgs {
     pub gateway_namespace: Option<String>,
 }
 
-impl GatewayArgs {
-    /// The peer the workers' NetworkPolicies admit.
-    pub fn peer(&self) -> GatewayPeer {
-        GatewayPeer {
-            pod_labels: self.gateway_pod_labels.clone(),
-            namespace: self.gateway_namespace.clone().filter(|ns| !ns.is_empty()),
-        }
-    }
-}
-
 /// Parses `key=value,...` into labels, refusing what the API server would (bad syntax) and an
 /// empty set, which would select every pod of the namespace.
 pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
@@ -174,6 +162,7 @@ impl Default for RunArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::resources::GatewayPeer;
 
     #[test]
     fn gateway_pod_labels_default_to_the_charts_gateway_pods() {

@@ -66,8 +66,8 @@ pub async fn run(data_dir: &Path, scale_factor: f64, iterations: usize) -> anyho
     }
     let exe = std::env::current_exe().context("cannot locate the quiver executable")?;
     // The bench knows the deployment's key, so it can call the worker as the gateway does.
-    let key = crate::ticket::TicketSigner::random_key();
-    let signer = crate::ticket::TicketSigner::new(key.as_bytes());
+    let key = quiver_core::ticket::TicketSigner::random_key();
+    let signer = quiver_core::ticket::TicketSigner::new(key.as_bytes());
     let mut up = Command::new(exe)
         .env("QUIVER_TICKET_KEY", &key)
         .args([

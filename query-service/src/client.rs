@@ -55,24 +55,24 @@ pub fn describe(err: &FlightError) -> String {
 /// signed with the deployment's key), for benchmarks that measure the worker alone.
 pub async fn query_worker(
     client: &mut FlightSqlServiceClient<Channel>,
-    signer: &crate::ticket::TicketSigner,
+    signer: &quiver_core::ticket::TicketSigner,
     sql: &str,
 ) -> Result<Vec<RecordBatch>, FlightError> {
-    use crate::ticket::{QueryTicket, TicketKind};
     use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
     use prost::Message;
+    use quiver_core::ticket::{QueryTicket, TicketKind};
     let all = vec!["*".to_owned()];
     let admitted = signer.sign(&QueryTicket {
         catalogs: Some(all.clone()),
         ..QueryTicket::new(TicketKind::Admitted, sql)
     });
-    let grant = crate::worker::flight::grant_header(signer, &all);
+    let grant = quiver_core::protocol::grant_header(signer, &all);
     fn request<T>(message: T, grant: &str) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         if let Ok(value) = grant.parse() {
             request
                 .metadata_mut()
-                .insert(crate::worker::flight::GRANT_HEADER, value);
+                .insert(quiver_core::protocol::GRANT_HEADER, value);
         }
         request
     }

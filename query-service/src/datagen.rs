@@ -19,7 +19,7 @@ use tpchgen_arrow::{
     RecordBatchIterator, RegionArrow, SupplierArrow,
 };
 
-use crate::worker::catalog::{CatalogFile, TableEntry};
+use quiver_worker::catalog::{CatalogFile, TableEntry};
 
 /// The catalog file name inside a data directory.
 pub const CATALOG_FILE: &str = "catalog.yaml";
@@ -135,8 +135,8 @@ pub fn generate(dir: &Path, scale_factor: f64) -> Result<PathBuf, DatagenError> 
         });
     }
     let catalog = CatalogFile {
-        catalog: crate::worker::catalog::DEFAULT_CATALOG.to_owned(),
-        schema: crate::worker::catalog::DEFAULT_SCHEMA.to_owned(),
+        catalog: quiver_core::protocol::DEFAULT_CATALOG.to_owned(),
+        schema: quiver_core::protocol::DEFAULT_SCHEMA.to_owned(),
         tables: entries,
     };
     let text = format!(
@@ -151,7 +151,7 @@ pub fn generate(dir: &Path, scale_factor: f64) -> Result<PathBuf, DatagenError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::worker::catalog::Catalog;
+    use quiver_worker::catalog::Catalog;
 
     #[test]
     fn generates_loadable_catalog() {

@@ -73,8 +73,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
             let endpoints = args.pool_endpoints().map_err(anyhow::Error::msg)?;
-            let pools =
-                quiver::dispatch::registry::Pools::new(endpoints.keys().map(String::as_str));
+            let pools = quiver_gateway::dispatch::registry::Pools::new(
+                endpoints.keys().map(String::as_str),
+            );
             for (name, workers) in &endpoints {
                 let pool = pools.get(name)?;
                 for endpoint in workers {
@@ -82,15 +83,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
             if args.discovery == quiver::cli::Discovery::Kubernetes {
-                use quiver::dispatch::discovery;
+                use quiver_gateway::dispatch::discovery;
                 let (client, namespace) = discovery::connect(args.namespace.clone()).await?;
                 let pools = pools.clone();
                 tokio::spawn(async move { discovery::run(client, &namespace, pools).await });
             }
-            let config = quiver::gateway::GatewayConfig {
+            let config = quiver_gateway::server::GatewayConfig {
                 admin: Some(admin),
                 pools,
-                metrics: std::sync::Arc::new(quiver::metrics::GatewayMetrics::default()),
+                metrics: std::sync::Arc::new(quiver_gateway::metrics::GatewayMetrics::default()),
                 key: args.ticket_key.into_bytes(),
                 config: args.config,
                 tenants: args.tenants_file,
@@ -100,28 +101,28 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 query_timeout: args.query_timeout,
             };
-            quiver::gateway::run(listener, config, quiver::shutdown::signal()).await?;
+            quiver_gateway::server::run(listener, config, quiver::shutdown::signal()).await?;
         }
         Command::Worker(args) => {
             // The catalog is checked before binding: a bad file is a start-up error, not a
             // worker that never becomes ready.
-            let catalog = quiver::worker::catalog::Catalog::load(&args.catalog)?;
+            let catalog = quiver_worker::catalog::Catalog::load(&args.catalog)?;
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let addr = listener.local_addr()?;
             println!("{}{addr}", quiver::local::supervisor::LISTENING_PREFIX);
-            let config = quiver::worker::WorkerConfig {
+            let config = quiver_worker::WorkerConfig {
                 catalog,
-                limits: quiver::worker::engine::QueryLimits {
+                limits: quiver_worker::engine::QueryLimits {
                     memory_limit: usize::try_from(args.limits.memory_limit).unwrap_or(usize::MAX),
                     timeout: args.limits.query_timeout,
                 },
                 drain_timeout: args.limits.drain_timeout(),
             };
-            let signer = quiver::ticket::TicketSigner::new(args.ticket_key.as_bytes());
+            let signer = quiver_core::ticket::TicketSigner::new(args.ticket_key.as_bytes());
             let shutdown = quiver::shutdown::signal_or_stdin_eof(args.exit_on_stdin_eof);
-            quiver::worker::run(listener, config, signer, shutdown).await?;
+            quiver_worker::run(listener, config, signer, shutdown).await?;
         }
         Command::HashPassword => {
             let mut password = String::new();
@@ -132,7 +133,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if password.is_empty() {
                 anyhow::bail!("no password on standard input");
             }
-            println!("{}", quiver::auth::hash_password(password));
+            println!("{}", quiver_gateway::auth::hash_password(password));
         }
         Command::PreStop(args) => tokio::time::sleep(args.delay).await,
         Command::Datagen(args) => {

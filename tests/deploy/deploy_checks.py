@@ -22,7 +22,7 @@ OPERATOR_RULES = {
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
-# What kubernetes discovery calls (query-service/src/dispatch/discovery.rs): a watcher.
+# What kubernetes discovery calls (query-service/gateway/src/dispatch/discovery.rs): a watcher.
 GATEWAY_RULES = {
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
 }

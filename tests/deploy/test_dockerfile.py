@@ -35,6 +35,15 @@ def test_builds_both_binaries_locked_in_release():
     assert "COPY --from=builder /out/bin/quiver /out/bin/quiver-operator /usr/local/bin/" in DOCKERFILE
 
 
+def test_every_workspace_member_is_in_the_manifest_stage():
+    """The dependency layer is built from the manifests alone; a member missing there fails the
+    image build at `cargo fetch`."""
+    workspace = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["members"]
+    manifests = DOCKERFILE.split("cargo fetch", 1)[0]
+    for member in workspace:
+        assert f"COPY {member}/Cargo.toml {member}/Cargo.toml" in manifests, member
+
+
 def test_runs_as_non_root_and_picks_roles_by_argument():
     runtime = DOCKERFILE.split("AS runtime", 1)[1]
     assert re.search(r"^USER 65532:65532$", runtime, re.M)

@@ -27,7 +27,8 @@ use super::demand::{self, Gateways, Poller};
 use super::leader::LeaseLock;
 use super::resources::MANAGER;
 use super::{Context, error_policy, reconcile};
-use crate::cli::RunArgs;
+use crate::cli::{GatewayArgs, RunArgs};
+use crate::controller::resources::GatewayPeer;
 use crate::crd::QueryPool;
 use crate::metrics::Metrics;
 
@@ -155,4 +156,14 @@ where
 /// The pod name when QUIVER_POD_NAME is not set: the hostname (a pod's hostname is its name).
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "quiver-operator".into())
+}
+
+impl GatewayArgs {
+    /// The peer the workers' NetworkPolicies admit.
+    pub fn peer(&self) -> GatewayPeer {
+        GatewayPeer {
+            pod_labels: self.gateway_pod_labels.clone(),
+            namespace: self.gateway_namespace.clone().filter(|ns| !ns.is_empty()),
+        }
+    }
 }

@@ -1,6 +1,9 @@
 //! What every Quiver role shares, with no I/O: the one grammar for sizes and durations, the
 //! demand report gateways publish, the scaling policy the operator and `quiver up` both run, and
-//! the simulation that compares that policy with others.
+//! the simulation that compares that policy with others. With the `query` feature (gateways and
+//! workers), also what both sides of a query agree on: who may read what ([`access`]), the SQL
+//! checks done before any parse ([`sql`]), signed tickets and grants ([`ticket`],
+//! [`protocol`]), and prepared-statement parameters ([`prepared`]).
 //!
 //! ```text
 //!  gateway ──/v1/pools: demand::DemandReport──► operator, quiver up
@@ -12,3 +15,14 @@ pub mod demand;
 pub mod scaling;
 pub mod simulate;
 pub mod units;
+
+#[cfg(feature = "query")]
+pub mod access;
+#[cfg(feature = "query")]
+pub mod prepared;
+#[cfg(feature = "query")]
+pub mod protocol;
+#[cfg(feature = "query")]
+pub mod sql;
+#[cfg(feature = "query")]
+pub mod ticket;

@@ -7,12 +7,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
-use quiver::dispatch::pool::WorkerPool;
-use quiver::metrics::GatewayMetrics;
-use quiver::ticket::TicketSigner;
-use quiver::worker::WorkerConfig;
-use quiver::worker::catalog::Catalog;
-use quiver::worker::engine::QueryLimits;
+use quiver_core::ticket::TicketSigner;
+use quiver_gateway::dispatch::pool::WorkerPool;
+use quiver_gateway::metrics::GatewayMetrics;
+use quiver_worker::WorkerConfig;
+use quiver_worker::catalog::Catalog;
+use quiver_worker::engine::QueryLimits;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -41,7 +41,7 @@ pub fn default_limits() -> QueryLimits {
 pub struct TestWorker {
     pub addr: SocketAddr,
     pub stop: Option<oneshot::Sender<()>>,
-    pub task: tokio::task::JoinHandle<Result<(), quiver::worker::WorkerError>>,
+    pub task: tokio::task::JoinHandle<Result<(), quiver_worker::WorkerError>>,
 }
 
 pub async fn start_worker(limits: QueryLimits) -> TestWorker {
@@ -53,7 +53,7 @@ pub async fn start_worker(limits: QueryLimits) -> TestWorker {
         drain_timeout: Duration::from_secs(10),
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(quiver::worker::run(
+    let task = tokio::spawn(quiver_worker::run(
         listener,
         config,
         TicketSigner::new(KEY),
@@ -88,9 +88,9 @@ pub async fn start_gateway_with(
         .expect("workers ready in time");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = quiver::gateway::GatewayConfig {
+    let config = quiver_gateway::server::GatewayConfig {
         admin: None,
-        pools: quiver::dispatch::registry::Pools::single(pool.clone()),
+        pools: quiver_gateway::dispatch::registry::Pools::single(pool.clone()),
         metrics: Arc::new(GatewayMetrics::default()),
         key: KEY.to_vec(),
         config: admission,
@@ -98,10 +98,10 @@ pub async fn start_gateway_with(
         replicas: 1,
         worker_slots: 8,
         tls: None,
-        max_sql_bytes: quiver::sql::DEFAULT_MAX_SQL_BYTES,
+        max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
         query_timeout: Duration::from_secs(30),
     };
-    tokio::spawn(quiver::gateway::run(
+    tokio::spawn(quiver_gateway::server::run(
         listener,
         config,
         std::future::pending(),

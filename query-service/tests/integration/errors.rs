@@ -7,8 +7,8 @@ use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
 use arrow_flight::{FlightClient, Ticket};
 use futures::TryStreamExt;
 use prost::Message;
-use quiver::ticket::{TicketKind, TicketSigner};
-use quiver::worker::engine::QueryLimits;
+use quiver_core::ticket::{TicketKind, TicketSigner};
+use quiver_worker::engine::QueryLimits;
 use tonic::Code;
 
 use crate::common::*;
@@ -168,7 +168,7 @@ async fn invalid_catalog_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("catalog.yaml");
     std::fs::write(&path, "tables:\n  - {name: t, location: missing.parquet}\n").unwrap();
-    let err = quiver::worker::catalog::Catalog::load(&path)
+    let err = quiver_worker::catalog::Catalog::load(&path)
         .unwrap_err()
         .to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
@@ -177,11 +177,11 @@ async fn invalid_catalog_is_refused_at_start() {
     // A file that exists but is not Parquet fails warm-up with the table named.
     std::fs::write(dir.path().join("bad.parquet"), b"not parquet").unwrap();
     std::fs::write(&path, "tables:\n  - {name: bad, location: bad.parquet}\n").unwrap();
-    let catalog = quiver::worker::catalog::Catalog::load(&path).unwrap();
+    let catalog = quiver_worker::catalog::Catalog::load(&path).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let err = quiver::worker::run(
+    let err = quiver_worker::run(
         listener,
-        quiver::worker::WorkerConfig {
+        quiver_worker::WorkerConfig {
             catalog,
             limits: default_limits(),
             drain_timeout: Duration::from_secs(1),

@@ -29,7 +29,7 @@ async fn statement_through_gateway_matches_direct() {
     let sql = "SELECT count(*) FROM lineitem WHERE l_quantity < 10";
     let direct = quiver::client::query_worker(
         &mut client(worker.addr).await,
-        &quiver::ticket::TicketSigner::new(KEY),
+        &quiver_core::ticket::TicketSigner::new(KEY),
         sql,
     )
     .await
@@ -205,7 +205,7 @@ async fn draining_worker_finishes_its_query_while_the_other_serves() {
 
 #[tokio::test]
 async fn an_admitted_ticket_runs_on_any_worker_and_nothing_else_does() {
-    use quiver::ticket::{QueryTicket, TicketKind, TicketSigner};
+    use quiver_core::ticket::{QueryTicket, TicketKind, TicketSigner};
     let a = start_worker(default_limits()).await;
     let b = start_worker(default_limits()).await;
     // Both warm (the gateway is only used here to wait for readiness).
@@ -256,8 +256,8 @@ async fn an_admitted_ticket_runs_on_any_worker_and_nothing_else_does() {
     );
     let mut request = tonic::Request::new(ticket);
     request.metadata_mut().insert(
-        quiver::worker::flight::GRANT_HEADER,
-        quiver::worker::flight::grant_header(&signer, &[])
+        quiver_core::protocol::GRANT_HEADER,
+        quiver_core::protocol::grant_header(&signer, &[])
             .parse()
             .unwrap(),
     );

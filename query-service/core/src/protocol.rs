@@ -1,0 +1,42 @@
+//! What a gateway and its workers agree on besides Flight SQL itself: the grant header every
+//! worker call carries, the action that creates a prepared statement from an admitted ticket,
+//! the header that reports a worker's state, message limits, and the default catalog names.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
+
+/// Header of the gateway's grant on every call to a worker.
+pub const GRANT_HEADER: &str = "x-quiver-grant";
+/// Action the gateway sends to create a prepared statement: its body is an admitted ticket.
+pub const CREATE_ADMITTED_PREPARED: &str = "quiver.CreatePreparedStatement";
+/// Response metadata a worker sets when it refuses a call because of its own state (warming
+/// up, draining): a fact about the worker the gateway may act on, unlike error text.
+pub const WORKER_STATE_HEADER: &str = "x-quiver-worker-state";
+/// Largest gRPC message a worker accepts or sends; Flight batches are split well below it.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest a query may run by default, from planning to its last batch (gateway and worker).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Catalog unqualified table names resolve in.
+pub const DEFAULT_CATALOG: &str = "quiver";
+/// Schema unqualified table names resolve in.
+pub const DEFAULT_SCHEMA: &str = "public";
+
+/// The header value granting a worker call (no statement: statements travel as tickets).
+pub fn grant_header(signer: &TicketSigner, catalogs: &[String]) -> String {
+    let grant = QueryTicket {
+        catalogs: Some(catalogs.to_vec()),
+        ..QueryTicket::new(TicketKind::Admitted, "")
+    };
+    STANDARD.encode(signer.sign(&grant))
+}
+
+/// True when `header` is a genuine, unexpired grant.
+pub fn is_granted(signer: &TicketSigner, header: &str) -> bool {
+    STANDARD
+        .decode(header)
+        .is_ok_and(|bytes| signer.verify(&bytes, TicketKind::Admitted).is_ok())
+}

@@ -1,0 +1,315 @@
+//! Dispatch: sends a query to the least-loaded ready worker of its pool and relays the answer.
+//!
+//! A worker that fails before the client has seen a row (connection refused, killed, still
+//! warming up) costs the client nothing: the call is retried once on another worker; the schema
+//! is held back until the first batch so a worker dying while it plans is retried too. Once
+//! batches have flowed, a failure is reported as `UNAVAILABLE` so the client knows a retry is
+//! safe. A worker is judged failed on transport facts only (a connection or stream error from
+//! the HTTP/2 stack, or the worker's own state metadata), never on an error's text, which a
+//! query can write.
+//! Flight data is relayed message by message, never decoded or collected, so the gateway's
+//! memory does not grow with the result.
+
+pub mod discovery;
+pub mod pool;
+pub mod registry;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow_flight::flight_service_client::FlightServiceClient;
+use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo, Ticket};
+use futures::{Stream, StreamExt};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use self::pool::{Worker, WorkerLoad, WorkerPool};
+use self::registry::Pools;
+use quiver_core::protocol::GRANT_HEADER;
+use quiver_core::protocol::WORKER_STATE_HEADER;
+
+/// A relayed stream of Flight data.
+pub type FlightDataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send>>;
+
+/// Why a query could not be dispatched.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No worker in the pool reports SERVING.
+    #[error("no ready worker in pool {pool:?} ({workers} workers, none ready); retry shortly")]
+    NoReadyWorker {
+        /// The pool.
+        pool: String,
+        /// Workers in it, ready or not.
+        workers: usize,
+    },
+    /// The worker failed as a process or connection, on the first try and the retry.
+    #[error("worker {endpoint} failed: {message}; the query can be retried")]
+    WorkerFailed {
+        /// The last worker tried.
+        endpoint: String,
+        /// What the connection reported.
+        message: String,
+    },
+    /// The worker answered with an error about the query itself; passed through unchanged.
+    #[error("{}", .0.message())]
+    Worker(Box<Status>),
+    /// A placement names a pool this gateway does not serve (the config was checked against
+    /// the pools, so this means the pools changed under a running config).
+    #[error("pool {pool:?} is not served by this gateway (pools: {known})")]
+    UnknownPool {
+        /// The pool asked for.
+        pool: String,
+        /// The pools served, comma-separated.
+        known: String,
+    },
+    /// A worker address that is not a valid URL.
+    #[error("invalid worker endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// As given.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// How a failed call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection or stream broke: the worker is suspect.
+    Transport,
+    /// The worker said it cannot serve yet (warming up): try another, its health will tell.
+    NotReady,
+    /// The worker answered about the query itself.
+    Query,
+}
+
+/// Sorts a status by who failed. Statuses the client library made from a transport error carry
+/// that error as their source; statuses a worker sent do not, and only the worker's own code
+/// sets [`WORKER_STATE_HEADER`].
+fn failure(status: &Status) -> Failure {
+    if std::error::Error::source(status).is_some() {
+        Failure::Transport
+    } else if status.code() == Code::Unavailable
+        && status.metadata().contains_key(WORKER_STATE_HEADER)
+    {
+        Failure::NotReady
+    } else {
+        Failure::Query
+    }
+}
+
+/// A call's request with the gateway's grant header.
+fn granted<T>(message: T, grant: &str) -> Result<tonic::Request<T>, Status> {
+    let mut request = tonic::Request::new(message);
+    let value = grant
+        .parse()
+        .map_err(|_| Status::internal("the worker grant is not a valid header"))?;
+    request.metadata_mut().insert(GRANT_HEADER, value);
+    Ok(request)
+}
+
+/// Messages held before the first batch at most; past it the stream is relayed as it is (a
+/// result with that many dictionaries is already streaming).
+const HELD_MESSAGES: usize = 64;
+
+/// True for a Flight message that carries rows (an IPC record batch).
+fn carries_rows(data: &FlightData) -> bool {
+    arrow::ipc::root_as_message(&data.data_header)
+        .map(|m| m.header_type() == arrow::ipc::MessageHeader::RecordBatch)
+        .unwrap_or(true)
+}
+
+/// Sends calls to the workers of one of the gateway's pools.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    pools: Arc<Pools>,
+    pool: Arc<WorkerPool>,
+}
+
+impl Dispatcher {
+    /// Dispatches to the default pool of `pools`; [`Dispatcher::on`] picks another.
+    pub fn new(pools: Arc<Pools>) -> Self {
+        let pool = pools.default_pool().clone();
+        Self { pools, pool }
+    }
+
+    /// The pool dispatched to.
+    pub fn pool(&self) -> &Arc<WorkerPool> {
+        &self.pool
+    }
+
+    /// A dispatcher for the pool named `pool` (a query's placement), so a group's queries only
+    /// ever reach its own pool's workers.
+    pub fn on(&self, pool: &str) -> Result<Dispatcher, DispatchError> {
+        if pool == self.pool.name() {
+            return Ok(self.clone());
+        }
+        Ok(Self {
+            pools: self.pools.clone(),
+            pool: self.pools.get(pool)?.clone(),
+        })
+    }
+
+    /// Runs `call` on the least-loaded ready worker, and once more on another if the first
+    /// worker fails as a process. The load guard is returned so streams can hold it.
+    async fn with_retry<T, F, Fut>(&self, call: F) -> Result<(T, WorkerLoad), DispatchError>
+    where
+        F: Fn(FlightServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut failed: Option<Arc<Worker>> = None;
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let worker = match self.pool.pick(failed.as_ref()) {
+                Ok(w) => w,
+                Err(no_worker) => return Err(last_error.unwrap_or(no_worker)),
+            };
+            let load = worker.start_query();
+            match call(worker.client()).await {
+                Ok(value) => {
+                    worker.answered();
+                    return Ok((value, load));
+                }
+                Err(status) => match failure(&status) {
+                    Failure::Query => {
+                        worker.answered();
+                        return Err(DispatchError::Worker(Box::new(status)));
+                    }
+                    kind => {
+                        tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
+                        if kind == Failure::Transport {
+                            worker.mark_failed();
+                        }
+                        last_error = Some(DispatchError::WorkerFailed {
+                            endpoint: worker.endpoint().to_owned(),
+                            message: status.message().to_owned(),
+                        });
+                        failed = Some(worker);
+                    }
+                },
+            }
+        }
+        Err(last_error.expect("two failed attempts recorded an error"))
+    }
+
+    /// `GetFlightInfo` on a worker, with the gateway's `grant`. The returned info's endpoints
+    /// carry no location, so the client redeems its tickets at the gateway.
+    pub async fn get_flight_info(
+        &self,
+        descriptor: FlightDescriptor,
+        grant: &str,
+    ) -> Result<FlightInfo, DispatchError> {
+        let (response, _load) = self
+            .with_retry(|mut client| {
+                let request = granted(descriptor.clone(), grant);
+                async move { client.get_flight_info(request?).await }
+            })
+            .await?;
+        let mut info = response.into_inner();
+        for endpoint in &mut info.endpoint {
+            endpoint.location.clear();
+        }
+        Ok(info)
+    }
+
+    /// `DoAction` on a worker, collecting its (small) results.
+    pub async fn do_action(
+        &self,
+        action: Action,
+        grant: &str,
+    ) -> Result<Vec<arrow_flight::Result>, DispatchError> {
+        let (results, _load) = self
+            .with_retry(|mut client| {
+                let request = granted(action.clone(), grant);
+                async move {
+                    let mut stream = client.do_action(request?).await?.into_inner();
+                    let mut out = Vec::new();
+                    while let Some(item) = stream.message().await? {
+                        out.push(item);
+                    }
+                    Ok(out)
+                }
+            })
+            .await?;
+        Ok(results)
+    }
+
+    /// `DoGet` on a worker, relaying its Flight data as it arrives. Messages are held until the
+    /// first one with rows (or the end), so a worker that dies before the client has seen a row
+    /// is retried on another.
+    pub async fn do_get(
+        &self,
+        ticket: Ticket,
+        grant: &str,
+    ) -> Result<FlightDataStream, DispatchError> {
+        let ((held, rest), load) = self
+            .with_retry(|mut client| {
+                let request = granted(ticket.clone(), grant);
+                async move {
+                    let mut stream = client.do_get(request?).await?.into_inner();
+                    let mut held = Vec::new();
+                    while held.len() < HELD_MESSAGES {
+                        match stream.message().await? {
+                            Some(message) => {
+                                let rows = carries_rows(&message);
+                                held.push(message);
+                                if rows {
+                                    break;
+                                }
+                            }
+                            None => break,
+                        }
+                    }
+                    Ok((held, stream))
+                }
+            })
+            .await?;
+        let endpoint = load.worker().endpoint().to_owned();
+        let head = futures::stream::iter(held.into_iter().map(Ok));
+        let tail = rest.map(move |item| {
+            // The load guard lives as long as the relayed stream.
+            let _held = &load;
+            item.map_err(|status| {
+                if failure(&status) == Failure::Transport {
+                    Status::unavailable(format!(
+                        "worker {endpoint} failed while streaming results: {}; the query can be retried",
+                        status.message()
+                    ))
+                } else {
+                    status
+                }
+            })
+        });
+        Ok(Box::pin(head.chain(tail)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn routes_to_the_named_pool_only() {
+        let pools = Pools::new(["a", "b"]);
+        pools.get("a").unwrap().add("127.0.0.1:1").unwrap();
+        let dispatcher = Dispatcher::new(pools);
+        assert_eq!(dispatcher.pool().name(), "a");
+        let b = dispatcher.on("b").unwrap();
+        assert_eq!(b.pool().name(), "b");
+        // Pool b has no worker: its query is refused even though pool a has one.
+        let err = b
+            .do_get(Ticket::new("SELECT 1"), "grant")
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(&err, DispatchError::NoReadyWorker { pool, workers: 0 } if pool == "b"),
+            "{err}"
+        );
+        assert!(matches!(
+            dispatcher.on("c"),
+            Err(DispatchError::UnknownPool { .. })
+        ));
+    }
+}

@@ -1,0 +1,396 @@
+//! The worker's DataFusion engine: a pre-warmed session shared by all queries, and a per-query
+//! session with its own memory pool and deadline.
+//!
+//! ```text
+//!  warm_up(catalog) ──► base SessionState (tables registered, Parquet footers cached,
+//!                        hot tables in memory)
+//!  per query ──► SessionState clone + own RuntimeEnv { own memory pool, shared caches,
+//!                shared object stores } ──► plan ──► execute_stream ──► deadline-limited stream
+//! ```
+//!
+//! Sharing the cache manager keeps the metadata read at warm-up useful for every query; giving
+//! each query its own memory pool means one runaway query hits its own limit and fails alone.
+
+use std::num::NonZeroUsize;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::{SQLOptions, SessionState};
+use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::scalar::ScalarValue;
+use futures::Stream;
+use object_store::ObjectStore;
+use tokio::time::{Instant, Sleep};
+use url::Url;
+
+use crate::catalog::{Catalog, CatalogError};
+
+pub use quiver_core::protocol::DEFAULT_QUERY_TIMEOUT;
+
+/// Limits every query on this worker runs under.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    /// Bytes of operator memory one query may reserve (hash tables, sort buffers).
+    pub memory_limit: usize,
+    /// Wall-clock time from planning to the last batch.
+    pub timeout: Duration,
+}
+
+/// Why a query failed, sorted by who can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The SQL is malformed, names something that does not exist, or is not a read-only query.
+    #[error("{0}")]
+    InvalidQuery(String),
+    /// The query needed more memory than its limit.
+    #[error("query exceeded its memory limit of {}: {detail}", quiver_core::units::format_size(*.limit_bytes as u64))]
+    MemoryLimit {
+        /// The limit in bytes.
+        limit_bytes: usize,
+        /// DataFusion's account of the failed reservation.
+        detail: String,
+    },
+    /// The query ran longer than its time limit.
+    #[error("query exceeded its time limit of {}", humantime::format_duration(*.limit))]
+    Timeout {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The plan scans a table the tenant may not read (the gateway's check should have refused
+    /// it first; this is the second line).
+    #[error("the query reads {table}, which its tenant may not read")]
+    Forbidden {
+        /// The table, `catalog.schema.table`.
+        table: String,
+    },
+    /// SQL that DataFusion parses but cannot run.
+    #[error("not supported: {0}")]
+    NotSupported(String),
+    /// Anything else: data that cannot be read, an engine bug.
+    #[error("query execution failed: {0}")]
+    Execution(#[source] Box<DataFusionError>),
+}
+
+impl EngineError {
+    fn classify(err: DataFusionError, limits: &QueryLimits) -> Self {
+        let root = err.find_root();
+        match root {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..) => EngineError::InvalidQuery(root.to_string()),
+            DataFusionError::NotImplemented(m) => EngineError::NotSupported(m.clone()),
+            DataFusionError::ResourcesExhausted(m) => EngineError::MemoryLimit {
+                limit_bytes: limits.memory_limit,
+                detail: m.clone(),
+            },
+            DataFusionError::ArrowError(e, _)
+                if matches!(**e, arrow::error::ArrowError::DivideByZero) =>
+            {
+                EngineError::InvalidQuery(root.to_string())
+            }
+            _ => EngineError::Execution(Box::new(err)),
+        }
+    }
+}
+
+/// The warmed engine. Cheap to share; each query builds its own session from it.
+pub struct Engine {
+    base: SessionState,
+    limits: QueryLimits,
+}
+
+impl Engine {
+    /// Registers every table of `catalog`, reads its Parquet metadata into the shared caches and
+    /// loads hot tables into memory. Returns only when the worker is ready to serve.
+    pub async fn warm_up(catalog: &Catalog, limits: QueryLimits) -> Result<Self, CatalogError> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(&catalog.catalog, &catalog.schema)
+            .with_create_default_catalog_and_schema(true)
+            .with_information_schema(true);
+        let registry: Arc<dyn ObjectStoreRegistry> = Arc::new(DefaultObjectStoreRegistry::new());
+        let runtime = RuntimeEnvBuilder::new()
+            .with_object_store_registry(registry.clone())
+            .build_arc()
+            .map_err(|e| register_error("<runtime>", &catalog.tables[0].url, e))?;
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+
+        for table in &catalog.tables {
+            let fail = |e| register_error(&table.name, &table.url, e);
+            if table.url.scheme() != "file" {
+                let store = object_store_for(&table.url).map_err(fail)?;
+                registry.register_store(&table.url, store);
+            }
+            ctx.register_parquet(
+                &table.name,
+                table.url.as_str(),
+                ParquetReadOptions::default(),
+            )
+            .await
+            .map_err(fail)?;
+            if table.hot {
+                let df = ctx.table(&table.name).await.map_err(fail)?;
+                let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+                let batches = df.collect().await.map_err(fail)?;
+                let mem = MemTable::try_new(schema, vec![batches]).map_err(fail)?;
+                ctx.deregister_table(&table.name).map_err(fail)?;
+                ctx.register_table(&table.name, Arc::new(mem))
+                    .map_err(fail)?;
+            } else {
+                // Planning and counting reads every footer into the shared metadata and
+                // statistics caches, so the first real query does not pay for it.
+                ctx.sql(&format!("SELECT count(*) FROM \"{}\"", table.name))
+                    .await
+                    .map_err(fail)?
+                    .collect()
+                    .await
+                    .map_err(fail)?;
+            }
+            tracing::info!(table = %table.name, url = %table.url, hot = table.hot, "table warmed");
+        }
+        Ok(Self {
+            base: ctx.state(),
+            limits,
+        })
+    }
+
+    /// An engine over a session built elsewhere (tests, embedders): queries get sessions
+    /// cloned from `base`, each with its own memory pool as usual.
+    pub fn from_state(base: SessionState, limits: QueryLimits) -> Self {
+        Self { base, limits }
+    }
+
+    /// The limits queries run under.
+    pub fn limits(&self) -> QueryLimits {
+        self.limits
+    }
+
+    /// The shared, warmed session (catalog browsing for metadata commands).
+    pub fn base_state(&self) -> &SessionState {
+        &self.base
+    }
+
+    /// A session for one query: the warmed catalog and caches, with a memory pool of its own.
+    fn session(&self, memory_limit: usize) -> SessionContext {
+        let shared = self.base.runtime_env();
+        let pool = TrackConsumersPool::new(
+            GreedyMemoryPool::new(memory_limit),
+            NonZeroUsize::new(3).expect("non-zero"),
+        );
+        let runtime = Arc::new(RuntimeEnv {
+            memory_pool: Arc::new(pool),
+            disk_manager: shared.disk_manager.clone(),
+            cache_manager: shared.cache_manager.clone(),
+            object_store_registry: shared.object_store_registry.clone(),
+        });
+        let state = SessionStateBuilder::new_from_existing(self.base.clone())
+            .with_runtime_env(runtime)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    /// Plans `sql` as a read-only query with its parameter values, for its result schema.
+    pub async fn plan(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+        catalogs: &[String],
+    ) -> Result<(DataFrame, SchemaRef), EngineError> {
+        self.plan_limited(sql, params, &self.limits, catalogs).await
+    }
+
+    /// Plans a statement for `CreatePreparedStatement`: its result schema and the schema of the
+    /// parameters its `$n` placeholders take.
+    pub async fn prepare(
+        &self,
+        sql: &str,
+        catalogs: &[String],
+    ) -> Result<(SchemaRef, Schema), EngineError> {
+        let (df, schema) = self.plan_limited(sql, None, &self.limits, catalogs).await?;
+        let types = df
+            .logical_plan()
+            .get_parameter_types()
+            .map_err(|e| EngineError::classify(e, &self.limits))?;
+        let params =
+            quiver_core::prepared::parameter_schema(types).map_err(EngineError::InvalidQuery)?;
+        Ok((schema, params))
+    }
+
+    /// Plans `sql` exactly as given (the gateway numbered its placeholders), then checks every
+    /// table the plan scans against `catalogs` before anything runs.
+    async fn plan_limited(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+        limits: &QueryLimits,
+        catalogs: &[String],
+    ) -> Result<(DataFrame, SchemaRef), EngineError> {
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        // The worker's own bound on nesting: the text is checked again where it is parsed.
+        quiver_core::sql::check_shape(sql, usize::MAX)
+            .map_err(|e| EngineError::InvalidQuery(e.to_string()))?;
+        let mut df = self
+            .session(limits.memory_limit)
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| EngineError::classify(e, limits))?;
+        let config = self.base.config_options();
+        crate::authorise::check_plan(
+            df.logical_plan(),
+            catalogs,
+            &config.catalog.default_catalog,
+            &config.catalog.default_schema,
+        )
+        .map_err(|forbidden| EngineError::Forbidden {
+            table: forbidden.table,
+        })?;
+        if let Some(values) = params {
+            df = df
+                .with_param_values(values)
+                .map_err(|e| EngineError::classify(e, limits))?;
+        }
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        Ok((df, schema))
+    }
+
+    /// Plans and starts `sql`; batches stream as DataFusion produces them, ending with
+    /// [`EngineError::Timeout`] if the deadline passes first.
+    /// `memory_limit`, from the query's resource group, can only tighten the worker's limit.
+    pub async fn execute(
+        &self,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+        memory_limit: Option<u64>,
+        catalogs: &[String],
+    ) -> Result<QueryStream, EngineError> {
+        let mut limits = self.limits;
+        if let Some(cap) = memory_limit {
+            limits.memory_limit = limits
+                .memory_limit
+                .min(usize::try_from(cap).unwrap_or(usize::MAX));
+        }
+        let deadline = Instant::now() + limits.timeout;
+        let started = tokio::time::timeout_at(deadline, async {
+            let (df, schema) = self.plan_limited(sql, params, &limits, catalogs).await?;
+            let stream = df
+                .execute_stream()
+                .await
+                .map_err(|e| EngineError::classify(e, &limits))?;
+            Ok::<_, EngineError>((schema, stream))
+        })
+        .await
+        .map_err(|_| EngineError::Timeout {
+            limit: limits.timeout,
+        })??;
+        Ok(QueryStream {
+            schema: started.0,
+            inner: Some(started.1),
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            limits,
+        })
+    }
+}
+
+fn register_error(table: &str, url: &Url, e: DataFusionError) -> CatalogError {
+    CatalogError::Register {
+        table: table.to_owned(),
+        url: url.clone(),
+        source: Box::new(e),
+    }
+}
+
+fn object_store_for(url: &Url) -> Result<Arc<dyn ObjectStore>, DataFusionError> {
+    let store: Arc<dyn ObjectStore> = match url.scheme() {
+        "s3" | "s3a" => Arc::new(
+            object_store::aws::AmazonS3Builder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "gs" => Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "az" | "abfs" | "abfss" => Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        "http" | "https" => Arc::new(
+            object_store::http::HttpBuilder::new()
+                .with_url(url.as_str())
+                .build()?,
+        ),
+        other => {
+            return Err(DataFusionError::Configuration(format!(
+                "no object store for scheme {other}"
+            )));
+        }
+    };
+    Ok(store)
+}
+
+/// A running query's batches, ending at the first error or at its deadline.
+pub struct QueryStream {
+    schema: SchemaRef,
+    inner: Option<SendableRecordBatchStream>,
+    deadline: Pin<Box<Sleep>>,
+    limits: QueryLimits,
+}
+
+impl QueryStream {
+    /// The result schema.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+impl Stream for QueryStream {
+    type Item = Result<RecordBatch, EngineError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Poll::Ready(item) = inner.as_mut().poll_next(cx) {
+            return Poll::Ready(match item {
+                Some(Ok(batch)) => Some(Ok(batch)),
+                Some(Err(e)) => {
+                    // Dropping the plan now frees its memory and stops its tasks at once.
+                    this.inner = None;
+                    Some(Err(EngineError::classify(e, &this.limits)))
+                }
+                None => {
+                    this.inner = None;
+                    None
+                }
+            });
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.inner = None;
+            return Poll::Ready(Some(Err(EngineError::Timeout {
+                limit: this.limits.timeout,
+            })));
+        }
+        Poll::Pending
+    }
+}
