@@ -224,7 +224,7 @@ CREDENTIALS = {
     "token_prefix": b"Bearer " + FULL[:-1].encode(),
     "token_with_suffix": b"Bearer " + FULL.encode() + b"x",
     "stored_hash_as_token": b"Bearer " + token_hash(FULL).encode(),
-    "forged_session_token": b"Bearer qvs1.eyJ0ZW5hbnQiOiJmdWxsIn0.AAAA",
+    "forged_session_token": b"Bearer qvs2.eyJ0ZW5hbnQiOiJmdWxsIn0AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
 }
 
 

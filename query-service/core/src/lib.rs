@@ -2,8 +2,9 @@
 //! demand report gateways publish, the scaling policy the operator and `quiver up` both run, and
 //! the simulation that compares that policy with others. With the `query` feature (gateways and
 //! workers), also what both sides of a query agree on: who may read what ([`access`]), the SQL
-//! checks done before any parse ([`sql`]), signed tickets and grants ([`ticket`],
-//! [`protocol`]), and prepared-statement parameters ([`prepared`]).
+//! checks done before any parse ([`sql`]), the one sealing primitive ([`seal`]) behind tickets,
+//! grants, login tokens and session cookies ([`ticket`], [`protocol`]), and prepared-statement
+//! parameters ([`prepared`]).
 //!
 //! ```text
 //!  gateway ──/v1/pools: demand::DemandReport──► operator, quiver up
@@ -22,6 +23,8 @@ pub mod access;
 pub mod prepared;
 #[cfg(feature = "query")]
 pub mod protocol;
+#[cfg(feature = "query")]
+pub mod seal;
 #[cfg(feature = "query")]
 pub mod sql;
 #[cfg(feature = "query")]

@@ -6,21 +6,20 @@
 //! client from forging or altering one.
 //!
 //! ```text
-//!  "QV1" | HMAC-SHA256(key, payload) (32 bytes) | payload (JSON: kind, sql, issued_at_ms, …)
+//!  "QV2" | sealed (crate::seal, domain Ticket) of the payload (JSON: kind, sql, issued_at_ms, …)
 //! ```
 //!
 //! Prepared-statement handles carry their parameter schema and, once bound, the parameter row
 //! (both as base64 Arrow IPC), so binding returns a new handle instead of storing anything: any
 //! gateway replica can check it and any worker can run it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 
-const MAGIC: &[u8] = b"QV1";
-const MAC_LEN: usize = 32;
+use crate::seal::{Domain, SealError, Sealer, now_ms};
+
+const MAGIC: &[u8] = b"QV2";
 
 /// How long a statement ticket from `GetFlightInfo` may be redeemed: clients call `DoGet` right
 /// after, so an hour only covers slow clients while bounding replay of a leaked ticket.
@@ -126,7 +125,7 @@ pub enum TicketError {
 /// Issues and verifies tickets with one shared key.
 #[derive(Clone)]
 pub struct TicketSigner {
-    mac: Hmac<Sha256>,
+    sealer: Sealer,
 }
 
 impl std::fmt::Debug for TicketSigner {
@@ -138,9 +137,9 @@ impl std::fmt::Debug for TicketSigner {
 impl TicketSigner {
     /// A signer for `key`; gateway and workers must be given the same key.
     pub fn new(key: &[u8]) -> Self {
-        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-            .expect("HMAC accepts keys of any length");
-        Self { mac }
+        Self {
+            sealer: Sealer::new(key),
+        }
     }
 
     /// A signer with a fresh random key, for a single process tree (`quiver up`, tests).
@@ -166,13 +165,12 @@ impl TicketSigner {
     /// Signs `ticket` as it is (callers set `issued_at_ms`, normally via [`QueryTicket::new`]).
     pub fn sign(&self, ticket: &QueryTicket) -> Vec<u8> {
         let payload = serde_json::to_vec(ticket).expect("a ticket always serialises");
-        let mut mac = self.mac.clone();
-        mac.update(&payload);
-        let tag = mac.finalize().into_bytes();
-        let mut out = Vec::with_capacity(MAGIC.len() + MAC_LEN + payload.len());
+        let sealed = self
+            .sealer
+            .seal_at(Domain::Ticket, &payload, ticket.issued_at_ms);
+        let mut out = Vec::with_capacity(MAGIC.len() + sealed.len());
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&tag);
-        out.extend_from_slice(&payload);
+        out.extend_from_slice(&sealed);
         out
     }
 
@@ -185,24 +183,28 @@ impl TicketSigner {
     /// Checks the signature, age and kind of a ticket and returns its contents.
     pub fn verify(&self, bytes: &[u8], expected: TicketKind) -> Result<QueryTicket, TicketError> {
         let rest = bytes.strip_prefix(MAGIC).ok_or(TicketError::Malformed)?;
-        if rest.len() < MAC_LEN {
-            return Err(TicketError::Malformed);
-        }
-        let (tag, payload) = rest.split_at(MAC_LEN);
-        let mut mac = self.mac.clone();
-        mac.update(payload);
-        mac.verify_slice(tag)
-            .map_err(|_| TicketError::BadSignature)?;
+        // The longest-lived kind bounds the seal; the kind's own limit is checked below.
+        let opened = self
+            .sealer
+            .open(
+                Domain::Ticket,
+                rest,
+                PREPARED_HANDLE_TTL.max(STATEMENT_TICKET_TTL),
+            )
+            .map_err(|e| match e {
+                SealError::Malformed => TicketError::Malformed,
+                SealError::BadSignature => TicketError::BadSignature,
+                SealError::Expired => TicketError::Expired,
+            })?;
         let ticket: QueryTicket =
-            serde_json::from_slice(payload).map_err(|_| TicketError::Malformed)?;
+            serde_json::from_slice(opened.payload).map_err(|_| TicketError::Malformed)?;
         if ticket.kind != expected {
             return Err(TicketError::WrongKind {
                 expected,
                 actual: ticket.kind,
             });
         }
-        let age_ms = now_ms().saturating_sub(ticket.issued_at_ms);
-        if u128::from(age_ms) > ticket.kind.ttl().as_millis() {
+        if opened.age() > ticket.kind.ttl() {
             return Err(TicketError::Expired);
         }
         Ok(ticket)
@@ -221,13 +223,6 @@ impl From<TicketError> for tonic::Status {
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -8,16 +8,18 @@
 //! signed session token. A session names the credential it came from and ends as soon as a
 //! reload removes or changes that credential.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
+use quiver_core::seal::{Domain, Sealer};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataMap;
 
 use crate::admission::config::Policy;
 
-const SESSION_PREFIX: &str = "qvs1.";
+/// Session tokens: this prefix, then the sealed payload (`crate::seal`, domain Login) in
+/// URL-safe base64.
+const SESSION_PREFIX: &str = "qvs2.";
 /// How long a session token from the Handshake stays valid.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 
@@ -230,68 +232,43 @@ fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
     s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-fn mac(key: &[u8], payload: &[u8]) -> Vec<u8> {
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
-    m.update(b"session:");
-    m.update(payload);
-    m.finalize().into_bytes().to_vec()
-}
-
 fn issue_session(key: &[u8], identity: &Identity, credential: &str) -> String {
-    let issued = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let payload = format!(
-        "{}\n{}\n{issued}\n{credential}",
-        identity.tenant, identity.user
-    );
+    let payload = format!("{}\n{}\n{credential}", identity.tenant, identity.user);
+    let sealed = Sealer::new(key).seal(Domain::Login, payload.as_bytes());
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    format!(
-        "{SESSION_PREFIX}{}.{}",
-        b64.encode(payload.as_bytes()),
-        b64.encode(mac(key, payload.as_bytes()))
-    )
+    format!("{SESSION_PREFIX}{}", b64.encode(sealed))
 }
 
 /// The credential a (valid) session token is bound to.
 fn session_credential(key: &[u8], token: &str) -> Result<String, AuthError> {
     let text = session_payload(key, token)?;
     text.split('\n')
-        .nth(3)
+        .nth(2)
         .map(str::to_owned)
         .ok_or(AuthError::BadToken)
 }
 
-/// The signed payload of a session token, if the signature holds.
+/// The sealed payload of a session token, if its seal holds and it is younger than
+/// [`SESSION_TTL`].
 fn session_payload(key: &[u8], token: &str) -> Result<String, AuthError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let (payload, tag) = token.split_once('.').ok_or(AuthError::BadToken)?;
-    let payload = b64.decode(payload).map_err(|_| AuthError::BadToken)?;
-    let tag = b64.decode(tag).map_err(|_| AuthError::BadToken)?;
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
-    m.update(b"session:");
-    m.update(&payload);
-    m.verify_slice(&tag).map_err(|_| AuthError::BadToken)?;
-    String::from_utf8(payload).map_err(|_| AuthError::BadToken)
+    let sealed = b64.decode(token).map_err(|_| AuthError::BadToken)?;
+    let opened = Sealer::new(key)
+        .open(Domain::Login, &sealed, SESSION_TTL)
+        .map_err(|_| AuthError::BadToken)?;
+    String::from_utf8(opened.payload.to_vec()).map_err(|_| AuthError::BadToken)
 }
 
 fn verify_session(policy: &Policy, key: &[u8], token: &str) -> Result<Identity, AuthError> {
     let text = session_payload(key, token)?;
     let mut parts = text.split('\n');
-    let (Some(tenant), Some(user), Some(issued), Some(credential)) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(tenant), Some(user), Some(credential)) = (parts.next(), parts.next(), parts.next())
     else {
         return Err(AuthError::BadToken);
     };
-    let issued: u64 = issued.parse().map_err(|_| AuthError::BadToken)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
     // A tenant removed by a config reload loses its sessions too, and so does a session whose
     // token or user was removed or whose password changed.
-    if now.saturating_sub(issued) > SESSION_TTL.as_secs() || policy.tenant(tenant).is_none() {
+    if policy.tenant(tenant).is_none() {
         return Err(AuthError::BadToken);
     }
     let still_valid = match credential.split_once(':') {

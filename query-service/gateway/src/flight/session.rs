@@ -10,13 +10,12 @@
 //! Hints sent as headers (`x-quiver-source`, `x-quiver-tags`) on a call win over the session's.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, KeyInit, Mac};
+use quiver_core::seal::{Domain, Sealer, now_ms};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tonic::metadata::MetadataMap;
 
 use crate::admission::classify::ClientHints;
@@ -230,61 +229,38 @@ fn split_tags(s: &str) -> Vec<String> {
         .collect()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
-}
-
-/// Signs sessions into cookie values and reads them back.
-#[derive(Clone)]
+/// Seals sessions into cookie values and reads them back.
+#[derive(Clone, Debug)]
 pub struct SessionCodec {
-    mac: Hmac<Sha256>,
+    sealer: Sealer,
 }
-
-impl std::fmt::Debug for SessionCodec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SessionCodec { key: <redacted> }")
-    }
-}
-
-/// Separates session signatures from ticket signatures made with the same key.
-const DOMAIN: &[u8] = b"quiver-session-v1:";
-const MAC_LEN: usize = 32;
 
 impl SessionCodec {
     /// A codec for `key` (the gateway's shared key).
     pub fn new(key: &[u8]) -> Self {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key)
-            .expect("HMAC accepts keys of any length");
-        mac.update(DOMAIN);
-        Self { mac }
+        Self {
+            sealer: Sealer::new(key),
+        }
     }
 
     /// The cookie value for `session`.
     pub fn encode(&self, session: &Session) -> String {
         let payload = serde_json::to_vec(session).expect("a session always serialises");
-        let mut mac = self.mac.clone();
-        mac.update(&payload);
-        let mut bytes = mac.finalize().into_bytes().to_vec();
-        bytes.extend_from_slice(&payload);
-        URL_SAFE_NO_PAD.encode(bytes)
+        URL_SAFE_NO_PAD.encode(self.sealer.seal_at(
+            Domain::Session,
+            &payload,
+            session.changed_at_ms,
+        ))
     }
 
     /// The session in a cookie value, if it is ours, unaltered and not expired.
     pub fn decode(&self, value: &str) -> Option<Session> {
         let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
-        if bytes.len() < MAC_LEN {
-            return None;
-        }
-        let (tag, payload) = bytes.split_at(MAC_LEN);
-        let mut mac = self.mac.clone();
-        mac.update(payload);
-        mac.verify_slice(tag).ok()?;
-        let session: Session = serde_json::from_slice(payload).ok()?;
-        let age = now_ms().saturating_sub(session.changed_at_ms);
-        (u128::from(age) <= SESSION_TTL.as_millis()).then_some(session)
+        let opened = self
+            .sealer
+            .open(Domain::Session, &bytes, SESSION_TTL)
+            .ok()?;
+        serde_json::from_slice(opened.payload).ok()
     }
 
     /// The session a call's `cookie` headers carry; an empty session without one.
