@@ -36,8 +36,8 @@ fn committed_crd_matches_the_types() {
         committed == generated,
         "operator/crd/querypool.yaml differs from the Rust types; regenerate with \
          `cargo run -p quiver-operator -- crd > operator/crd/querypool.yaml` (or \
-         QUIVER_UPDATE_CRD=1 cargo test -p quiver-operator crd), then copy it to \
-         charts/quiver/crds/ and run deploy/kustomize/generate_base.py"
+         QUIVER_UPDATE_CRD=1 cargo test -p quiver-operator crd), then run \
+         deploy/kustomize/generate_base.py, which copies it to charts/quiver/crds/ and the base"
     );
 }
 

@@ -1,11 +1,10 @@
-//! Gateway metrics and the demand signal.
+//! Gateway metrics.
 //!
 //! Every query is counted once, by pool and outcome, and timed from arrival to the last relayed
 //! message; both are recorded by a guard on drop, so early returns and client disconnects count.
-//! Pool sizes are read from the live pool at scrape time. Arrivals are also kept in a one-second
-//! sliding window, which the operator and the local supervisor read as the arrival rate.
+//! Pool sizes are read from the live pool at scrape time. (The arrival rate of the demand report
+//! is admission's, per pool.)
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,9 +23,6 @@ use crate::dispatch::pool::WorkerPool;
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
 ];
-/// The window over which the arrival rate is measured: one second, so the operator reacts to a
-/// burst within about a second.
-const ARRIVAL_WINDOW: Duration = Duration::from_secs(1);
 
 /// How a query ended, as a metric label (never an error's text).
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -99,7 +95,6 @@ pub struct GatewayMetrics {
     workers: Family<PoolLabels, Gauge>,
     ready: Family<PoolLabels, Gauge>,
     in_flight: Family<PoolLabels, Gauge>,
-    arrivals: Mutex<VecDeque<Instant>>,
     admitted: Family<GroupLabels, Counter>,
     /// The groups `admitted` has series for, so series of groups gone can be removed.
     admitted_groups: Mutex<std::collections::HashSet<String>>,
@@ -183,7 +178,6 @@ impl Default for GatewayMetrics {
             workers,
             ready,
             in_flight,
-            arrivals: Mutex::new(VecDeque::new()),
             admitted,
             admitted_groups: Mutex::default(),
             rejected,
@@ -198,11 +192,6 @@ impl GatewayMetrics {
     /// Notes a query's arrival and returns the guard that records its end.
     pub fn start_query(self: &Arc<Self>, pool: &str) -> QueryRecord {
         let now = Instant::now();
-        {
-            let mut arrivals = self.arrivals.lock().expect("arrivals lock");
-            arrivals.push_back(now);
-            prune(&mut arrivals, now);
-        }
         QueryRecord {
             metrics: self.clone(),
             pool: pool.to_owned(),
@@ -234,13 +223,6 @@ impl GatewayMetrics {
                 policy: policy.to_owned(),
             })
             .inc();
-    }
-
-    /// Queries that arrived in the last second.
-    pub fn arrivals_per_sec(&self) -> f64 {
-        let mut arrivals = self.arrivals.lock().expect("arrivals lock");
-        prune(&mut arrivals, Instant::now());
-        arrivals.len() as f64 / ARRIVAL_WINDOW.as_secs_f64()
     }
 
     /// Prometheus text for the registry, with pool gauges read from `pools` now.
@@ -291,15 +273,6 @@ impl GatewayMetrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
-    }
-}
-
-fn prune(arrivals: &mut VecDeque<Instant>, now: Instant) {
-    while arrivals
-        .front()
-        .is_some_and(|t| now.duration_since(*t) > ARRIVAL_WINDOW)
-    {
-        arrivals.pop_front();
     }
 }
 
@@ -368,6 +341,5 @@ mod tests {
             text.contains("quiver_query_duration_seconds_count{pool=\"default\"} 2"),
             "{text}"
         );
-        assert_eq!(metrics.arrivals_per_sec(), 2.0);
     }
 }

@@ -235,10 +235,9 @@ impl Drop for Permit {
 /// slots), so a busy pool never takes slots from another.
 #[derive(Debug)]
 pub struct Admission {
-    policy: RwLock<Arc<Policy>>,
-    limiters: Mutex<Vec<Gcra>>,
-    /// Schedulers by pool, created on a pool's first query; replaced as a whole on reload.
-    groups: RwLock<HashMap<String, Arc<Groups>>>,
+    /// What the policy in force owns; a reload swaps it whole, so no call ever sees a new
+    /// policy with the old limiters or groups.
+    generation: RwLock<Arc<Generation>>,
     origin: Instant,
     replicas: u32,
     /// Capacity by pool; a pool not yet measured is unlimited.
@@ -249,6 +248,27 @@ pub struct Admission {
     facts: FactsCache,
     /// Longest SQL text accepted.
     max_sql_bytes: usize,
+}
+
+/// One policy version and the state it owns: its rate limiters (one per policy, in order) and
+/// its group schedulers by pool (created on a pool's first query). Running queries keep their
+/// slots in the generation they were admitted under.
+#[derive(Debug)]
+struct Generation {
+    policy: Arc<Policy>,
+    limiters: Mutex<Vec<Gcra>>,
+    groups: RwLock<HashMap<String, Arc<Groups>>>,
+}
+
+impl Generation {
+    fn new(policy: Policy) -> Arc<Self> {
+        let n = policy.rate_limits.len();
+        Arc::new(Self {
+            policy: Arc::new(policy),
+            limiters: Mutex::new((0..n).map(|_| Gcra::default()).collect()),
+            groups: RwLock::new(HashMap::new()),
+        })
+    }
 }
 
 /// A statement admission has checked: the exact text a worker may run, where it runs, and what
@@ -275,11 +295,8 @@ impl Admission {
 
     /// The same, accepting SQL texts of at most `max_sql_bytes`.
     pub fn with_max_sql_bytes(policy: Policy, replicas: u32, max_sql_bytes: usize) -> Arc<Self> {
-        let n = policy.rate_limits.len();
         Arc::new(Self {
-            policy: RwLock::new(Arc::new(policy)),
-            limiters: Mutex::new((0..n).map(|_| Gcra::default()).collect()),
-            groups: RwLock::new(HashMap::new()),
+            generation: RwLock::new(Generation::new(policy)),
             origin: Instant::now(),
             replicas: replicas.max(1),
             capacity: Mutex::new(HashMap::new()),
@@ -294,12 +311,16 @@ impl Admission {
         self.max_sql_bytes
     }
 
-    /// The scheduler of `pool` under the current policy.
-    fn pool_groups(&self, pool: &str) -> Arc<Groups> {
-        if let Some(groups) = self.groups.read().expect("groups").get(pool) {
+    fn current(&self) -> Arc<Generation> {
+        self.generation.read().expect("generation").clone()
+    }
+
+    /// The scheduler of `pool` in `generation`.
+    fn pool_groups(&self, generation: &Generation, pool: &str) -> Arc<Groups> {
+        if let Some(groups) = generation.groups.read().expect("groups").get(pool) {
             return groups.clone();
         }
-        let mut by_pool = self.groups.write().expect("groups");
+        let mut by_pool = generation.groups.write().expect("groups");
         by_pool
             .entry(pool.to_owned())
             .or_insert_with(|| {
@@ -311,16 +332,13 @@ impl Admission {
 
     /// The policy in force.
     pub fn policy(&self) -> Arc<Policy> {
-        self.policy.read().expect("policy").clone()
+        self.current().policy.clone()
     }
 
     /// Replaces the policy (a config reload). Rate-limit state restarts; running queries keep
     /// their slots in the old groups, new queries use the new ones.
     pub fn replace(&self, policy: Policy) {
-        let n = policy.rate_limits.len();
-        *self.limiters.lock().expect("limiters") = (0..n).map(|_| Gcra::default()).collect();
-        *self.policy.write().expect("policy") = Arc::new(policy);
-        self.groups.write().expect("groups").clear();
+        *self.generation.write().expect("generation") = Generation::new(policy);
     }
 
     /// Sets `pool`'s capacity (ready workers × slots), starting waiting queries it allows.
@@ -329,7 +347,13 @@ impl Admission {
             .lock()
             .expect("capacity")
             .insert(pool.to_owned(), slots);
-        let groups = self.groups.read().expect("groups").get(pool).cloned();
+        let groups = self
+            .current()
+            .groups
+            .read()
+            .expect("groups")
+            .get(pool)
+            .cloned();
         if let Some(groups) = groups {
             let started = groups
                 .scheduler
@@ -342,7 +366,8 @@ impl Admission {
 
     /// Every pool's groups, taken out of the lock so no scheduler is locked under it.
     fn all_groups(&self) -> Vec<Arc<Groups>> {
-        self.groups
+        self.current()
+            .groups
             .read()
             .expect("groups")
             .values()
@@ -365,7 +390,13 @@ impl Admission {
 
     /// Queries waiting for a slot of `pool`.
     pub fn queued_in(&self, pool: &str) -> u32 {
-        let groups = self.groups.read().expect("groups").get(pool).cloned();
+        let groups = self
+            .current()
+            .groups
+            .read()
+            .expect("groups")
+            .get(pool)
+            .cloned();
         groups.map_or(0, |groups| groups.queued())
     }
 
@@ -397,7 +428,7 @@ impl Admission {
     /// A call that makes a worker work without a statement (metadata commands): counted
     /// against the limits keyed by identity.
     pub fn count_call(&self, identity: &Identity) -> Result<(), AdmissionError> {
-        self.rate_limit(&self.policy(), identity, None)
+        self.rate_limit(&self.current(), identity, None)
     }
 
     /// The catalog patterns `identity`'s tenant may read; none for a tenant no longer known.
@@ -456,7 +487,7 @@ impl Admission {
         hints: &ClientHints,
         sql: &str,
     ) -> Result<Checked, AdmissionError> {
-        self.check_counted(&self.policy(), identity, hints, sql, true, false)
+        self.check_counted(&self.current(), identity, hints, sql, true, false)
     }
 
     /// [`Admission::check`] under `policy`, counted against the rate limits when `count`:
@@ -465,7 +496,7 @@ impl Admission {
     /// too: that is demand the pool did not meet).
     fn check_counted(
         &self,
-        policy: &Policy,
+        generation: &Generation,
         identity: &Identity,
         hints: &ClientHints,
         sql: &str,
@@ -473,14 +504,14 @@ impl Admission {
         arrive: bool,
     ) -> Result<Checked, AdmissionError> {
         if count {
-            self.rate_limit(policy, identity, None)?;
+            self.rate_limit(generation, identity, None)?;
         }
-        let checked = self.check_under(policy, identity, hints, sql)?;
+        let checked = self.check_under(&generation.policy, identity, hints, sql)?;
         if arrive {
             self.arrived(&checked.placement.pool);
         }
         if count {
-            self.rate_limit(policy, identity, Some(&checked.placement))?;
+            self.rate_limit(generation, identity, Some(&checked.placement))?;
         }
         Ok(checked)
     }
@@ -494,9 +525,9 @@ impl Admission {
         sql: &str,
         prepaid: bool,
     ) -> Result<Permit, AdmissionError> {
-        let mut checked =
-            self.check_counted(&self.policy(), identity, hints, sql, !prepaid, true)?;
-        let groups = self.pool_groups(&checked.placement.pool);
+        let generation = self.current();
+        let mut checked = self.check_counted(&generation, identity, hints, sql, !prepaid, true)?;
+        let groups = self.pool_groups(&generation, &checked.placement.pool);
         let (leaf, decision, timeout) = {
             let mut s = groups.scheduler.lock().expect("scheduler");
             let mut node = s.root();
@@ -587,12 +618,13 @@ impl Admission {
     /// request counts against the limits checked here only when all of them admit it.
     fn rate_limit(
         &self,
-        policy: &Policy,
+        generation: &Generation,
         identity: &Identity,
         placement: Option<&Placement>,
     ) -> Result<(), AdmissionError> {
+        let policy = &generation.policy;
         let now = self.origin.elapsed();
-        let mut limiters = self.limiters.lock().expect("limiters");
+        let mut limiters = generation.limiters.lock().expect("limiters");
         let mut passed = Vec::new();
         for (i, rule) in policy.rate_limits.iter().enumerate() {
             let needs_group = rule.group.is_some() || rule.key.contains(&KeyPart::Group);
