@@ -347,14 +347,7 @@ impl Admission {
             .lock()
             .expect("capacity")
             .insert(pool.to_owned(), slots);
-        let groups = self
-            .current()
-            .groups
-            .read()
-            .expect("groups")
-            .get(pool)
-            .cloned();
-        if let Some(groups) = groups {
+        if let Some(groups) = self.existing_groups(pool) {
             let started = groups
                 .scheduler
                 .lock()
@@ -362,6 +355,16 @@ impl Admission {
                 .set_capacity(slots);
             groups.wake(started);
         }
+    }
+
+    /// `pool`'s groups under the policy in force, if a query has reached them.
+    fn existing_groups(&self, pool: &str) -> Option<Arc<Groups>> {
+        self.current()
+            .groups
+            .read()
+            .expect("groups")
+            .get(pool)
+            .cloned()
     }
 
     /// Every pool's groups, taken out of the lock so no scheduler is locked under it.
@@ -390,18 +393,13 @@ impl Admission {
 
     /// Queries waiting for a slot of `pool`.
     pub fn queued_in(&self, pool: &str) -> u32 {
-        let groups = self
-            .current()
-            .groups
-            .read()
-            .expect("groups")
-            .get(pool)
-            .cloned();
-        groups.map_or(0, |groups| groups.queued())
+        self.existing_groups(pool)
+            .map_or(0, |groups| groups.queued())
     }
 
-    /// Queries for `pool` that reached admission in the last second (refused ones included:
-    /// they are demand the pool did not meet).
+    /// Queries for `pool` that were classified in the last second, refused ones included (they
+    /// are demand the pool did not meet). Refusals by identity-keyed limits come before the pool
+    /// is known and are not counted: that demand is over its tenant's quota, not the pool's.
     pub fn arrivals_per_sec(&self, pool: &str) -> f64 {
         let mut arrivals = self.arrivals.lock().expect("arrivals");
         let Some(window) = arrivals.get_mut(pool) else {
