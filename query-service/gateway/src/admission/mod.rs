@@ -27,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use self::classify::{ClientHints, FactsCache, Placement};
 use self::config::Identity;
-use self::config::{KeyPart, Policy, StatementKind};
+use self::config::{Policy, StatementKind};
 use self::group::{Decision, GroupId, Rejection, Scheduler, WaiterId};
-use self::rate_limit::Gcra;
+use self::rate_limit::{Limiters, Subject};
 use quiver_core::sql::SqlError;
 
 /// Slots per ready worker: how many queries the pool root admits per worker.
@@ -256,16 +256,15 @@ pub struct Admission {
 #[derive(Debug)]
 struct Generation {
     policy: Arc<Policy>,
-    limiters: Mutex<Vec<Gcra>>,
+    limiters: Mutex<Limiters>,
     groups: RwLock<HashMap<String, Arc<Groups>>>,
 }
 
 impl Generation {
     fn new(policy: Policy) -> Arc<Self> {
-        let n = policy.rate_limits.len();
         Arc::new(Self {
+            limiters: Mutex::new(Limiters::new(policy.rate_limits.len())),
             policy: Arc::new(policy),
-            limiters: Mutex::new((0..n).map(|_| Gcra::default()).collect()),
             groups: RwLock::new(HashMap::new()),
         })
     }
@@ -611,71 +610,34 @@ impl Admission {
         }
     }
 
-    /// Checks and counts the rate limits that apply. Without a placement, only the limits that
-    /// need none (keyed and matched by identity alone); with one, only those that need it. A
-    /// request counts against the limits checked here only when all of them admit it.
+    /// Checks and counts the rate limits that apply: without a placement, those keyed and
+    /// matched by identity alone; with one, those that need it.
     fn rate_limit(
         &self,
         generation: &Generation,
         identity: &Identity,
         placement: Option<&Placement>,
     ) -> Result<(), AdmissionError> {
-        let policy = &generation.policy;
-        let now = self.origin.elapsed();
-        let mut limiters = generation.limiters.lock().expect("limiters");
-        let mut passed = Vec::new();
-        for (i, rule) in policy.rate_limits.iter().enumerate() {
-            let needs_group = rule.group.is_some() || rule.key.contains(&KeyPart::Group);
-            if needs_group != placement.is_some() {
-                continue;
-            }
-            let path = placement.map_or("", |p| p.path.as_str());
-            if rule.tenant.as_ref().is_some_and(|t| *t != identity.tenant)
-                || rule
-                    .user
-                    .as_ref()
-                    .is_some_and(|u| !u.is_match(&identity.user))
-                || rule
-                    .group
-                    .as_ref()
-                    .is_some_and(|g| path != *g && !path.starts_with(&format!("{g}.")))
-            {
-                continue;
-            }
-            let key = rule
-                .key
-                .iter()
-                .map(|part| match part {
-                    KeyPart::Global => "global".to_owned(),
-                    KeyPart::Tenant => format!("tenant={}", identity.tenant),
-                    KeyPart::User => format!("user={}", identity.user),
-                    KeyPart::Group => format!("group={path}"),
-                })
-                .collect::<Vec<_>>()
-                .join(",");
-            let Some(gcra) = limiters.get(i) else {
-                continue;
-            };
-            match gcra.peek(&key, rule.rate.share(self.replicas), now) {
-                Ok(next) => passed.push((i, key, next)),
-                Err(retry_after) => {
-                    return Err(AdmissionError::RateLimited {
-                        policy: rule.name.clone(),
-                        key,
-                        retry_after,
-                    });
-                }
-            }
-        }
-        // Every policy agreed: only now does the request count against them.
-        for (i, key, next) in passed {
-            let gcra = &mut limiters[i];
-            gcra.commit(&key, next);
-            if gcra.len() > PRUNE_AT {
-                gcra.prune(now);
-            }
-        }
-        Ok(())
+        let subject = Subject {
+            tenant: &identity.tenant,
+            user: &identity.user,
+            group: placement.map(|p| p.path.as_str()),
+        };
+        generation
+            .limiters
+            .lock()
+            .expect("limiters")
+            .admit(
+                &generation.policy.rate_limits,
+                &subject,
+                self.replicas,
+                self.origin.elapsed(),
+            )
+            .map_err(|refused| AdmissionError::RateLimited {
+                policy: refused.policy,
+                key: refused.key,
+                retry_after: refused.retry_after,
+            })
     }
 }
 
@@ -687,9 +649,6 @@ fn prune(window: &mut VecDeque<Instant>, now: Instant) {
         window.pop_front();
     }
 }
-
-/// Keys per policy above which idle keys are dropped.
-const PRUNE_AT: usize = 100_000;
 
 struct WaitGuard {
     groups: Arc<Groups>,

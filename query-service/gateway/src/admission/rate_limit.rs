@@ -6,9 +6,15 @@
 //! and tells a rejected client precisely when to retry.
 //!
 //! Time is passed in, never read here, so tests drive it by hand.
+//!
+//! Which policies apply to a request and under which key is decided here too
+//! ([`RateLimitPolicy::key_for`]), and [`Limiters`] checks a request against all of them at once.
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
 
 /// One rate: `qps` sustained, `burst` at once.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +42,153 @@ impl Rate {
             interval: self.interval * r,
             tolerance: self.tolerance * r,
         }
+    }
+}
+
+/// What a rate-limit key is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyPart {
+    /// One bucket for everyone.
+    Global,
+    /// Per tenant.
+    Tenant,
+    /// Per user.
+    User,
+    /// Per resource group (leaf path).
+    Group,
+}
+
+/// A compiled rate-limit policy.
+#[derive(Debug, Clone)]
+pub struct RateLimitPolicy {
+    /// Name, reported in rejections.
+    pub name: String,
+    /// Key parts.
+    pub key: Vec<KeyPart>,
+    /// The rate.
+    pub rate: Rate,
+    /// Applies only to this tenant, if set.
+    pub tenant: Option<String>,
+    /// Applies only to users matching this, if set.
+    pub user: Option<Regex>,
+    /// Applies only to groups under this path, if set.
+    pub group: Option<String>,
+}
+
+/// Who a request is from and, once classified, where it runs: what policies match and key.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    /// Tenant name.
+    pub tenant: &'a str,
+    /// User name.
+    pub user: &'a str,
+    /// The resource group's path, once the statement is classified.
+    pub group: Option<&'a str>,
+}
+
+impl RateLimitPolicy {
+    /// True when the policy needs the group (matched or keyed by it), so it is checked only
+    /// after classification.
+    pub fn needs_group(&self) -> bool {
+        self.group.is_some() || self.key.contains(&KeyPart::Group)
+    }
+
+    /// The bucket `subject` counts in, or `None` when the policy does not apply to it.
+    pub fn key_for(&self, subject: &Subject) -> Option<String> {
+        let path = subject.group.unwrap_or("");
+        if self.tenant.as_ref().is_some_and(|t| t != subject.tenant)
+            || self
+                .user
+                .as_ref()
+                .is_some_and(|u| !u.is_match(subject.user))
+            || self
+                .group
+                .as_ref()
+                .is_some_and(|g| path != g && !path.starts_with(&format!("{g}.")))
+        {
+            return None;
+        }
+        let key = self
+            .key
+            .iter()
+            .map(|part| match part {
+                KeyPart::Global => "global".to_owned(),
+                KeyPart::Tenant => format!("tenant={}", subject.tenant),
+                KeyPart::User => format!("user={}", subject.user),
+                KeyPart::Group => format!("group={path}"),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        Some(key)
+    }
+}
+
+/// A request one policy refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// The policy's name.
+    pub policy: String,
+    /// The bucket.
+    pub key: String,
+    /// When the request would be admitted.
+    pub retry_after: Duration,
+}
+
+/// Keys per policy above which idle keys are dropped.
+const PRUNE_AT: usize = 100_000;
+
+/// The state of every policy of one policy version, in the policies' order.
+#[derive(Debug)]
+pub struct Limiters {
+    gcra: Vec<Gcra>,
+}
+
+impl Limiters {
+    /// State for `policies` policies, all at full burst.
+    pub fn new(policies: usize) -> Self {
+        Self {
+            gcra: (0..policies).map(|_| Gcra::default()).collect(),
+        }
+    }
+
+    /// Checks `subject` against every policy that applies at this stage: without a group,
+    /// those that need none; with one, those that need it. Each limit is shared by `replicas`
+    /// gateways. The request counts against the policies only when all of them admit it.
+    pub fn admit(
+        &mut self,
+        policies: &[RateLimitPolicy],
+        subject: &Subject,
+        replicas: u32,
+        now: Duration,
+    ) -> Result<(), Refused> {
+        let mut passed = Vec::new();
+        for (i, policy) in policies.iter().enumerate() {
+            if policy.needs_group() != subject.group.is_some() {
+                continue;
+            }
+            let (Some(key), Some(gcra)) = (policy.key_for(subject), self.gcra.get(i)) else {
+                continue;
+            };
+            match gcra.peek(&key, policy.rate.share(replicas), now) {
+                Ok(next) => passed.push((i, key, next)),
+                Err(retry_after) => {
+                    return Err(Refused {
+                        policy: policy.name.clone(),
+                        key,
+                        retry_after,
+                    });
+                }
+            }
+        }
+        for (i, key, next) in passed {
+            let gcra = &mut self.gcra[i];
+            gcra.commit(&key, next);
+            if gcra.len() > PRUNE_AT {
+                gcra.prune(now);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -150,5 +303,92 @@ mod tests {
         g.check("a", rate, Duration::ZERO).unwrap();
         g.prune(Duration::from_secs(1));
         assert!(g.is_empty());
+    }
+
+    fn policy(name: &str, key: Vec<KeyPart>, rate: Rate) -> RateLimitPolicy {
+        RateLimitPolicy {
+            name: name.into(),
+            key,
+            rate,
+            tenant: None,
+            user: None,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn policies_match_and_key_by_subject() {
+        let mut adhoc = policy("adhoc", vec![KeyPart::Group], Rate::new(1.0, 1));
+        adhoc.group = Some("adhoc".into());
+        adhoc.tenant = Some("noisy".into());
+        let noisy = Subject {
+            tenant: "noisy",
+            user: "bob",
+            group: Some("adhoc.bob"),
+        };
+        assert!(adhoc.needs_group());
+        assert_eq!(adhoc.key_for(&noisy).as_deref(), Some("group=adhoc.bob"));
+        // Not under the group (a prefix of the name is not a parent), not the tenant.
+        assert_eq!(
+            adhoc.key_for(&Subject {
+                group: Some("adhocx"),
+                ..noisy
+            }),
+            None
+        );
+        assert_eq!(
+            adhoc.key_for(&Subject {
+                tenant: "quiet",
+                ..noisy
+            }),
+            None
+        );
+        let per_user = policy("u", vec![KeyPart::Tenant, KeyPart::User], Rate::new(1.0, 1));
+        assert!(!per_user.needs_group());
+        assert_eq!(
+            per_user.key_for(&noisy).as_deref(),
+            Some("tenant=noisy,user=bob")
+        );
+    }
+
+    #[test]
+    fn a_request_counts_only_when_every_policy_admits_it() {
+        let policies = vec![
+            policy("wide", vec![KeyPart::Global], Rate::new(1.0, 3)),
+            policy("narrow", vec![KeyPart::User], Rate::new(1.0, 1)),
+        ];
+        let mut limiters = Limiters::new(policies.len());
+        let alice = Subject {
+            tenant: "t",
+            user: "alice",
+            group: None,
+        };
+        let now = Duration::from_secs(10);
+        assert!(limiters.admit(&policies, &alice, 1, now).is_ok());
+        let refused = limiters.admit(&policies, &alice, 1, now).unwrap_err();
+        assert_eq!(refused.policy, "narrow");
+        assert_eq!(refused.key, "user=alice");
+        // The refused request did not use up the wide policy: two more users still fit.
+        for user in ["bob", "carol"] {
+            let subject = Subject { user, ..alice };
+            assert!(
+                limiters.admit(&policies, &subject, 1, now).is_ok(),
+                "{user}"
+            );
+        }
+        let dave = Subject {
+            user: "dave",
+            ..alice
+        };
+        assert_eq!(
+            limiters.admit(&policies, &dave, 1, now).unwrap_err().policy,
+            "wide"
+        );
+        // Group-keyed policies wait for the group; identity-keyed ones are not checked again.
+        let placed = Subject {
+            group: Some("g"),
+            ..dave
+        };
+        assert!(limiters.admit(&policies, &placed, 1, now).is_ok());
     }
 }

@@ -31,6 +31,7 @@ use serde::Deserialize;
 
 use super::group::{GroupLimits, Scheduling};
 use super::rate_limit::Rate;
+pub use super::rate_limit::{KeyPart, RateLimitPolicy};
 
 /// Default maximum of waiting queries per group.
 const DEFAULT_MAX_QUEUED: u32 = 100;
@@ -84,20 +85,6 @@ fn all_catalogs() -> Vec<String> {
 struct UserSpec {
     name: String,
     password: String,
-}
-
-/// What a rate-limit key is made of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyPart {
-    /// One bucket for everyone.
-    Global,
-    /// Per tenant.
-    Tenant,
-    /// Per user.
-    User,
-    /// Per resource group (leaf path).
-    Group,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -207,23 +194,6 @@ pub struct Tenant {
     pub name: String,
     /// Catalog patterns it may read: `*`, `catalog`, or `catalog.schema`.
     pub catalogs: Vec<String>,
-}
-
-/// A compiled rate-limit policy.
-#[derive(Debug, Clone)]
-pub struct RateLimitPolicy {
-    /// Name, reported in rejections.
-    pub name: String,
-    /// Key parts.
-    pub key: Vec<KeyPart>,
-    /// The rate.
-    pub rate: Rate,
-    /// Applies only to this tenant, if set.
-    pub tenant: Option<String>,
-    /// Applies only to users matching this, if set.
-    pub user: Option<Regex>,
-    /// Applies only to groups under this path, if set.
-    pub group: Option<String>,
 }
 
 /// One level of the group tree, with its limits resolved.
