@@ -13,12 +13,12 @@
 //! `auth` checks credentials; `status` is where the gateway's errors become gRPC statuses;
 //! `admin` serves metrics and the demand report; `tls` serves the Flight port over TLS.
 
-pub mod admin;
+mod admin;
 pub mod admission;
 pub mod auth;
 pub mod dispatch;
-pub mod flight;
+mod flight;
 pub mod metrics;
 pub mod server;
-pub mod status;
+mod status;
 pub mod tls;

@@ -12,8 +12,8 @@
 pub mod authorise;
 pub mod catalog;
 pub mod engine;
-pub mod flight;
-pub mod metadata;
+mod flight;
+mod metadata;
 mod status;
 
 use std::future::Future;

@@ -76,6 +76,7 @@ impl Running {
     }
 
     /// Queries registered now.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.queries
             .lock()
@@ -86,6 +87,7 @@ impl Running {
     }
 
     /// True when nothing is registered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

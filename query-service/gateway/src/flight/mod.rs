@@ -229,7 +229,7 @@ impl GatewayService {
     /// The call's selector hints: its headers, then its session's options.
     fn hints(&self, metadata: &tonic::metadata::MetadataMap) -> ClientHints {
         self.sessions
-            .from_metadata(metadata)
+            .session_of(metadata)
             .hints(client_hints(metadata))
     }
 
@@ -239,7 +239,7 @@ impl GatewayService {
         action: &Action,
         metadata: &tonic::metadata::MetadataMap,
     ) -> Result<Response<BoxStream<arrow_flight::Result>>, Status> {
-        let mut session = self.sessions.from_metadata(metadata);
+        let mut session = self.sessions.session_of(metadata);
         match action.r#type.as_str() {
             SET_SESSION_OPTIONS => {
                 let request = session_proto::SetSessionOptionsRequest::decode(&*action.body)

@@ -56,6 +56,7 @@ pub mod proto {
 
     /// `SessionOptionValue.option_value`.
     #[derive(Clone, PartialEq, prost::Oneof)]
+    #[allow(clippy::enum_variant_names)] // the Flight SQL protobuf's names
     pub enum OptionValue {
         /// A string.
         #[prost(string, tag = "1")]
@@ -264,7 +265,7 @@ impl SessionCodec {
     }
 
     /// The session a call's `cookie` headers carry; an empty session without one.
-    pub fn from_metadata(&self, metadata: &MetadataMap) -> Session {
+    pub fn session_of(&self, metadata: &MetadataMap) -> Session {
         metadata
             .get_all("cookie")
             .iter()
@@ -360,7 +361,7 @@ mod tests {
         assert_eq!(SessionCodec::new(b"other").decode(&cookie), None);
         let mut metadata = MetadataMap::new();
         metadata.insert("cookie", format!("a=b; {COOKIE}={cookie}").parse().unwrap());
-        assert_eq!(codec.from_metadata(&metadata), s);
+        assert_eq!(codec.session_of(&metadata), s);
         let old = Session {
             changed_at_ms: now_ms() - SESSION_TTL.as_millis() as u64 - 1,
             ..s
