@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use self::classify::{ClientHints, FactsCache, Placement};
 use self::config::Identity;
 use self::config::{Policy, StatementKind};
-use self::group::{Decision, GroupId, Rejection, Scheduler, WaiterId};
+use self::group::{GroupId, PoolQueue, Rejection, Submitted};
 use self::rate_limit::{Limiters, Subject};
 use quiver_core::sql::SqlError;
 
@@ -117,106 +117,10 @@ impl AdmissionError {
     }
 }
 
-/// The scheduler state that one policy version owns; replaced on reload, while permits of the
-/// old version release into the old state.
-#[derive(Debug)]
-struct Groups {
-    scheduler: Mutex<Scheduler>,
-    waiters: Mutex<HashMap<WaiterId, Arc<Waiter>>>,
-}
-
-/// Where a waiting query stands. Whoever moves it out of `Waiting` decides who owns its slot,
-/// so a slot is released exactly once however the wait ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WaitState {
-    Waiting,
-    Started,
-    Abandoned,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    leaf: GroupId,
-    state: Mutex<WaitState>,
-    started: tokio::sync::Notify,
-}
-
-impl Groups {
-    fn new(capacity: u32) -> Arc<Self> {
-        let mut root = group::GroupLimits::unlimited();
-        root.hard_concurrency = capacity;
-        Arc::new(Self {
-            scheduler: Mutex::new(Scheduler::new(root)),
-            waiters: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Queries waiting in the pool.
-    fn queued(&self) -> u32 {
-        let s = self.scheduler.lock().expect("scheduler");
-        s.queued(s.root())
-    }
-
-    /// Frees a slot of `leaf` and wakes the queries that start in its place.
-    fn release(&self, leaf: GroupId, held: Duration) {
-        let started = self
-            .scheduler
-            .lock()
-            .expect("scheduler")
-            .release(leaf, held);
-        self.wake(started);
-    }
-
-    /// Tells started queries to go; a slot given to an abandoned waiter is released again.
-    fn wake(&self, started: Vec<WaiterId>) {
-        for id in started {
-            let Some(waiter) = self.waiters.lock().expect("waiters").remove(&id) else {
-                continue;
-            };
-            let mut state = waiter.state.lock().expect("wait state");
-            match *state {
-                WaitState::Waiting => {
-                    *state = WaitState::Started;
-                    waiter.started.notify_one();
-                }
-                WaitState::Abandoned => {
-                    drop(state);
-                    self.release(waiter.leaf, Duration::ZERO);
-                }
-                WaitState::Started => {}
-            }
-        }
-    }
-
-    /// Gives up waiting. True if the query now owns a slot anyway (it started first).
-    fn abandon(&self, id: WaiterId, waiter: &Waiter) -> bool {
-        let mut state = waiter.state.lock().expect("wait state");
-        match *state {
-            WaitState::Started => true,
-            WaitState::Abandoned => false,
-            WaitState::Waiting => {
-                *state = WaitState::Abandoned;
-                drop(state);
-                if self
-                    .scheduler
-                    .lock()
-                    .expect("scheduler")
-                    .cancel(waiter.leaf, id)
-                {
-                    self.waiters.lock().expect("waiters").remove(&id);
-                }
-                // Otherwise the scheduler started it an instant ago; `wake` will see
-                // `Abandoned` and release the slot.
-                false
-            }
-        }
-    }
-}
-
 /// A query's claim on its group's slot; frees it on drop and starts the next waiting query.
 #[derive(Debug)]
 pub struct Permit {
-    groups: Arc<Groups>,
+    groups: Arc<PoolQueue>,
     leaf: GroupId,
     started: Instant,
     /// The statement as checked, with the placement it was admitted with.
@@ -257,7 +161,7 @@ pub struct Admission {
 struct Generation {
     policy: Arc<Policy>,
     limiters: Mutex<Limiters>,
-    groups: RwLock<HashMap<String, Arc<Groups>>>,
+    groups: RwLock<HashMap<String, Arc<PoolQueue>>>,
 }
 
 impl Generation {
@@ -315,7 +219,7 @@ impl Admission {
     }
 
     /// The scheduler of `pool` in `generation`.
-    fn pool_groups(&self, generation: &Generation, pool: &str) -> Arc<Groups> {
+    fn pool_groups(&self, generation: &Generation, pool: &str) -> Arc<PoolQueue> {
         if let Some(groups) = generation.groups.read().expect("groups").get(pool) {
             return groups.clone();
         }
@@ -324,7 +228,7 @@ impl Admission {
             .entry(pool.to_owned())
             .or_insert_with(|| {
                 let capacity = self.capacity.lock().expect("capacity").get(pool).copied();
-                Groups::new(capacity.unwrap_or(u32::MAX))
+                PoolQueue::new(capacity.unwrap_or(u32::MAX))
             })
             .clone()
     }
@@ -347,17 +251,12 @@ impl Admission {
             .expect("capacity")
             .insert(pool.to_owned(), slots);
         if let Some(groups) = self.existing_groups(pool) {
-            let started = groups
-                .scheduler
-                .lock()
-                .expect("scheduler")
-                .set_capacity(slots);
-            groups.wake(started);
+            groups.set_capacity(slots);
         }
     }
 
     /// `pool`'s groups under the policy in force, if a query has reached them.
-    fn existing_groups(&self, pool: &str) -> Option<Arc<Groups>> {
+    fn existing_groups(&self, pool: &str) -> Option<Arc<PoolQueue>> {
         self.current()
             .groups
             .read()
@@ -367,7 +266,7 @@ impl Admission {
     }
 
     /// Every pool's groups, taken out of the lock so no scheduler is locked under it.
-    fn all_groups(&self) -> Vec<Arc<Groups>> {
+    fn all_groups(&self) -> Vec<Arc<PoolQueue>> {
         self.current()
             .groups
             .read()
@@ -381,7 +280,7 @@ impl Admission {
     pub fn snapshot(&self) -> Vec<(String, u32, u32)> {
         self.all_groups()
             .iter()
-            .flat_map(|groups| groups.scheduler.lock().expect("scheduler").snapshot())
+            .flat_map(|groups| groups.snapshot())
             .collect()
     }
 
@@ -525,8 +424,7 @@ impl Admission {
         let generation = self.current();
         let mut checked = self.check_counted(&generation, identity, hints, sql, !prepaid, true)?;
         let groups = self.pool_groups(&generation, &checked.placement.pool);
-        let (leaf, decision, timeout) = {
-            let mut s = groups.scheduler.lock().expect("scheduler");
+        let placed = groups.submit(|s| {
             let mut node = s.root();
             for (name, limits, templated) in &checked.placement.chain {
                 let mut limits = *limits;
@@ -545,27 +443,27 @@ impl Admission {
                     s.ensure(node, name, limits)
                 };
             }
-            // Where the query runs: a templated value may have been sent to the overflow group.
-            checked.placement.path = s.path(node).to_owned();
-            (node, s.submit(node), s.queue_timeout(node))
-        };
-        let placement = checked.placement.clone();
-        let permit = |groups: Arc<Groups>| Permit {
+            node
+        });
+        // Where the query runs: a templated value may have been sent to the overflow group.
+        checked.placement.path = placed.path;
+        let (leaf, timeout) = (placed.leaf, placed.queue_timeout);
+        let permit = |groups: Arc<PoolQueue>, checked: Checked| Permit {
             groups,
             leaf,
             started: Instant::now(),
-            checked: checked.clone(),
+            checked,
         };
-        match decision {
-            Decision::Run => Ok(permit(groups)),
-            Decision::Rejected(Rejection::QueueFull { group, max_queued }) => {
+        match placed.submitted {
+            Submitted::Run => Ok(permit(groups, checked)),
+            Submitted::Rejected(Rejection::QueueFull { group, max_queued }) => {
                 Err(AdmissionError::QueueFull {
                     group,
                     max_queued,
                     retry_after: timeout.min(Duration::from_secs(1)),
                 })
             }
-            Decision::Rejected(Rejection::ExpectedWaitTooLong {
+            Submitted::Rejected(Rejection::ExpectedWaitTooLong {
                 group,
                 expected,
                 timeout,
@@ -574,35 +472,13 @@ impl Admission {
                 expected,
                 timeout,
             }),
-            Decision::Queued(id) => {
-                let waiter = Arc::new(Waiter {
-                    leaf,
-                    state: Mutex::new(WaitState::Waiting),
-                    started: tokio::sync::Notify::new(),
-                });
-                groups
-                    .waiters
-                    .lock()
-                    .expect("waiters")
-                    .insert(id, waiter.clone());
+            Submitted::Queued(waiter) => {
                 let waiting = Instant::now();
-                // If this future is dropped (the client went away), the guard gives up the
-                // place, or the slot if it was already granted.
-                let mut guard = WaitGuard {
-                    groups: groups.clone(),
-                    waiter: waiter.clone(),
-                    id,
-                    armed: true,
-                };
-                let started = tokio::time::timeout(timeout, waiter.started.notified())
-                    .await
-                    .is_ok();
-                guard.armed = false;
-                if started || groups.abandon(id, &waiter) {
-                    Ok(permit(groups))
+                if groups.wait(waiter, timeout).await {
+                    Ok(permit(groups, checked))
                 } else {
                     Err(AdmissionError::QueueTimeout {
-                        group: placement.path.clone(),
+                        group: checked.placement.path.clone(),
                         waited: waiting.elapsed(),
                     })
                 }
@@ -647,22 +523,6 @@ fn prune(window: &mut VecDeque<Instant>, now: Instant) {
         .is_some_and(|t| now.duration_since(*t) > ARRIVAL_WINDOW)
     {
         window.pop_front();
-    }
-}
-
-struct WaitGuard {
-    groups: Arc<Groups>,
-    waiter: Arc<Waiter>,
-    id: WaiterId,
-    armed: bool,
-}
-
-impl Drop for WaitGuard {
-    fn drop(&mut self) {
-        if self.armed && self.groups.abandon(self.id, &self.waiter) {
-            // Granted a slot nobody will use: give it back.
-            self.groups.release(self.waiter.leaf, Duration::ZERO);
-        }
     }
 }
 

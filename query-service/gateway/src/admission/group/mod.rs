@@ -17,6 +17,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
+mod queue;
+pub use self::queue::{Placed, PoolQueue, Submitted, Waiter};
+
 /// How a group shares its capacity among its children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
