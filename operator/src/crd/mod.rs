@@ -52,10 +52,14 @@ use quiver_core::units::{DURATION_PATTERN, SIZE_PATTERN};
         status_replicas_path = ".status.replicas",
         label_selector_path = ".status.selector"
     ),
+    printcolumn = r#"{"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".status.desired"}"#,
-    printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.ready"}"#,
+    printcolumn = r#"{"name": "Workers", "type": "integer", "description": "Workers ready to serve", "jsonPath": ".status.ready"}"#,
     printcolumn = r#"{"name": "Warm", "type": "integer", "jsonPath": ".status.warm"}"#,
     printcolumn = r#"{"name": "In-Flight", "type": "integer", "jsonPath": ".status.inFlight"}"#,
+    printcolumn = r#"{"name": "Min", "type": "integer", "priority": 1, "jsonPath": ".spec.minReplicas"}"#,
+    printcolumn = r#"{"name": "Max", "type": "integer", "priority": 1, "jsonPath": ".spec.maxReplicas"}"#,
+    printcolumn = r#"{"name": "Queued", "type": "integer", "priority": 1, "jsonPath": ".status.queued"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message("minReplicas must not be above maxReplicas"))]
@@ -276,8 +280,10 @@ pub struct QueryPoolStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Scaling and Degraded.
+    /// Ready, Scaling and Degraded; one of each type (a list-map keyed by `type`, so a
+    /// server-side apply of the status merges conditions by type).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Label selector of the workers (the scale subresource's labelSelectorPath).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -58,7 +58,39 @@ fn crd_has_scale_status_and_columns() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(columns, ["Desired", "Ready", "Warm", "In-Flight", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Ready",
+            "Desired",
+            "Workers",
+            "Warm",
+            "In-Flight",
+            "Min",
+            "Max",
+            "Queued",
+            "Age"
+        ]
+    );
+    let columns = version["additionalPrinterColumns"].as_array().unwrap();
+    assert_eq!(
+        columns[0]["jsonPath"],
+        ".status.conditions[?(@.type==\"Ready\")].status"
+    );
+    // min, max and queued only with `-o wide`.
+    let wide: Vec<_> = columns
+        .iter()
+        .filter(|c| c["priority"] == 1)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(wide, ["Min", "Max", "Queued"]);
+    let conditions =
+        &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(
+        conditions["x-kubernetes-list-map-keys"],
+        serde_json::json!(["type"])
+    );
     let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(
         spec["properties"]["minReplicas"]["minimum"].as_f64(),
