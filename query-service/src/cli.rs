@@ -113,7 +113,7 @@ pub struct UpArgs {
     #[arg(long, env = "QUIVER_TENANTS_FILE")]
     pub tenants_file: Option<PathBuf>,
     /// Query slots per ready worker: the pool admits this many queries per worker at once.
-    #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = quiver_gateway::admission::DEFAULT_WORKER_SLOTS)]
+    #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = quiver_gateway::DEFAULT_WORKER_SLOTS)]
     pub worker_slots: u32,
     /// A fixed number of worker processes (default 2 unless --min-workers/--max-workers set a
     /// range to autoscale in).
@@ -173,8 +173,8 @@ pub struct TlsArgs {
 
 impl TlsArgs {
     /// The files to serve TLS from, if TLS is on.
-    pub fn files(&self) -> Option<quiver_gateway::tls::TlsFiles> {
-        Some(quiver_gateway::tls::TlsFiles {
+    pub fn files(&self) -> Option<quiver_gateway::TlsFiles> {
+        Some(quiver_gateway::TlsFiles {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
@@ -224,7 +224,7 @@ pub struct GatewayArgs {
     #[arg(long, env = "QUIVER_GATEWAY_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub gateway_replicas: u32,
     /// Query slots per ready worker: the pool admits this many queries per worker at once.
-    #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = quiver_gateway::admission::DEFAULT_WORKER_SLOTS)]
+    #[arg(long, env = "QUIVER_WORKER_SLOTS", default_value_t = quiver_gateway::DEFAULT_WORKER_SLOTS)]
     pub worker_slots: u32,
     /// A worker endpoint (grpc://host:port) of the default pool; repeat for each worker.
     #[arg(
@@ -306,7 +306,7 @@ impl GatewayArgs {
     /// The pools to serve and, with static discovery, their workers; `--worker` feeds the
     /// default pool. Refuses combinations that would leave a pool silently empty.
     pub fn pool_endpoints(&self) -> Result<BTreeMap<String, Vec<String>>, String> {
-        use quiver_gateway::admission::config::DEFAULT_POOL;
+        use quiver_gateway::DEFAULT_POOL;
         let mut pools = BTreeMap::new();
         if !self.workers.is_empty() {
             if self.discovery == Discovery::Kubernetes {

@@ -73,7 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
             let endpoints = args.pool_endpoints().map_err(anyhow::Error::msg)?;
-            let pools = quiver_gateway::dispatch::registry::Pools::new(
+            let pools = quiver_gateway::Pools::new(
                 endpoints.keys().map(String::as_str),
             );
             for (name, workers) in &endpoints {
@@ -83,15 +83,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
             }
             if args.discovery == quiver::cli::Discovery::Kubernetes {
-                use quiver_gateway::dispatch::discovery;
+                use quiver_gateway::discovery;
                 let (client, namespace) = discovery::connect(args.namespace.clone()).await?;
                 let pools = pools.clone();
                 tokio::spawn(async move { discovery::run(client, &namespace, pools).await });
             }
-            let config = quiver_gateway::server::GatewayConfig {
+            let config = quiver_gateway::GatewayConfig {
                 admin: Some(admin),
                 pools,
-                metrics: std::sync::Arc::new(quiver_gateway::metrics::GatewayMetrics::default()),
+                metrics: std::sync::Arc::new(quiver_gateway::GatewayMetrics::default()),
                 key: args.ticket_key.into_bytes(),
                 config: args.config,
                 tenants: args.tenants_file,
@@ -101,7 +101,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 query_timeout: args.query_timeout,
             };
-            quiver_gateway::server::run(listener, config, quiver::shutdown::signal()).await?;
+            quiver_gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }
         Command::Worker(args) => {
             // The catalog is checked before binding: a bad file is a start-up error, not a
@@ -133,7 +133,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if password.is_empty() {
                 anyhow::bail!("no password on standard input");
             }
-            println!("{}", quiver_gateway::auth::hash_password(password));
+            println!("{}", quiver_gateway::hash_password(password));
         }
         Command::PreStop(args) => tokio::time::sleep(args.delay).await,
         Command::Datagen(args) => {

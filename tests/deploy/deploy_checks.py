@@ -18,7 +18,7 @@ OPERATOR_RULES = {
     ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create", "patch"},
     ("", "pods"): {"list", "patch"},
-    ("discovery.k8s.io", "endpointslices"): {"list"},
+    ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}

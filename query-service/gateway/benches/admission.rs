@@ -12,10 +12,10 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
-use quiver_gateway::admission::Admission;
-use quiver_gateway::admission::classify::ClientHints;
-use quiver_gateway::admission::config::Policy;
-use quiver_gateway::auth::Identity;
+use quiver_gateway::Admission;
+use quiver_gateway::ClientHints;
+use quiver_gateway::Policy;
+use quiver_gateway::Identity;
 
 const TENANTS: usize = 10_000;
 

@@ -14,11 +14,29 @@
 //! `admin` serves metrics and the demand report; `tls` serves the Flight port over TLS.
 
 mod admin;
-pub mod admission;
-pub mod auth;
-pub mod dispatch;
+mod admission;
+mod auth;
+mod dispatch;
 mod flight;
-pub mod metrics;
-pub mod server;
+mod metrics;
+mod server;
 mod status;
-pub mod tls;
+mod tls;
+
+pub use admission::Admission;
+pub use admission::DEFAULT_WORKER_SLOTS;
+pub use admission::classify::ClientHints;
+pub use admission::config::{ConfigError, DEFAULT_POOL, Policy};
+pub use auth::{Identity, hash_password};
+pub use dispatch::discovery;
+pub use dispatch::pool::WorkerPool;
+pub use dispatch::registry::Pools;
+pub use metrics::GatewayMetrics;
+pub use server::{GatewayConfig, GatewayError, load_policy, run};
+pub use tls::TlsFiles;
+
+/// What tests outside the crate compare the gateway's decisions with.
+pub mod testing {
+    /// The gateway's reading of a statement: its kind and the tables it names.
+    pub use crate::admission::classify::inspect;
+}

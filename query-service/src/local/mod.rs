@@ -15,8 +15,8 @@ use self::autoscale::Scaling;
 use self::supervisor::{SupervisorError, WorkerCommand, supervise};
 use crate::datagen;
 use quiver_core::ticket::TicketSigner;
-use quiver_gateway::dispatch::pool::WorkerPool;
-use quiver_gateway::metrics::GatewayMetrics;
+use quiver_gateway::WorkerPool;
+use quiver_gateway::GatewayMetrics;
 
 /// Settings for one local deployment.
 #[derive(Debug, Clone)]
@@ -40,7 +40,7 @@ pub struct UpConfig {
     /// Query slots per ready worker.
     pub worker_slots: u32,
     /// TLS for the gateway, if on.
-    pub tls: Option<quiver_gateway::tls::TlsFiles>,
+    pub tls: Option<quiver_gateway::TlsFiles>,
     /// Longest SQL text the gateway accepts.
     pub max_sql_bytes: usize,
     /// Key shared by the gateway and its workers; a fresh random one when not given.
@@ -58,10 +58,10 @@ pub enum UpError {
     Supervisor(#[from] SupervisorError),
     /// The gateway failed.
     #[error("gateway failed: {0}")]
-    Gateway(#[from] quiver_gateway::server::GatewayError),
+    Gateway(#[from] quiver_gateway::GatewayError),
     /// The admission config is invalid.
     #[error(transparent)]
-    Config(#[from] quiver_gateway::admission::config::ConfigError),
+    Config(#[from] quiver_gateway::ConfigError),
     /// The worker counts do not hold together.
     #[error("invalid worker counts: {0}")]
     Scaling(#[from] quiver_core::scaling::ScalingError),
@@ -82,10 +82,10 @@ pub async fn run(
 ) -> Result<(), UpError> {
     // A bad admission config or worker range is refused before any data is generated or
     // worker started.
-    quiver_gateway::server::load_policy(
+    quiver_gateway::load_policy(
         config.config.as_ref(),
         config.tenants.as_ref(),
-        &[quiver_gateway::admission::config::DEFAULT_POOL],
+        &[quiver_gateway::DEFAULT_POOL],
     )?;
     config.scaling.validate()?;
     let catalog = if datagen::exists(&config.data_dir) {
@@ -151,9 +151,9 @@ pub async fn run(
         println!("quiver admin: http://{addr}");
     }
     let metrics = Arc::new(GatewayMetrics::default());
-    let gateway_config = quiver_gateway::server::GatewayConfig {
+    let gateway_config = quiver_gateway::GatewayConfig {
         admin: Some(admin),
-        pools: quiver_gateway::dispatch::registry::Pools::single(pool.clone()),
+        pools: quiver_gateway::Pools::single(pool.clone()),
         metrics,
         key: ticket_key.clone().into_bytes(),
         config: config.config.clone(),
@@ -165,7 +165,7 @@ pub async fn run(
         query_timeout: humantime::parse_duration(&config.query_timeout)
             .unwrap_or(quiver_worker::engine::DEFAULT_QUERY_TIMEOUT),
     };
-    let mut gateway = tokio::spawn(quiver_gateway::server::run(
+    let mut gateway = tokio::spawn(quiver_gateway::run(
         listener,
         gateway_config,
         async {
@@ -213,7 +213,7 @@ pub async fn run(
 
 /// The one pool `quiver up` runs.
 fn pool_name() -> String {
-    quiver_gateway::admission::config::DEFAULT_POOL.to_owned()
+    quiver_gateway::DEFAULT_POOL.to_owned()
 }
 
 /// Stops a background task when its owner goes.
@@ -235,7 +235,7 @@ fn supervisor_failure(
 }
 
 fn gateway_failure(
-    r: Result<Result<(), quiver_gateway::server::GatewayError>, tokio::task::JoinError>,
+    r: Result<Result<(), quiver_gateway::GatewayError>, tokio::task::JoinError>,
 ) -> UpError {
     match r.expect("gateway panicked") {
         Ok(()) => unreachable!("the gateway only stops when told to"),

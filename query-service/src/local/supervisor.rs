@@ -17,7 +17,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use quiver_gateway::dispatch::pool::WorkerPool;
+use quiver_gateway::WorkerPool;
 
 /// A worker that dies this many times in a row before listening is broken, not unlucky.
 const MAX_START_FAILURES: u32 = 3;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use quiver_core::ticket::TicketSigner;
-use quiver_gateway::dispatch::pool::WorkerPool;
-use quiver_gateway::metrics::GatewayMetrics;
+use quiver_gateway::WorkerPool;
+use quiver_gateway::GatewayMetrics;
 use quiver_worker::WorkerConfig;
 use quiver_worker::catalog::Catalog;
 use quiver_worker::engine::QueryLimits;
@@ -88,9 +88,9 @@ pub async fn start_gateway_with(
         .expect("workers ready in time");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = quiver_gateway::server::GatewayConfig {
+    let config = quiver_gateway::GatewayConfig {
         admin: None,
-        pools: quiver_gateway::dispatch::registry::Pools::single(pool.clone()),
+        pools: quiver_gateway::Pools::single(pool.clone()),
         metrics: Arc::new(GatewayMetrics::default()),
         key: KEY.to_vec(),
         config: admission,
@@ -101,7 +101,7 @@ pub async fn start_gateway_with(
         max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
         query_timeout: Duration::from_secs(30),
     };
-    tokio::spawn(quiver_gateway::server::run(
+    tokio::spawn(quiver_gateway::run(
         listener,
         config,
         std::future::pending(),

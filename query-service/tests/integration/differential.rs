@@ -14,7 +14,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use proptest::prelude::*;
 
 use quiver_core::protocol::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
-use quiver_gateway::admission::classify::inspect;
+use quiver_gateway::testing::inspect;
 use quiver_worker::authorise::reads;
 use quiver_worker::engine::{Engine, QueryLimits};
 

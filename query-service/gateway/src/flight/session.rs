@@ -223,6 +223,48 @@ impl Session {
     }
 }
 
+/// A session action, decoded.
+#[derive(Debug)]
+pub enum SessionAction {
+    /// `SetSessionOptions`.
+    Set(proto::SetSessionOptionsRequest),
+    /// `GetSessionOptions`.
+    Get,
+    /// `CloseSession`.
+    Close,
+}
+
+impl SessionCodec {
+    /// Answers `action` on `session`: the result message, and the `set-cookie` value when the
+    /// session changed.
+    pub fn answer(&self, mut session: Session, action: SessionAction) -> (Vec<u8>, Option<String>) {
+        use prost::Message;
+        match action {
+            SessionAction::Set(request) => {
+                let errors = session
+                    .set(request.session_options)
+                    .into_iter()
+                    .map(|(name, value)| (name, proto::SetSessionOptionError { value }))
+                    .collect();
+                let result = proto::SetSessionOptionsResult { errors };
+                (result.encode_to_vec(), Some(self.set_cookie(Some(&session))))
+            }
+            SessionAction::Get => {
+                let result = proto::GetSessionOptionsResult {
+                    session_options: session.options(),
+                };
+                (result.encode_to_vec(), None)
+            }
+            SessionAction::Close => {
+                let result = proto::CloseSessionResult {
+                    status: proto::CLOSED,
+                };
+                (result.encode_to_vec(), Some(self.set_cookie(None)))
+            }
+        }
+    }
+}
+
 fn split_tags(s: &str) -> Vec<String> {
     s.split(',')
         .map(|t| t.trim().to_owned())
