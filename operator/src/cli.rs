@@ -62,9 +62,16 @@ pub struct LeaderArgs {
     /// This replica's identity in the Lease (default: the hostname, which is the pod name).
     #[arg(long, env = "QUIVER_POD_NAME")]
     pub pod_name: Option<String>,
-    /// How long a Lease lasts without renewal; renewed every third of it.
+    /// How long followers wait, from the last renewal they saw, before taking the Lease over.
     #[arg(long, env = "QUIVER_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// How long the leader keeps leading without a successful renewal; shorter than the lease,
+    /// so it stops before a follower may take over.
+    #[arg(long, env = "QUIVER_LEASE_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_renew_deadline: Duration,
+    /// Time between two attempts to take or renew the Lease.
+    #[arg(long, env = "QUIVER_LEASE_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub lease_retry_period: Duration,
 }
 
 /// Demand polling settings.

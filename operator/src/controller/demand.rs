@@ -2,7 +2,8 @@
 //! feeds each pool's policy, and acts on a change of size.
 //!
 //! ```text
-//!  EndpointSlices of the gateway admin Service ──► GET http://<each gateway pod>/v1/pools
+//!  watch EndpointSlices (kubernetes.io/service-name=<gateway admin Service>) ──► reflector store
+//!  every poll: the store's ready endpoints ──► GET http://<each gateway pod>/v1/pools
 //!        (or the URL itself when it is not a Service name)          │
 //!                                                sum over gateways ─┘
 //!  per pool: policy.observe(in_flight + queued, arrivals) ──► changed?
@@ -29,9 +30,11 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{self, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -163,12 +166,21 @@ pub async fn mark_pods(
     Ok(patched)
 }
 
+/// The label the EndpointSlice controller puts on every slice of a Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How long the demand loop waits for the first list of the gateway endpoints before it
+/// polls: a list takes milliseconds, so a longer wait means the watch is failing, which the
+/// pools should then report.
+const FIRST_LIST_WAIT: Duration = Duration::from_secs(10);
+
 /// Why the gateways' demand could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum DemandError {
-    /// Listing the gateway Service's EndpointSlices failed.
-    #[error("listing the gateway endpoints: {0}")]
-    Discover(#[source] Box<kube::Error>),
+    /// The gateway Service's EndpointSlices have not been listed yet: the watch is starting or
+    /// failing (its errors are logged).
+    #[error("the endpoints of {0} are not listed yet")]
+    NotListed(String),
     /// The gateway Service has no ready endpoint.
     #[error("no ready gateway behind {0}")]
     NoGateway(String),
@@ -220,57 +232,151 @@ impl Gateways {
         }
     }
 
-    /// The `/v1/pools` URL of every gateway to poll now.
-    pub async fn targets(&self, client: &Client) -> Result<Vec<Uri>, DemandError> {
-        let (namespace, name, default_port) = match self {
-            Gateways::Url(uri) => return Ok(vec![pools_uri(uri)]),
+    /// The label selector of the Service's EndpointSlices; none for a plain URL.
+    pub fn slice_selector(&self) -> Option<String> {
+        match self {
+            Gateways::Url(_) => None,
+            Gateways::Service { name, .. } => Some(service_selector(name)),
+        }
+    }
+
+    /// What the poller reads, and for a Service the watch that keeps it current, to be run
+    /// for as long as the poller is used. A watch, not a list per poll: the poll runs every
+    /// second, and the gateways change rarely.
+    pub fn discover(
+        &self,
+        client: Client,
+    ) -> (Targets, Option<impl Future<Output = ()> + Send + 'static>) {
+        match self {
+            Gateways::Url(uri) => (Targets::Url(pools_uri(uri)), None),
             Gateways::Service {
                 namespace,
                 name,
                 port,
-            } => (namespace, name, *port),
-        };
-        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
-        let selector = format!("kubernetes.io/service-name={name}");
-        let list = slices
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(|e| DemandError::Discover(Box::new(e)))?;
-        let mut targets = Vec::new();
-        for slice in &list.items {
-            let ports = slice.ports.as_deref().unwrap_or_default();
-            let port = match ports {
-                [only] => only.port,
-                _ => ports
-                    .iter()
-                    .find(|p| p.name.as_deref() == Some("admin"))
-                    .and_then(|p| p.port),
-            }
-            .and_then(|p| u16::try_from(p).ok())
-            .unwrap_or(default_port);
-            for endpoint in &slice.endpoints {
-                let conditions = endpoint.conditions.as_ref();
-                // Terminating gateways are leaving; their queries finish without new ones.
-                if conditions.and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                for address in endpoint.addresses.iter().take(1) {
-                    let host = if address.contains(':') {
-                        format!("[{address}]")
-                    } else {
-                        address.clone()
-                    };
-                    if let Ok(uri) = format!("http://{host}:{port}/v1/pools").parse() {
-                        targets.push(uri);
-                    }
-                }
+            } => {
+                let (store, writer) = reflector::store();
+                let targets = Targets::Slices {
+                    service: format!("{namespace}/{name}"),
+                    port: *port,
+                    store,
+                };
+                let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
+                (targets, Some(watch_slices(api, service_selector(name), writer)))
             }
         }
+    }
+}
+
+/// Selects the EndpointSlices of Service `name`.
+fn service_selector(name: &str) -> String {
+    format!("{SERVICE_NAME_LABEL}={name}")
+}
+
+/// Keeps `writer`'s store equal to the EndpointSlices `selector` picks, until dropped. API
+/// errors are logged and retried with backoff; the store keeps what it had meanwhile, and a
+/// relist replaces it only once complete.
+pub async fn watch_slices(
+    api: Api<EndpointSlice>,
+    selector: String,
+    writer: Writer<EndpointSlice>,
+) {
+    info!(%selector, "watching the gateway endpoints");
+    let events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .reflect(writer);
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        if let Err(e) = event {
+            warn!(error = %e, "watching the gateway endpoints failed; retrying");
+        }
+    }
+}
+
+/// The gateways to poll, as known now.
+#[derive(Debug, Clone)]
+pub enum Targets {
+    /// One gateway, at this `/v1/pools` URL.
+    Url(Uri),
+    /// The ready endpoints of a Service's EndpointSlices, as a reflector keeps them.
+    Slices {
+        /// `namespace/name` of the Service, for errors.
+        service: String,
+        /// Port to use when a slice has several ports and none is named `admin`.
+        port: u16,
+        /// The Service's slices.
+        store: Store<EndpointSlice>,
+    },
+}
+
+impl Targets {
+    /// The `/v1/pools` URL of every gateway to poll now.
+    pub fn now(&self) -> Result<Vec<Uri>, DemandError> {
+        let (service, port, store) = match self {
+            Targets::Url(uri) => return Ok(vec![uri.clone()]),
+            Targets::Slices {
+                service,
+                port,
+                store,
+            } => (service, *port, store),
+        };
+        // An empty store before the first list is not "no gateway".
+        if !matches!(store.wait_until_ready().now_or_never(), Some(Ok(()))) {
+            return Err(DemandError::NotListed(service.clone()));
+        }
+        let slices = store.state();
+        let targets = ready_targets(slices.iter().map(|s| &**s), port);
         if targets.is_empty() {
-            return Err(DemandError::NoGateway(format!("{namespace}/{name}")));
+            return Err(DemandError::NoGateway(service.clone()));
         }
         Ok(targets)
     }
+
+    /// Waits until the endpoints are first listed, for at most `limit` (at once for a URL).
+    pub async fn listed(&self, limit: Duration) {
+        if let Targets::Slices { store, .. } = self {
+            let _ = tokio::time::timeout(limit, store.wait_until_ready()).await;
+        }
+    }
+}
+
+/// The `/v1/pools` URL of every ready endpoint in `slices`, at the slice's port (its only one,
+/// or the one named `admin`, else `default_port`).
+pub fn ready_targets<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    default_port: u16,
+) -> Vec<Uri> {
+    let mut targets = Vec::new();
+    for slice in slices {
+        let ports = slice.ports.as_deref().unwrap_or_default();
+        let port = match ports {
+            [only] => only.port,
+            _ => ports
+                .iter()
+                .find(|p| p.name.as_deref() == Some("admin"))
+                .and_then(|p| p.port),
+        }
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(default_port);
+        for endpoint in &slice.endpoints {
+            let conditions = endpoint.conditions.as_ref();
+            // Terminating gateways are leaving; their queries finish without new ones.
+            if conditions.and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            // The addresses of one endpoint are one pod; the first is enough.
+            if let Some(address) = endpoint.addresses.first() {
+                let host = if address.contains(':') {
+                    format!("[{address}]")
+                } else {
+                    address.clone()
+                };
+                if let Ok(uri) = format!("http://{host}:{port}/v1/pools").parse() {
+                    targets.push(uri);
+                }
+            }
+        }
+    }
+    targets
 }
 
 /// `base` with the path `/v1/pools`.
@@ -288,25 +394,23 @@ fn pools_uri(base: &Uri) -> Uri {
 #[derive(Clone)]
 pub struct Poller {
     http: HttpClient<HttpConnector, Empty<Bytes>>,
-    client: Client,
-    gateways: Gateways,
+    targets: Targets,
     timeout: Duration,
 }
 
 impl Poller {
     /// A poller giving each gateway `timeout` to answer.
-    pub fn new(client: Client, gateways: Gateways, timeout: Duration) -> Self {
+    pub fn new(targets: Targets, timeout: Duration) -> Self {
         Self {
             http: HttpClient::builder(TokioExecutor::new()).build_http(),
-            client,
-            gateways,
+            targets,
             timeout,
         }
     }
 
     /// Every gateway's report, or the first failure.
     pub async fn poll(&self) -> Result<Vec<DemandReport>, DemandError> {
-        let targets = self.gateways.targets(&self.client).await?;
+        let targets = self.targets.now()?;
         let fetches = targets.into_iter().map(|uri| self.fetch(uri));
         futures::future::try_join_all(fetches).await
     }
@@ -339,6 +443,9 @@ impl Poller {
 
 /// Polls at `interval` until the task is dropped, acting on the pools in `store`.
 pub async fn run(ctx: Arc<Context>, store: Store<QueryPool>, poller: Poller, interval: Duration) {
+    // A watch just started has not listed the gateways yet: wait for it rather than report
+    // DemandUnavailable for the moment that takes.
+    poller.targets.listed(FIRST_LIST_WAIT).await;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!  admin server (/healthz, /metrics) ── always, so probes pass while following
-//!  [leader election: wait for the Lease] ──► Controller(QueryPools, owned objects)
-//!                                        └─► demand loop (when a gateway URL is set)
+//!  [leader election: wait for the Lease; renew it, or step down within the renew deadline]
+//!                                        ──► Controller(QueryPools, owned objects)
+//!                                        └─► demand loop (when a gateway URL is set), fed by
+//!                                            a watch of the gateway Service's EndpointSlices
 //!  shutdown signal ─► controller drains its queue ─► Lease released
 //! ```
 
@@ -24,7 +26,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use super::demand::{self, Gateways, Poller};
-use super::leader::LeaseLock;
+use super::leader::{LeaseLock, Timing};
 use super::resources::MANAGER;
 use super::{Context, error_policy, reconcile};
 use crate::cli::{GatewayArgs, RunArgs};
@@ -38,6 +40,12 @@ pub async fn run(
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
+    // Settings first: a bad one fails before anything starts.
+    let timing = Timing::new(
+        args.leader.lease_duration,
+        args.leader.lease_renew_deadline,
+        args.leader.lease_retry_period,
+    )?;
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
     let admin_task = tokio::spawn(crate::admin::serve(admin, metrics.clone()));
@@ -50,12 +58,7 @@ pub async fn run(
             .clone()
             .unwrap_or_else(|| client.default_namespace().to_string());
         let api: Api<Lease> = Api::namespaced(client.clone(), &namespace);
-        let lock = LeaseLock::new(
-            api,
-            &args.leader.lease_name,
-            &identity,
-            args.leader.lease_duration,
-        );
+        let lock = LeaseLock::new(api, &args.leader.lease_name, &identity, timing);
         lock.acquire().await;
         Some(lock)
     } else {
@@ -94,23 +97,25 @@ pub async fn run(
         )
         .owns(namespaced_or_all::<ConfigMap>(&client, api(&())), mine());
 
-    let demand_task = match &args.demand.gateway_admin_url {
+    let mut demand_tasks = Vec::new();
+    match &args.demand.gateway_admin_url {
         Some(url) => {
             let gateways = Gateways::from_url(url).map_err(anyhow::Error::msg)?;
             info!(?gateways, interval = ?args.demand.demand_poll_interval, "polling demand");
-            let poller = Poller::new(client.clone(), gateways, args.demand.demand_timeout);
-            Some(tokio::spawn(demand::run(
+            let (targets, watch) = gateways.discover(client.clone());
+            demand_tasks.extend(watch.map(tokio::spawn));
+            let poller = Poller::new(targets, args.demand.demand_timeout);
+            demand_tasks.push(tokio::spawn(demand::run(
                 ctx.clone(),
                 controller.store(),
                 poller,
                 args.demand.demand_poll_interval,
-            )))
+            )));
         }
         None => {
             warn!("no gateway admin URL: autoscaled pools stay at minReplicas + warmReplicas");
-            None
         }
-    };
+    }
 
     let controller = controller
         .graceful_shutdown_on(shutdown)
@@ -130,7 +135,7 @@ pub async fn run(
             Ok(())
         }
     };
-    if let Some(task) = demand_task {
+    for task in demand_tasks {
         task.abort();
     }
     if outcome.is_ok()

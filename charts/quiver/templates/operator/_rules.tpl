@@ -8,7 +8,8 @@ Exactly what quiver-operator calls (operator/src/controller), one rule per reaso
   Deployments also get: the reconciler reads the current replicas. No delete: owner references
   let the garbage collector remove them with their pool.
 - Pods: list a pool's pods and patch the pod-deletion-cost annotation before a scale-down.
-- EndpointSlices: list the gateway admin Service's endpoints to poll every gateway pod.
+- EndpointSlices: list and watch the gateway admin Service's endpoints (a reflector) to poll
+  every gateway pod.
 - Events (events.k8s.io): record what it did; a repeated event is patched as a series.
 No access to Secrets: worker pods reference the ticket key Secret by name.
 */}}
@@ -39,7 +40,7 @@ No access to Secrets: worker pods reference the ticket key Secret by name.
   verbs: ["list", "patch"]
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]

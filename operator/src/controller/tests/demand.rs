@@ -1,5 +1,5 @@
 //! The demand side: summing gateways, deletion costs, finding every gateway pod through its
-//! Service's EndpointSlices, and polling a real HTTP endpoint.
+//! Service's EndpointSlices (a reflector's store), and polling a real HTTP endpoint.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,12 +8,14 @@ use axum::Router;
 use axum::routing::get;
 use k8s_openapi::api::core::v1::{Pod, PodStatus};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::reflector;
+use kube::runtime::watcher::Event;
 use kube_fake_client::ClientBuilder;
 
 use crate::controller::demand::{
-    DemandError, DemandReport, Gateways, Poller, PoolDemand, WorkerLoad, aggregate, deletion_costs,
-    endpoint_host,
+    DemandError, DemandReport, Gateways, Poller, PoolDemand, Targets, WorkerLoad, aggregate,
+    deletion_costs, endpoint_host,
 };
 
 fn gateway_report(in_flight: &[(&str, u32)], queued: u32, arrivals: f64) -> DemandReport {
@@ -140,6 +142,7 @@ fn slice(name: &str, ready: &[(&str, Option<bool>)]) -> EndpointSlice {
         ..EndpointSlice::default()
     };
     slice.metadata.name = Some(name.into());
+    slice.metadata.namespace = Some("analytics".into());
     slice.metadata.labels = Some(BTreeMap::from([(
         "kubernetes.io/service-name".into(),
         "quiver-gateway-admin".into(),
@@ -147,6 +150,8 @@ fn slice(name: &str, ready: &[(&str, Option<bool>)]) -> EndpointSlice {
     slice
 }
 
+/// kube-fake-client answers a watch request as a list, so the reflector's store is fed by hand
+/// here, with what the fake lists under the watch's label selector.
 #[tokio::test]
 async fn every_ready_gateway_pod_is_polled() {
     let client = ClientBuilder::new().build().await.unwrap();
@@ -170,28 +175,101 @@ async fn every_ready_gateway_pod_is_polled() {
 
     let gateways =
         Gateways::from_url("http://quiver-gateway-admin.analytics.svc.cluster.local:9090").unwrap();
-    let mut targets: Vec<String> = gateways
-        .targets(&client)
+    let selector = gateways.slice_selector().unwrap();
+    assert_eq!(selector, "kubernetes.io/service-name=quiver-gateway-admin");
+    let listed = slices
+        .list(&ListParams::default().labels(&selector))
         .await
-        .unwrap()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    targets.sort();
+        .unwrap();
+    let (store, mut writer) = reflector::store();
+    let targets = Targets::Slices {
+        service: "analytics/quiver-gateway-admin".into(),
+        port: 9090,
+        store,
+    };
+    assert!(
+        matches!(targets.now(), Err(DemandError::NotListed(_))),
+        "before the first list, the gateways are unknown, not absent"
+    );
+    writer.apply_watcher_event(&Event::Init);
+    for slice in listed.items {
+        writer.apply_watcher_event(&Event::InitApply(slice));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
     // The terminating 10.1.0.2 is left out; the slice's target port wins over the URL's.
     assert_eq!(
-        targets,
+        urls(&targets),
         [
             "http://10.1.0.1:9091/v1/pools",
             "http://10.1.0.3:9091/v1/pools"
         ]
     );
 
-    let none = Gateways::from_url("http://missing.analytics.svc:9090").unwrap();
-    assert!(matches!(
-        none.targets(&client).await,
-        Err(DemandError::NoGateway(_))
-    ));
+    // Watch events: gw-a's second pod becomes ready, gw-b goes.
+    writer.apply_watcher_event(&Event::Apply(slice(
+        "gw-a",
+        &[("10.1.0.1", Some(true)), ("10.1.0.2", Some(true))],
+    )));
+    writer.apply_watcher_event(&Event::Delete(slice("gw-b", &[])));
+    assert_eq!(
+        urls(&targets),
+        [
+            "http://10.1.0.1:9091/v1/pools",
+            "http://10.1.0.2:9091/v1/pools"
+        ]
+    );
+    writer.apply_watcher_event(&Event::Delete(slice("gw-a", &[])));
+    assert!(matches!(targets.now(), Err(DemandError::NoGateway(_))));
+}
+
+fn urls(targets: &Targets) -> Vec<String> {
+    let mut urls: Vec<String> = targets
+        .now()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    urls.sort();
+    urls
+}
+
+/// The watcher's initial list over the fake fills the store and releases the demand loop's
+/// wait; the fake cannot stream a watch, so the watch half is not exercised here.
+#[tokio::test(start_paused = true)]
+async fn the_watch_lists_the_gateway_service_slices() {
+    let client = ClientBuilder::new().build().await.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "analytics");
+    let pp = PostParams::default();
+    slices
+        .create(&pp, &slice("gw-a", &[("10.1.0.1", Some(true))]))
+        .await
+        .unwrap();
+    let mut other = slice("other", &[("10.9.9.9", Some(true))]);
+    other.metadata.labels = Some(BTreeMap::from([(
+        "kubernetes.io/service-name".into(),
+        "something-else".into(),
+    )]));
+    slices.create(&pp, &other).await.unwrap();
+
+    let gateways =
+        Gateways::from_url("http://quiver-gateway-admin.analytics.svc.cluster.local:9090").unwrap();
+    let (targets, watch) = gateways.discover(client);
+    let watch = tokio::spawn(watch.expect("a Service is watched"));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while targets.now().is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("listed");
+    assert_eq!(urls(&targets), ["http://10.1.0.1:9091/v1/pools"]);
+    watch.abort();
+
+    let (url, watch) = Gateways::from_url("http://127.0.0.1:9090")
+        .unwrap()
+        .discover(ClientBuilder::new().build().await.unwrap());
+    assert!(watch.is_none(), "a plain URL needs no watch");
+    assert_eq!(urls(&url), ["http://127.0.0.1:9090/v1/pools"]);
 }
 
 #[tokio::test]
@@ -204,12 +282,9 @@ async fn poller_reads_a_gateway_over_http() {
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let client = ClientBuilder::new().build().await.unwrap();
+    let targets = |url: &str| Gateways::from_url(url).unwrap().discover(client.clone()).0;
 
-    let poller = Poller::new(
-        client.clone(),
-        Gateways::from_url(&format!("http://{addr}")).unwrap(),
-        Duration::from_secs(5),
-    );
+    let poller = Poller::new(targets(&format!("http://{addr}")), Duration::from_secs(5));
     let reports = poller.poll().await.unwrap();
     assert_eq!(reports.len(), 1);
     let pool = &reports[0].pools[0];
@@ -221,8 +296,7 @@ async fn poller_reads_a_gateway_over_http() {
 
     // A path the gateway does not serve is an error, not zero demand.
     let wrong = Poller::new(
-        client,
-        Gateways::from_url(&format!("http://{addr}/nothing")).unwrap(),
+        targets(&format!("http://{addr}/nothing")),
         Duration::from_secs(5),
     );
     let err = wrong.poll().await.unwrap_err();
