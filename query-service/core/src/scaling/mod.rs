@@ -19,11 +19,18 @@
 //!
 //! The mean query time comes from Little's law over the stable window (total concurrency divided
 //! by total arrivals), so a jump in the arrival rate raises demand before the queue shows it.
+//!
+//! Scale to zero is opt-in ([`ScalingPolicy::set_scale_to_zero_after`]) for pools with
+//! `min_replicas` 0: such a pool keeps at least one worker while it is in use, drops to zero
+//! once it has seen no query (running, queued or arriving) for the idle time, and wakes on the
+//! first sample with any demand. [`standby`] decides where the workers of a wake-up or a burst
+//! come from: claimed from the shared standby pool first, cold-started for the rest.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::Duration;
 
+pub mod standby;
 #[cfg(test)]
 mod tests;
 
@@ -191,6 +198,16 @@ pub enum Reason {
         /// Most replicas.
         max: u32,
     },
+    /// No query ran, waited or arrived for the scale-to-zero idle time: down to zero.
+    ScaleToZero {
+        /// Time since the pool last saw a query.
+        idle: Duration,
+    },
+    /// Demand on a pool at zero: up at once, to at least one worker.
+    Wake {
+        /// Concurrent demand.
+        demand: f64,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -229,6 +246,10 @@ impl fmt::Display for Reason {
             }
             Reason::Steady { demand } => write!(f, "steady: demand {}", Num(*demand)),
             Reason::Bounds { min, max } => write!(f, "bounds: kept within [{min}, {max}]"),
+            Reason::ScaleToZero { idle } => {
+                write!(f, "scale to zero: no query for {}s", Num(secs(idle)))
+            }
+            Reason::Wake { demand } => write!(f, "wake: demand {} at zero", Num(*demand)),
         }
     }
 }
@@ -288,6 +309,10 @@ pub struct ScalingPolicy {
     last_change: Option<Duration>,
     panic_until: Option<Duration>,
     now: Duration,
+    /// Idle time after which a pool with `min_replicas` 0 goes to zero; `None`: never by idling.
+    scale_to_zero_after: Option<Duration>,
+    /// Last sample with a query running, queued or arriving (or the first sample).
+    last_active: Option<Duration>,
 }
 
 impl ScalingPolicy {
@@ -301,7 +326,22 @@ impl ScalingPolicy {
             last_change: None,
             panic_until: None,
             now: Duration::ZERO,
+            scale_to_zero_after: None,
+            last_active: None,
         })
+    }
+
+    /// Lets a pool with `min_replicas` 0 go to zero after `after` without a query (`None`, the
+    /// default, keeps today's behaviour). Until then such a pool keeps at least one worker, so a
+    /// pause shorter than the idle time never costs a wake-up. Pools with `min_replicas` above
+    /// 0 ignore it.
+    pub fn set_scale_to_zero_after(&mut self, after: Option<Duration>) {
+        self.scale_to_zero_after = after;
+    }
+
+    /// The scale-to-zero idle time, if scale to zero is on.
+    pub fn scale_to_zero_after(&self) -> Option<Duration> {
+        self.scale_to_zero_after
     }
 
     /// The configuration in force.
@@ -327,6 +367,8 @@ impl ScalingPolicy {
         self.now = self.now.max(now);
         self.desired = Some(replicas.clamp(self.config.min_replicas, self.config.max_replicas));
         self.last_change = Some(self.now);
+        // The idle time counts from the restart: the pool's history is unknown.
+        self.last_active = Some(self.now);
     }
 
     /// Takes one sample taken at `now` and decides the size. Times that go backwards count as
@@ -335,7 +377,14 @@ impl ScalingPolicy {
         let now = now.max(self.now);
         self.now = now;
         let demand = self.record(now, sample);
-        let cfg = &self.config;
+        let active = sample.in_flight > 0 || sample.queued > 0 || sample.arrivals_per_sec > 0.0;
+        if active || self.last_active.is_none() {
+            self.last_active = Some(now);
+        }
+        if let Some(decision) = self.zero(now, demand, active) {
+            return decision;
+        }
+        let cfg = self.ordinary_config();
         let needed = cfg.replicas_for(demand);
         let Some(previous) = self.desired else {
             return self.decide(now, needed, needed, demand, Reason::Initial { demand });
@@ -374,6 +423,7 @@ impl ScalingPolicy {
         }
         // Down only to the peak of the stable window, never in panic, never too soon.
         let peak = self.peak_demand();
+        let cfg = &cfg;
         let down_to = cfg.replicas_for(peak);
         if down_to >= previous {
             return self.decide(now, previous, previous, demand, Reason::Steady { demand });
@@ -406,6 +456,51 @@ impl ScalingPolicy {
             demand,
             Reason::ScaleDown { peak, window },
         )
+    }
+
+    /// The decisions about zero workers, if one applies: wake a pool at zero on any demand,
+    /// keep an idle pool at zero, take a pool idle for the idle time to zero. `None` leaves the
+    /// sample to the ordinary policy.
+    fn zero(&mut self, now: Duration, demand: f64, active: bool) -> Option<Decision> {
+        let previous = self.desired;
+        if previous == Some(0) && active {
+            // A query is held at the gateway until a worker is ready: ask at once, and for one
+            // even when demand reads as zero (arrivals with no history to time them by).
+            let to = self.ordinary_config().replicas_for(demand).max(1);
+            return Some(self.decide(now, 0, to, demand, Reason::Wake { demand }));
+        }
+        let after = self.scale_to_zero()?;
+        if active {
+            return None;
+        }
+        let idle = now.saturating_sub(self.last_active.unwrap_or(now));
+        match previous {
+            // A new pool nobody queries starts at zero; a pool at zero stays there.
+            None => Some(self.decide(now, 0, 0, demand, Reason::Initial { demand })),
+            Some(0) => Some(self.decide(now, 0, 0, demand, Reason::Steady { demand })),
+            Some(p) if idle >= after => {
+                // Nothing runs, so nothing is lost by skipping the panic and delay holds.
+                self.panic_until = None;
+                Some(self.decide(now, p, 0, demand, Reason::ScaleToZero { idle }))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// The idle time, when scale to zero applies to this pool.
+    fn scale_to_zero(&self) -> Option<Duration> {
+        self.scale_to_zero_after
+            .filter(|_| self.config.min_replicas == 0)
+    }
+
+    /// The configuration the ordinary policy runs with: with scale to zero on, a pool in use
+    /// keeps at least one worker, so only the idle time (never the stable window) empties it.
+    fn ordinary_config(&self) -> ScalingConfig {
+        let mut cfg = self.config.clone();
+        if self.scale_to_zero().is_some() {
+            cfg.min_replicas = 1;
+        }
+        cfg
     }
 
     fn decide(

@@ -421,3 +421,131 @@ proptest! {
         prop_assert_eq!(reversals, 0);
     }
 }
+
+/// A pool that may go to zero after `after` without a query.
+fn serverless(after: Duration) -> ScalingPolicy {
+    let mut policy = ScalingPolicy::new(ScalingConfig {
+        min_replicas: 0,
+        ..config()
+    })
+    .unwrap();
+    policy.set_scale_to_zero_after(Some(after));
+    policy
+}
+
+fn arriving(per_sec: f64) -> DemandSample {
+    DemandSample {
+        in_flight: 0,
+        queued: 0,
+        arrivals_per_sec: per_sec,
+    }
+}
+
+#[test]
+fn an_idle_pool_goes_to_zero_after_the_idle_time_only() {
+    let mut policy = serverless(Duration::from_secs(60));
+    let mut t = Duration::ZERO;
+    let d = run(&mut policy, &mut t, 1, concurrent(0));
+    assert_eq!(d.desired, 0, "a new pool nobody queries starts at zero");
+    let d = run(&mut policy, &mut t, 40, concurrent(6));
+    assert_eq!(d.desired, 3, "two busy workers and the warm spare");
+    // Quiet: down to one worker (the floor while in use), not to zero, before 60 s.
+    let d = run(&mut policy, &mut t, 4 * 59, concurrent(0));
+    assert_eq!(d.desired, 1, "{}", d.reason);
+    let d = run(&mut policy, &mut t, 4, concurrent(0));
+    assert_eq!(d.desired, 0, "{}", d.reason);
+    assert!(matches!(d.reason, Reason::ScaleToZero { .. }), "{}", d.reason);
+    assert_eq!(d.reason.to_string(), "scale to zero: no query for 60s");
+    let d = run(&mut policy, &mut t, 400, concurrent(0));
+    assert_eq!(d.desired, 0, "stays at zero");
+}
+
+#[test]
+fn any_demand_wakes_a_pool_at_zero_at_once() {
+    for sample in [concurrent(1), arriving(0.2), concurrent(30)] {
+        let mut policy = serverless(Duration::from_secs(60));
+        let mut t = Duration::ZERO;
+        run(&mut policy, &mut t, 10, concurrent(0));
+        assert_eq!(policy.desired(), Some(0));
+        let d = run(&mut policy, &mut t, 1, sample);
+        assert!(d.desired >= 1, "{sample:?}: {d:?}");
+        assert!(d.desired >= config().replicas_for(d.demand), "{d:?}");
+        assert!(matches!(d.reason, Reason::Wake { .. }), "{}", d.reason);
+    }
+}
+
+#[test]
+fn any_query_restarts_the_idle_time() {
+    let mut policy = serverless(Duration::from_secs(60));
+    let mut t = Duration::ZERO;
+    run(&mut policy, &mut t, 4, concurrent(2));
+    for _ in 0..5 {
+        // 50 s of quiet, then one arrival: never 60 s without a query.
+        let d = run(&mut policy, &mut t, 200, concurrent(0));
+        assert_eq!(d.desired, 1, "{}", d.reason);
+        run(&mut policy, &mut t, 1, arriving(1.0));
+    }
+}
+
+#[test]
+fn scale_to_zero_needs_min_zero_and_is_off_by_default() {
+    let mut t = Duration::ZERO;
+    let mut min_one = ScalingPolicy::new(config()).unwrap();
+    min_one.set_scale_to_zero_after(Some(Duration::from_secs(1)));
+    assert_eq!(run(&mut min_one, &mut t, 2000, concurrent(0)).desired, 1);
+    // min 0 without an idle time: the warm spare stays, as before.
+    let mut t = Duration::ZERO;
+    let mut off = ScalingPolicy::new(ScalingConfig {
+        min_replicas: 0,
+        ..config()
+    })
+    .unwrap();
+    assert_eq!(off.scale_to_zero_after(), None);
+    assert_eq!(run(&mut off, &mut t, 2000, concurrent(0)).desired, 1);
+}
+
+#[test]
+fn a_restarted_operator_waits_the_idle_time_again() {
+    let mut policy = serverless(Duration::from_secs(30));
+    policy.resume(Duration::from_secs(100), 2);
+    let mut t = Duration::from_secs(100);
+    let d = run(&mut policy, &mut t, 4 * 29, concurrent(0));
+    assert!(d.desired >= 1, "{}", d.reason);
+    let d = run(&mut policy, &mut t, 8, concurrent(0));
+    assert_eq!(d.desired, 0, "{}", d.reason);
+}
+
+proptest! {
+    #[test]
+    fn scale_to_zero_only_when_idle_and_wakes_on_any_demand(
+        cfg in arb_config(),
+        after in 0u64..120,
+        samples in arb_samples(),
+        quiet in prop::collection::vec(any::<bool>(), 300),
+    ) {
+        let cfg = ScalingConfig { min_replicas: 0, ..cfg };
+        let after = Duration::from_secs(after);
+        let mut policy = ScalingPolicy::new(cfg.clone()).unwrap();
+        policy.set_scale_to_zero_after(Some(after));
+        let mut t = Duration::ZERO;
+        let mut last_active: Option<Duration> = None;
+        for ((gap, sample), quiet) in samples.into_iter().zip(quiet) {
+            // Long quiet spells between the samples, so the idle time is reached often.
+            t += Duration::from_millis(gap) * if quiet { 40 } else { 1 };
+            let sample = if quiet { DemandSample::default() } else { sample };
+            let active = sample.in_flight > 0 || sample.queued > 0 || sample.arrivals_per_sec > 0.0;
+            if active || last_active.is_none() {
+                last_active = Some(t);
+            }
+            let d = policy.observe(t, sample);
+            prop_assert!(d.desired <= cfg.max_replicas, "{d:?}");
+            if active {
+                prop_assert!(d.desired >= 1, "demand left at zero: {d:?}");
+            }
+            if d.desired == 0 && d.previous > 0 {
+                let idle = t - last_active.unwrap();
+                prop_assert!(!active && idle >= after, "to zero after {idle:?} idle: {d:?}");
+            }
+        }
+    }
+}

@@ -13,9 +13,14 @@
 //!               otherwise: want_stable;  never below ready / 2 (max scale-down rate 2)
 //! ```
 //!
+//! With `min_replicas` 0 it scales to zero, as Knative does, once the stable window's mean is
+//! zero; a request for a service at zero is held by the activator, which pokes the autoscaler
+//! at once, so the wake-up is one cold start.
+//!
 //! Simplified: the per-pod target is the pool's target concurrency at 100% utilisation (Knative
 //! defaults to 70%, which is the same as a lower target), so all policies aim at the same load
-//! per pod; there is no scale to zero, activator buffering limit or burst capacity; bucket
+//! per pod; no scale-to-zero grace or retention period (the last pod goes as soon as the
+//! stable mean is zero, which favours Knative's cost), activator buffering limit or burst capacity; bucket
 //! averages are plain means of the 100 ms ticks; and there are no warm spares, as Knative has
 //! none above demand.
 
@@ -110,6 +115,12 @@ impl Autoscaler for Kpa {
 
     fn tick(&mut self, seen: &Observation) -> Option<u32> {
         self.record(seen);
+        let held = seen.in_flight + seen.queued;
+        if seen.replicas == 0 && held > 0 {
+            // The activator holds the requests and pokes the autoscaler: up from zero at once.
+            let want = (f64::from(held) / self.target).ceil() as u32;
+            return Some(want.clamp(1, self.max.max(1)));
+        }
         if seen.now < self.next_decision {
             return None;
         }

@@ -92,6 +92,11 @@ impl Measures {
         self.scale_events += 1;
     }
 
+    /// Queries dispatched, by ticks waited (index = ticks).
+    pub fn waits(&self) -> &[u64] {
+        &self.waits
+    }
+
     /// A query was dispatched after waiting `ticks`.
     pub fn waited(&mut self, ticks: u64) {
         let i = ticks as usize;

@@ -13,6 +13,9 @@
 //! Queries and pod start-ups draw from separate seeded streams, so every policy sees the very
 //! same queries (common random numbers) and differences come from the policies alone.
 //!
+//! New pods come from a [`Supply`] first: in the single-pool report there is none and every
+//! pod cold-starts; in the [fleet](super::fleet) a shared standby pool hands out warm pods.
+//!
 //! Simplified: the queue has no limit or timeout (a query waits until served, so waiting is
 //! measured, not rejections); a query never fails; draining has no timeout (queries are
 //! short); capacity is exactly target concurrency per pod.
@@ -30,6 +33,30 @@ use super::trace::Trace;
 const QUERIES: u64 = 1;
 /// Stream of pod cold starts.
 const PODS: u64 = 2;
+/// Distance between the streams of two pools of one run.
+const POOL_STREAMS: u64 = 16;
+
+/// A query is the first after idle when the pool saw no arrival for this long before it: long
+/// enough for every policy with scale to zero to have reached zero, so its latency shows the
+/// wake-up.
+pub const IDLE_GAP: Duration = Duration::from_secs(60);
+
+/// Where a pool's new pods come from before it cold-starts them.
+pub trait Supply {
+    /// Hands up to `needed` ready-to-claim pods to a pool at `tick`; returns the tick at which
+    /// each becomes ready in the pool. The pool cold-starts the rest.
+    fn claim(&mut self, tick: u64, needed: u32) -> Vec<u64>;
+}
+
+/// No supply: every new pod is a cold start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ColdStartsOnly;
+
+impl Supply for ColdStartsOnly {
+    fn claim(&mut self, _tick: u64, _needed: u32) -> Vec<u64> {
+        Vec::new()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -53,6 +80,8 @@ struct Pod {
 struct Waiting {
     arrived: u64,
     service: u64,
+    /// The first query after [`IDLE_GAP`] without arrivals: its latency is a wake-up's.
+    after_idle: bool,
 }
 
 /// One pool under one policy over one trace.
@@ -72,11 +101,26 @@ pub struct Simulation<'a> {
     completed: u64,
     desired: u32,
     measures: Measures,
+    /// Tick of the last arrival, if any.
+    last_arrival: Option<u64>,
+    /// Ticks from arrival to result of each first query after idle.
+    wakes: Vec<u64>,
 }
 
 impl<'a> Simulation<'a> {
     /// A pool at the policy's steady size for the trace's starting load, all pods ready.
     pub fn new(trace: &'a Trace, setup: &'a Setup, policy: Box<dyn Autoscaler>) -> Self {
+        Self::for_pool(trace, setup, policy, 0)
+    }
+
+    /// Pool number `pool` of a run with several: its own query and start-up streams, so pools
+    /// differ, while every policy sees the same queries on the same pool.
+    pub fn for_pool(
+        trace: &'a Trace,
+        setup: &'a Setup,
+        policy: Box<dyn Autoscaler>,
+        pool: u64,
+    ) -> Self {
         let cfg = &setup.pool;
         let initial = policy
             .initial(trace.offered(0.0))
@@ -92,8 +136,8 @@ impl<'a> Simulation<'a> {
             trace,
             setup,
             policy,
-            queries: Rng::new(setup.seed, QUERIES),
-            starts: Rng::new(setup.seed, PODS),
+            queries: Rng::new(setup.seed, QUERIES + POOL_STREAMS * pool),
+            starts: Rng::new(setup.seed, PODS + POOL_STREAMS * pool),
             tick: 0,
             ticks,
             pods,
@@ -103,6 +147,8 @@ impl<'a> Simulation<'a> {
             completed: 0,
             desired: initial,
             measures: Measures::new(trace.jumps.len()),
+            last_arrival: None,
+            wakes: Vec::new(),
         }
     }
 
@@ -157,6 +203,22 @@ impl<'a> Simulation<'a> {
         self.pods.iter().map(|p| p.running.len()).max().unwrap_or(0)
     }
 
+    /// Ready pods running no query now: paid for and serving nothing.
+    pub fn idle_pods(&self) -> u32 {
+        self.ready_pods().filter(|p| p.running.is_empty()).count() as u32
+    }
+
+    /// Queries dispatched so far, by ticks waited (index = ticks).
+    pub fn wait_histogram(&self) -> &[u64] {
+        self.measures.waits()
+    }
+
+    /// Ticks from arrival to result of each first query after [`IDLE_GAP`] without arrivals
+    /// that has been dispatched so far.
+    pub fn wake_latencies(&self) -> &[u64] {
+        &self.wakes
+    }
+
     /// What was measured so far.
     pub fn outcome(&self) -> Outcome {
         self.measures.outcome(self.setup.tick)
@@ -166,8 +228,13 @@ impl<'a> Simulation<'a> {
         self.setup.tick * self.tick as u32
     }
 
-    /// Advances one tick.
+    /// Advances one tick; every new pod cold-starts.
     pub fn step(&mut self) {
+        self.step_with(&mut ColdStartsOnly);
+    }
+
+    /// Advances one tick, taking new pods from `supply` before cold-starting any.
+    pub fn step_with(&mut self, supply: &mut dyn Supply) {
         let tick = self.tick;
         let now = self.now();
         let secs = now.as_secs_f64();
@@ -185,13 +252,17 @@ impl<'a> Simulation<'a> {
         self.pods
             .retain(|p| !(p.state == State::Draining && p.running.is_empty()));
 
-        let arrivals = self.queries.poisson((self.trace.rate)(secs) * dt);
+        let arrivals = self.queries.poisson(self.trace.rate_at(secs) * dt);
         let mean_ticks = self.trace.mean_service.as_secs_f64() / dt;
+        let gap = (IDLE_GAP.as_secs_f64() / dt).round() as u64;
         for _ in 0..arrivals {
             let service = self.queries.exponential(mean_ticks).round().max(1.0) as u64;
+            let after_idle = self.last_arrival.is_none_or(|last| tick - last >= gap);
+            self.last_arrival = Some(tick);
             self.queue.push_back(Waiting {
                 arrived: tick,
                 service,
+                after_idle,
             });
         }
         self.arrived += u64::from(arrivals);
@@ -218,7 +289,7 @@ impl<'a> Simulation<'a> {
                 self.measures.scaled();
                 self.desired = desired;
             }
-            self.resize(tick, desired);
+            self.resize(tick, desired, supply);
         }
 
         // Measured at the end of the tick, so a decision counts from the tick it was taken.
@@ -254,12 +325,26 @@ impl<'a> Simulation<'a> {
             pod.running.push(tick + first.service);
             self.queue.pop_front();
             self.measures.waited(tick - first.arrived);
+            if first.after_idle {
+                // The model has no streaming: a query's result is there when it ends.
+                self.wakes.push(tick + first.service - first.arrived);
+            }
         }
     }
 
-    /// Starts or drains pods until `desired` are starting or ready.
-    fn resize(&mut self, tick: u64, desired: u32) {
+    /// Claims from `supply`, then starts or drains pods, until `desired` are starting or ready.
+    fn resize(&mut self, tick: u64, desired: u32, supply: &mut dyn Supply) {
         let mut replicas = self.replicas();
+        if desired > replicas {
+            let needed = desired - replicas;
+            for ready_at in supply.claim(tick, needed).into_iter().take(needed as usize) {
+                self.pods.push(Pod {
+                    state: State::Starting(ready_at),
+                    running: Vec::new(),
+                });
+                replicas += 1;
+            }
+        }
         let (low, high) = self.setup.cold_start;
         while replicas < desired {
             let spread = (high.saturating_sub(low)).as_secs_f64() * self.starts.unit();

@@ -94,6 +94,12 @@ impl Quiver {
             next_sample: Duration::ZERO,
         }
     }
+
+    /// The same, with scale to zero after `after` idle (for a `min_replicas` 0 config).
+    pub fn scale_to_zero(mut self, after: Duration) -> Self {
+        self.policy.set_scale_to_zero_after(Some(after));
+        self
+    }
 }
 
 impl Autoscaler for Quiver {
@@ -106,7 +112,10 @@ impl Autoscaler for Quiver {
             // The operator restarting next to a running pool: adopt its size.
             self.policy.resume(seen.now, seen.replicas);
         }
-        if seen.now < self.next_sample {
+        // A query held at the gateway for a pool at zero makes the gateway call the scaler at
+        // once (as Knative's activator pokes its autoscaler) instead of waiting for the poll.
+        let waking = seen.replicas == 0 && (seen.queued > 0 || seen.arrivals_last_sec > 0);
+        if seen.now < self.next_sample && !waking {
             return None;
         }
         self.next_sample = seen.now + self.sample_every;

@@ -23,17 +23,31 @@ pub struct Trace {
     /// Sudden rises: (time in seconds, arrival rate just after). Reaction times are measured
     /// from these; a trace that only changes smoothly has none.
     pub jumps: &'static [(f64, f64)],
+    /// Bursts on top of `rate`: (start, end, arrivals per second), in seconds. Lets the many
+    /// pools of [`fleet`](super::fleet) share one `rate` function and differ in data.
+    pub bursts: &'static [(f64, f64, f64)],
 }
 
 impl Trace {
+    /// Arrivals per second at `secs`: the curve plus the bursts under way.
+    pub fn rate_at(&self, secs: f64) -> f64 {
+        let bursts: f64 = self
+            .bursts
+            .iter()
+            .filter(|(start, end, _)| (*start..*end).contains(&secs))
+            .map(|(_, _, rate)| rate)
+            .sum();
+        (self.rate)(secs) + bursts
+    }
+
     /// Concurrent queries the trace offers at `secs` (Little's law: rate × mean time).
     pub fn offered(&self, secs: f64) -> f64 {
-        (self.rate)(secs) * self.mean_service.as_secs_f64()
+        self.rate_at(secs) * self.mean_service.as_secs_f64()
     }
 }
 
 /// Mean query time of every trace: short analytical queries.
-const MEAN_SERVICE: Duration = Duration::from_millis(500);
+pub(super) const MEAN_SERVICE: Duration = Duration::from_millis(500);
 
 /// The four traces of the report, in its order.
 pub fn all() -> Vec<Trace> {
@@ -55,6 +69,7 @@ pub fn step() -> Trace {
             }
         },
         jumps: &[(60.0, 60.0)],
+        bursts: &[],
     }
 }
 
@@ -67,6 +82,7 @@ pub fn spike() -> Trace {
         mean_service: MEAN_SERVICE,
         rate: |t| if (60.0..80.0).contains(&t) { 60.0 } else { 6.0 },
         jumps: &[(60.0, 60.0)],
+        bursts: &[],
     }
 }
 
@@ -97,6 +113,7 @@ pub fn sawtooth() -> Trace {
             (210.0, 50.0),
             (270.0, 50.0),
         ],
+        bursts: &[],
     }
 }
 
@@ -116,5 +133,6 @@ pub fn diurnal() -> Trace {
             3.0 + 42.0 * (1.0 - (2.0 * PI * (hour - 2.0) / 24.0).cos()) / 2.0
         },
         jumps: &[],
+        bursts: &[],
     }
 }
