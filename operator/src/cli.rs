@@ -23,7 +23,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the QueryPool CustomResourceDefinition as YAML.
     Crd,
-    /// Compare the scaling policy with Knative- and HPA-style policies over demand traces.
+    /// Compare the scaling policy with Knative- and HPA-style policies over demand traces, then
+    /// per-pool spares with a shared standby pool and scale to zero over a fleet of pools.
     Simulate,
 }
 

@@ -8,7 +8,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command.unwrap_or_else(|| Command::Run(Box::default())) {
         Command::Crd => print!("{}", quiver_operator::crd::crd_yaml()),
-        Command::Simulate => print!("{}", quiver_core::simulate::report()),
+        Command::Simulate => {
+            print!("{}", quiver_core::simulate::report());
+            println!();
+            print!("{}", quiver_core::simulate::fleet::report());
+        }
         Command::Run(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(

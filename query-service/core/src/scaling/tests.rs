@@ -454,7 +454,11 @@ fn an_idle_pool_goes_to_zero_after_the_idle_time_only() {
     assert_eq!(d.desired, 1, "{}", d.reason);
     let d = run(&mut policy, &mut t, 4, concurrent(0));
     assert_eq!(d.desired, 0, "{}", d.reason);
-    assert!(matches!(d.reason, Reason::ScaleToZero { .. }), "{}", d.reason);
+    assert!(
+        matches!(d.reason, Reason::ScaleToZero { .. }),
+        "{}",
+        d.reason
+    );
     assert_eq!(d.reason.to_string(), "scale to zero: no query for 60s");
     let d = run(&mut policy, &mut t, 400, concurrent(0));
     assert_eq!(d.desired, 0, "stays at zero");

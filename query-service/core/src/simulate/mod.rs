@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::scaling::ScalingConfig;
 
+pub mod fleet;
 mod hpa;
 mod knative;
 mod measure;
@@ -35,7 +36,7 @@ mod tests;
 pub use hpa::Hpa;
 pub use knative::Kpa;
 pub use measure::Outcome;
-pub use model::Simulation;
+pub use model::{ColdStartsOnly, IDLE_GAP, Simulation, Supply};
 pub use policy::{Autoscaler, Observation, PolicyKind, Quiver};
 pub use report::{Report, Row};
 pub use trace::Trace;
