@@ -418,6 +418,22 @@ pub struct BenchArgs {
     /// Measured runs per query and path (after warm-up).
     #[arg(long, default_value_t = 300)]
     pub iterations: usize,
+    /// Worker processes behind the gateway.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Concurrent clients in the throughput section (0 skips it).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// How long each side of the throughput section runs, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub throughput_for: std::time::Duration,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Print the benchmark's queries as JSON (name and SQL) and exit, for other tools to run
+    /// the same statements.
+    #[arg(long)]
+    pub print_queries: bool,
 }
 
 /// Default data directory for a scale factor, so different scales never share files.

@@ -3,13 +3,23 @@
 //!
 //! Files are written under a temporary name and renamed, and the catalog is written last, so a
 //! directory with a catalog always holds complete data even if generation was interrupted.
+//!
+//! The files are laid out the way Quiver recommends for interactive queries
+//! (`docs/performance.md`): rows sorted on the table's key (the generator's order, recorded as
+//! the row groups' sorting columns), row groups of [`ROW_GROUP_ROWS`] rows so min/max
+//! statistics can skip most of a table for a selective filter, pages of at most
+//! [`PAGE_ROWS`] rows with a page index so a point lookup decodes one page per column, and
+//! bloom filters on key columns, which prune row groups for equality on values that min/max
+//! cannot rule out.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::metadata::SortingColumn;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tpchgen::generators::{
     CustomerGenerator, LineItemGenerator, NationGenerator, OrderGenerator, PartGenerator,
     PartSuppGenerator, RegionGenerator, SupplierGenerator,
@@ -23,9 +33,57 @@ use quiver_worker::catalog::{CatalogFile, TableEntry};
 
 /// The catalog file name inside a data directory.
 pub const CATALOG_FILE: &str = "catalog.yaml";
-/// Rows per generated batch and Parquet row group granularity; large enough for efficient
-/// encoding, small enough to keep generation memory flat.
+/// Rows per generated batch; small enough to keep generation memory flat.
 const BATCH_ROWS: usize = 64 * 1024;
+/// Rows per Parquet row group: the unit min/max statistics and bloom filters prune. Small
+/// enough that a filter on a sorted key skips most of a table, large enough that a full scan
+/// is not dominated by per-group overhead.
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+/// Most rows per data page: the unit the page index prunes inside a row group.
+pub const PAGE_ROWS: usize = 8 * 1024;
+/// False-positive rate of the bloom filters.
+const BLOOM_FPP: f64 = 0.01;
+
+/// Each table's key columns: the first is the sort order the generator writes (and the
+/// sorting column recorded); all get bloom filters, for lookups by key and joins on it.
+fn key_columns(table: &str) -> &'static [&'static str] {
+    match table {
+        "region" => &["r_regionkey"],
+        "nation" => &["n_nationkey"],
+        "supplier" => &["s_suppkey"],
+        "part" => &["p_partkey"],
+        "partsupp" => &["ps_partkey", "ps_suppkey"],
+        "customer" => &["c_custkey"],
+        "orders" => &["o_orderkey", "o_custkey"],
+        "lineitem" => &["l_orderkey", "l_partkey", "l_suppkey"],
+        other => unreachable!("not a TPC-H table: {other}"),
+    }
+}
+
+/// Writer settings for `table` (see the module documentation).
+fn writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> WriterProperties {
+    let keys = key_columns(table);
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_statistics_enabled(EnabledStatistics::Page);
+    if let Ok(sorted) = schema.index_of(keys[0]) {
+        props = props.set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: i32::try_from(sorted).expect("few columns"),
+            descending: false,
+            nulls_first: false,
+        }]));
+    }
+    for key in keys {
+        let column = ColumnPath::from(*key);
+        props = props
+            .set_column_bloom_filter_enabled(column.clone(), true)
+            .set_column_bloom_filter_fpp(column.clone(), BLOOM_FPP)
+            .set_column_bloom_filter_max_ndv(column, ROW_GROUP_ROWS as u64);
+    }
+    props.build()
+}
 
 /// Why data generation failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,10 +161,6 @@ pub fn generate(dir: &Path, scale_factor: f64) -> Result<PathBuf, DatagenError> 
         move |source| DatagenError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(BATCH_ROWS * 4))
-        .build();
     let mut entries = Vec::new();
     for table in TABLES {
         let file_name = format!("{table}.parquet");
@@ -118,7 +172,8 @@ pub fn generate(dir: &Path, scale_factor: f64) -> Result<PathBuf, DatagenError> 
             source,
         };
         let file = File::create(&tmp).map_err(io(&tmp))?;
-        let mut writer = ArrowWriter::try_new(file, batches.schema().clone(), Some(props.clone()))
+        let props = writer_properties(table, batches.schema());
+        let mut writer = ArrowWriter::try_new(file, batches.schema().clone(), Some(props))
             .map_err(parquet_err)?;
         let mut rows = 0;
         for batch in batches {
@@ -164,6 +219,50 @@ mod tests {
         let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
         use parquet::file::reader::FileReader;
         assert_eq!(reader.metadata().file_metadata().num_rows(), 25);
+    }
+
+    #[test]
+    fn lays_out_files_for_pruning() {
+        use parquet::file::properties::ReaderProperties;
+        use parquet::file::reader::FileReader;
+        use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), 0.01).unwrap();
+        let file = File::open(dir.path().join("orders.parquet")).unwrap();
+        let options = ReadOptionsBuilder::new()
+            .with_page_index()
+            .with_reader_properties(
+                ReaderProperties::builder()
+                    .set_read_bloom_filter(true)
+                    .build(),
+            )
+            .build();
+        let reader = SerializedFileReader::new_with_options(file, options).unwrap();
+        let metadata = reader.metadata();
+        let key = metadata
+            .file_metadata()
+            .schema_descr()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "o_orderkey")
+            .unwrap();
+        assert!(metadata.num_row_groups() >= 1);
+        for (i, group) in metadata.row_groups().iter().enumerate() {
+            assert!(group.num_rows() as usize <= ROW_GROUP_ROWS);
+            let sorting = group.sorting_columns().expect("sorting columns recorded");
+            assert_eq!(sorting[0].column_idx as usize, key);
+            assert!(group.column(key).statistics().is_some());
+            let row_group = reader.get_row_group(i).unwrap();
+            let bloom = row_group
+                .get_column_bloom_filter(key)
+                .expect("a bloom filter on the key");
+            assert!(bloom.check(&1_i64));
+        }
+        // A page index, with pages of at most PAGE_ROWS rows.
+        let offsets = metadata.offset_index().expect("an offset index");
+        let pages = &offsets[0][key].page_locations;
+        let rows = metadata.row_group(0).num_rows();
+        assert!(pages.len() as i64 >= (rows as usize).div_ceil(PAGE_ROWS) as i64);
     }
 
     #[test]

@@ -73,9 +73,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
             let endpoints = args.pool_endpoints().map_err(anyhow::Error::msg)?;
-            let pools = quiver_gateway::Pools::new(
-                endpoints.keys().map(String::as_str),
-            );
+            let pools = quiver_gateway::Pools::new(endpoints.keys().map(String::as_str));
             for (name, workers) in &endpoints {
                 let pool = pools.get(name)?;
                 for endpoint in workers {
@@ -155,7 +153,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let data_dir = args
                 .data_dir
                 .unwrap_or_else(|| quiver::cli::default_data_dir(args.scale_factor));
-            quiver::bench::run(&data_dir, args.scale_factor, args.iterations).await?;
+            if args.print_queries {
+                let queries: Vec<_> = quiver::bench::QUERIES
+                    .iter()
+                    .map(|(name, sql)| serde_json::json!({"name": name, "sql": sql}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(queries));
+                return Ok(());
+            }
+            quiver::bench::run(quiver::bench::BenchConfig {
+                data_dir,
+                scale_factor: args.scale_factor,
+                iterations: args.iterations,
+                workers: args.workers,
+                clients: args.clients,
+                throughput_for: args.throughput_for,
+                json: args.json,
+            })
+            .await?;
         }
     }
     Ok(())

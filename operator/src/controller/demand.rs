@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
 use http::Uri;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
@@ -30,7 +31,6 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use futures::{FutureExt, StreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, Store, store::Writer};
@@ -261,7 +261,10 @@ impl Gateways {
                     store,
                 };
                 let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-                (targets, Some(watch_slices(api, service_selector(name), writer)))
+                (
+                    targets,
+                    Some(watch_slices(api, service_selector(name), writer)),
+                )
             }
         }
     }

@@ -12,6 +12,7 @@
 //!  simulate: the same policy, Knative- and HPA-style policies, over demand traces
 //! ```
 
+pub mod cache;
 pub mod demand;
 pub mod scaling;
 pub mod simulate;

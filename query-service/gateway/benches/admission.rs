@@ -14,8 +14,8 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 use quiver_gateway::Admission;
 use quiver_gateway::ClientHints;
-use quiver_gateway::Policy;
 use quiver_gateway::Identity;
+use quiver_gateway::Policy;
 
 const TENANTS: usize = 10_000;
 

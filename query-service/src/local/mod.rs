@@ -15,8 +15,8 @@ use self::autoscale::Scaling;
 use self::supervisor::{SupervisorError, WorkerCommand, supervise};
 use crate::datagen;
 use quiver_core::ticket::TicketSigner;
-use quiver_gateway::WorkerPool;
 use quiver_gateway::GatewayMetrics;
+use quiver_gateway::WorkerPool;
 
 /// Settings for one local deployment.
 #[derive(Debug, Clone)]
@@ -165,13 +165,9 @@ pub async fn run(
         query_timeout: humantime::parse_duration(&config.query_timeout)
             .unwrap_or(quiver_worker::engine::DEFAULT_QUERY_TIMEOUT),
     };
-    let mut gateway = tokio::spawn(quiver_gateway::run(
-        listener,
-        gateway_config,
-        async {
-            let _ = gateway_stop_rx.await;
-        },
-    ));
+    let mut gateway = tokio::spawn(quiver_gateway::run(listener, gateway_config, async {
+        let _ = gateway_stop_rx.await;
+    }));
 
     tokio::pin!(shutdown);
     let mut failure: Option<UpError> = None;

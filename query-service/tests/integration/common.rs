@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use quiver_core::ticket::TicketSigner;
-use quiver_gateway::WorkerPool;
 use quiver_gateway::GatewayMetrics;
+use quiver_gateway::WorkerPool;
 use quiver_worker::WorkerConfig;
 use quiver_worker::catalog::Catalog;
 use quiver_worker::engine::QueryLimits;

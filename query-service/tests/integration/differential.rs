@@ -70,10 +70,10 @@ fn check(engine: &Engine, runtime: &tokio::runtime::Runtime, sql: &str) -> Resul
         return Ok(false);
     };
     let everything = vec!["*".to_owned()];
-    let Ok((df, _)) = runtime.block_on(engine.plan(&facts.sql, None, &everything)) else {
+    let Ok((plan, _)) = runtime.block_on(engine.plan(&facts.sql, None, &everything)) else {
         return Ok(false);
     };
-    let planned = reads(df.logical_plan(), DEFAULT_CATALOG, DEFAULT_SCHEMA);
+    let planned = reads(&plan, DEFAULT_CATALOG, DEFAULT_SCHEMA);
     if facts.metadata {
         return Ok(true);
     }

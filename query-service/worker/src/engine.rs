@@ -1,15 +1,19 @@
-//! The worker's DataFusion engine: a pre-warmed session shared by all queries, and a per-query
-//! session with its own memory pool and deadline.
+//! The worker's DataFusion engine: a pre-warmed session shared by all queries, plans kept by
+//! SQL text, and per-query execution with its own memory pool and deadline.
 //!
 //! ```text
 //!  warm_up(catalog) ──► base SessionState (tables registered, Parquet footers cached,
 //!                        hot tables in memory)
-//!  per query ──► SessionState clone + own RuntimeEnv { own memory pool, shared caches,
-//!                shared object stores } ──► plan ──► execute_stream ──► deadline-limited stream
+//!  per query ──► logical plan (kept by text: the GetFlightInfo that plans a statement and the
+//!                DoGet that runs it, and every repeat, plan it once) ──► tables checked
+//!            ──► physical plan ──► TaskContext { shared caches and object stores, own memory
+//!                pool } ──► execute_stream ──► deadline-limited stream
 //! ```
 //!
 //! Sharing the cache manager keeps the metadata read at warm-up useful for every query; giving
 //! each query its own memory pool means one runaway query hits its own limit and fails alone.
+//! Nothing per query builds a session: a query clones the base state once (for its own start
+//! time, which `now()` reads) and runs under a task context that carries its pool.
 
 use std::num::NonZeroUsize;
 use std::pin::Pin;
@@ -21,13 +25,14 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::{SQLOptions, SessionState};
 use datafusion::execution::memory_pool::{GreedyMemoryPool, TrackConsumersPool};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::prelude::{DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
 use datafusion::scalar::ScalarValue;
 use futures::Stream;
 use object_store::ObjectStore;
@@ -35,6 +40,7 @@ use tokio::time::{Instant, Sleep};
 use url::Url;
 
 use crate::catalog::{Catalog, CatalogError};
+use quiver_core::cache::TextCache;
 
 pub use quiver_core::protocol::DEFAULT_QUERY_TIMEOUT;
 
@@ -104,17 +110,33 @@ impl EngineError {
     }
 }
 
-/// The warmed engine. Cheap to share; each query builds its own session from it.
+/// Bytes of SQL text (plus a fixed estimate per plan) the plan cache holds.
+const PLAN_CACHE_BYTES: usize = 16 << 20;
+/// What one cached plan is counted as beyond its text: plans of short dashboard queries are a
+/// few kilobytes of nodes and expressions.
+const PLAN_BYTES_ESTIMATE: usize = 8 << 10;
+
+/// A statement planned once: its logical plan, placeholders unbound, and its result schema.
+#[derive(Debug)]
+struct Planned {
+    plan: LogicalPlan,
+    schema: SchemaRef,
+}
+
+/// The warmed engine. Cheap to share; each query runs under its own task context.
 pub struct Engine {
     base: SessionState,
     limits: QueryLimits,
+    /// Logical plans by SQL text. The catalog is fixed for the worker's life, so a plan stays
+    /// valid; authority is checked on every use, not at caching.
+    plans: TextCache<Arc<Planned>>,
 }
 
 impl Engine {
     /// Registers every table of `catalog`, reads its Parquet metadata into the shared caches and
     /// loads hot tables into memory. Returns only when the worker is ready to serve.
     pub async fn warm_up(catalog: &Catalog, limits: QueryLimits) -> Result<Self, CatalogError> {
-        let config = SessionConfig::new()
+        let config = session_config()
             .with_default_catalog_and_schema(&catalog.catalog, &catalog.schema)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
@@ -163,16 +185,17 @@ impl Engine {
             }
             tracing::info!(table = %table.name, url = %table.url, hot = table.hot, "table warmed");
         }
-        Ok(Self {
-            base: ctx.state(),
-            limits,
-        })
+        Ok(Self::from_state(ctx.state(), limits))
     }
 
-    /// An engine over a session built elsewhere (tests, embedders): queries get sessions
-    /// cloned from `base`, each with its own memory pool as usual.
+    /// An engine over a session built elsewhere (tests, embedders, benchmarks): queries run
+    /// on `base`, each with its own memory pool as usual.
     pub fn from_state(base: SessionState, limits: QueryLimits) -> Self {
-        Self { base, limits }
+        Self {
+            base,
+            limits,
+            plans: TextCache::new(PLAN_CACHE_BYTES),
+        }
     }
 
     /// The limits queries run under.
@@ -185,8 +208,16 @@ impl Engine {
         &self.base
     }
 
-    /// A session for one query: the warmed catalog and caches, with a memory pool of its own.
-    fn session(&self, memory_limit: usize) -> SessionContext {
+    /// The state one query plans and runs with: the base, with this query's start time.
+    fn query_state(&self) -> SessionState {
+        let mut state = self.base.clone();
+        state.mark_start_execution();
+        state
+    }
+
+    /// The task context one query executes under: the shared caches and object stores, with a
+    /// memory pool of its own.
+    fn task_context(&self, state: &SessionState, memory_limit: usize) -> Arc<TaskContext> {
         let shared = self.base.runtime_env();
         let pool = TrackConsumersPool::new(
             GreedyMemoryPool::new(memory_limit),
@@ -198,10 +229,7 @@ impl Engine {
             cache_manager: shared.cache_manager.clone(),
             object_store_registry: shared.object_store_registry.clone(),
         });
-        let state = SessionStateBuilder::new_from_existing(self.base.clone())
-            .with_runtime_env(runtime)
-            .build();
-        SessionContext::new_with_state(state)
+        Arc::new(TaskContext::from(state).with_runtime(runtime))
     }
 
     /// Plans `sql` as a read-only query with its parameter values, for its result schema.
@@ -210,7 +238,7 @@ impl Engine {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
         catalogs: &[String],
-    ) -> Result<(DataFrame, SchemaRef), EngineError> {
+    ) -> Result<(LogicalPlan, SchemaRef), EngineError> {
         self.plan_limited(sql, params, &self.limits, catalogs).await
     }
 
@@ -221,14 +249,44 @@ impl Engine {
         sql: &str,
         catalogs: &[String],
     ) -> Result<(SchemaRef, Schema), EngineError> {
-        let (df, schema) = self.plan_limited(sql, None, &self.limits, catalogs).await?;
-        let types = df
-            .logical_plan()
+        let (plan, schema) = self.plan_limited(sql, None, &self.limits, catalogs).await?;
+        let types = plan
             .get_parameter_types()
             .map_err(|e| EngineError::classify(e, &self.limits))?;
         let params =
             quiver_core::prepared::parameter_schema(types).map_err(EngineError::InvalidQuery)?;
         Ok((schema, params))
+    }
+
+    /// The logical plan of `sql`, planned once per text: the same text from another tenant
+    /// gets the same plan and its own check below.
+    async fn logical_plan(
+        &self,
+        sql: &str,
+        limits: &QueryLimits,
+    ) -> Result<Arc<Planned>, EngineError> {
+        if let Some(planned) = self.plans.get(sql) {
+            return Ok(planned);
+        }
+        let options = SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        // The worker's own bound on nesting: the text is checked again where it is parsed.
+        quiver_core::sql::check_shape(sql, usize::MAX)
+            .map_err(|e| EngineError::InvalidQuery(e.to_string()))?;
+        let plan = self
+            .query_state()
+            .create_logical_plan(sql)
+            .await
+            .map_err(|e| EngineError::classify(e, limits))?;
+        options
+            .verify_plan(&plan)
+            .map_err(|e| EngineError::classify(e, limits))?;
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let planned = Arc::new(Planned { plan, schema });
+        self.plans.insert(sql, planned.clone(), PLAN_BYTES_ESTIMATE);
+        Ok(planned)
     }
 
     /// Plans `sql` exactly as given (the gateway numbered its placeholders), then checks every
@@ -239,22 +297,11 @@ impl Engine {
         params: Option<Vec<ScalarValue>>,
         limits: &QueryLimits,
         catalogs: &[String],
-    ) -> Result<(DataFrame, SchemaRef), EngineError> {
-        let options = SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        // The worker's own bound on nesting: the text is checked again where it is parsed.
-        quiver_core::sql::check_shape(sql, usize::MAX)
-            .map_err(|e| EngineError::InvalidQuery(e.to_string()))?;
-        let mut df = self
-            .session(limits.memory_limit)
-            .sql_with_options(sql, options)
-            .await
-            .map_err(|e| EngineError::classify(e, limits))?;
+    ) -> Result<(LogicalPlan, SchemaRef), EngineError> {
+        let planned = self.logical_plan(sql, limits).await?;
         let config = self.base.config_options();
         crate::authorise::check_plan(
-            df.logical_plan(),
+            &planned.plan,
             catalogs,
             &config.catalog.default_catalog,
             &config.catalog.default_schema,
@@ -262,13 +309,18 @@ impl Engine {
         .map_err(|forbidden| EngineError::Forbidden {
             table: forbidden.table,
         })?;
-        if let Some(values) = params {
-            df = df
-                .with_param_values(values)
-                .map_err(|e| EngineError::classify(e, limits))?;
+        match params {
+            Some(values) => {
+                let plan = planned
+                    .plan
+                    .clone()
+                    .with_param_values(values)
+                    .map_err(|e| EngineError::classify(e, limits))?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                Ok((plan, schema))
+            }
+            None => Ok((planned.plan.clone(), planned.schema.clone())),
         }
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        Ok((df, schema))
     }
 
     /// Plans and starts `sql`; batches stream as DataFusion produces them, ending with
@@ -289,10 +341,14 @@ impl Engine {
         }
         let deadline = Instant::now() + limits.timeout;
         let started = tokio::time::timeout_at(deadline, async {
-            let (df, schema) = self.plan_limited(sql, params, &limits, catalogs).await?;
-            let stream = df
-                .execute_stream()
+            let (plan, schema) = self.plan_limited(sql, params, &limits, catalogs).await?;
+            let state = self.query_state();
+            let physical = state
+                .create_physical_plan(&plan)
                 .await
+                .map_err(|e| EngineError::classify(e, &limits))?;
+            let task = self.task_context(&state, limits.memory_limit);
+            let stream = datafusion::physical_plan::execute_stream(physical, task)
                 .map_err(|e| EngineError::classify(e, &limits))?;
             Ok::<_, EngineError>((schema, stream))
         })
@@ -307,6 +363,23 @@ impl Engine {
             limits,
         })
     }
+
+    /// Statements whose plans are kept.
+    pub fn cached_plans(&self) -> usize {
+        self.plans.len()
+    }
+}
+
+/// The session settings every worker query runs with. Filters are evaluated while Parquet is
+/// decoded (late materialisation), so a selective predicate skips decoding the other columns'
+/// pages; row groups and pages are pruned by statistics, page index and bloom filters, which
+/// DataFusion reads by default.
+pub fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new();
+    let parquet = &mut config.options_mut().execution.parquet;
+    parquet.pushdown_filters = true;
+    parquet.reorder_filters = true;
+    config
 }
 
 fn register_error(table: &str, url: &Url, e: DataFusionError) -> CatalogError {

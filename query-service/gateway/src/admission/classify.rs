@@ -7,13 +7,13 @@
 
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{ObjectName, ObjectNamePart, Statement, visit_relations};
-use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::config::Identity;
 use super::config::{GroupNode, Policy, StatementKind};
 use super::group::GroupLimits;
+use quiver_core::cache::TextCache;
 use quiver_core::protocol::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 use quiver_core::sql::SqlError;
 
@@ -135,22 +135,22 @@ fn statement_word(statement: &Statement) -> String {
     word
 }
 
-/// How much SQL text (and the table names found in it) [`FactsCache`] keeps before it starts
-/// afresh.
+/// How much SQL text (and the table names found in it) [`FactsCache`] keeps.
 const FACTS_CACHE_BYTES: usize = 4 << 20;
 
 /// Statement facts by SQL text. Dashboards send the same statements again and again, and
-/// parsing is most of the cost of an admission decision, so repeats skip it. Bounded by
-/// [`FACTS_CACHE_BYTES`]: when full it empties and fills again with what is sent now.
-#[derive(Debug, Default)]
+/// parsing is most of the cost of an admission decision, so repeats skip it.
+#[derive(Debug)]
 pub struct FactsCache {
-    entries: Mutex<FactsEntries>,
+    by_sql: TextCache<Result<Arc<StatementFacts>, SqlError>>,
 }
 
-#[derive(Debug, Default)]
-struct FactsEntries {
-    by_sql: HashMap<Box<str>, Result<Arc<StatementFacts>, SqlError>>,
-    bytes: usize,
+impl Default for FactsCache {
+    fn default() -> Self {
+        Self {
+            by_sql: TextCache::new(FACTS_CACHE_BYTES),
+        }
+    }
 }
 
 impl FactsCache {
@@ -162,31 +162,22 @@ impl FactsCache {
                 limit: max_bytes,
             });
         }
-        if let Some(hit) = self.entries.lock().expect("facts cache").by_sql.get(sql) {
-            return hit.clone();
+        if let Some(hit) = self.by_sql.get(sql) {
+            return hit;
         }
-        // Parse outside the lock: a long statement must not hold up every other query.
+        // Parsed outside any lock: a long statement must not hold up every other query.
         let facts = inspect(sql, max_bytes).map(Arc::new);
-        let size = sql.len()
-            + facts.as_ref().map_or(64, |f| {
-                f.sql.len() + f.tables.iter().map(String::len).sum::<usize>()
-            });
-        if size <= FACTS_CACHE_BYTES / 16 {
-            let mut entries = self.entries.lock().expect("facts cache");
-            if entries.bytes + size > FACTS_CACHE_BYTES {
-                entries.by_sql.clear();
-                entries.bytes = 0;
-            }
-            if entries.by_sql.insert(sql.into(), facts.clone()).is_none() {
-                entries.bytes += size;
-            }
-        }
+        let size = facts.as_ref().map_or(64, |f| {
+            f.sql.len() + f.tables.iter().map(String::len).sum::<usize>()
+        });
+        self.by_sql.insert(sql, facts.clone(), size);
         facts
     }
 
     /// Bytes of SQL and table names held.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
-        self.entries.lock().expect("facts cache").bytes
+        self.by_sql.bytes()
     }
 }
 

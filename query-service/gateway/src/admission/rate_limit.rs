@@ -200,6 +200,7 @@ pub struct Gcra {
 
 impl Gcra {
     /// Admits one request for `key` at `now`, or says how long until it would be admitted.
+    #[cfg(test)]
     pub fn check(&mut self, key: &str, rate: Rate, now: Duration) -> Result<(), Duration> {
         let next = self.peek(key, rate, now)?;
         self.commit(key, next);
@@ -243,6 +244,7 @@ impl Gcra {
     }
 
     /// True when no key is tracked.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.tat.is_empty()
     }

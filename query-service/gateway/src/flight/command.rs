@@ -105,10 +105,7 @@ pub(super) enum Relayed {
 pub(super) enum Local {
     /// Cancel the caller's queries redeemed with any of these tickets; `legacy` answers in the
     /// deprecated `CancelQuery` form.
-    Cancel {
-        tickets: Vec<Vec<u8>>,
-        legacy: bool,
-    },
+    Cancel { tickets: Vec<Vec<u8>>, legacy: bool },
     /// Close a prepared statement: handles are stateless, so this only checked it was genuine.
     ClosePrepared,
     /// Set, read or end the session kept in the caller's cookie.
@@ -121,20 +118,25 @@ impl Command {
     pub(super) fn decode(call: Call, signer: &TicketSigner) -> Result<Self, Status> {
         match call {
             Call::Info(descriptor) => Self::from_descriptor(descriptor, signer),
-            Call::Get(ticket) => Ok(Self::Relayed(match GatewayTicket::decode(&ticket, signer)? {
-                GatewayTicket::Query(query) => Relayed::Run {
-                    presented: ticket,
-                    query,
+            Call::Get(ticket) => Ok(Self::Relayed(
+                match GatewayTicket::decode(&ticket, signer)? {
+                    GatewayTicket::Query(query) => Relayed::Run {
+                        presented: ticket,
+                        query,
+                    },
+                    GatewayTicket::Metadata(bytes) => Relayed::FetchMetadata(bytes),
                 },
-                GatewayTicket::Metadata(bytes) => Relayed::FetchMetadata(bytes),
-            })),
+            )),
             Call::Action(action) => Self::from_action(action, signer),
         }
     }
 
     /// A `GetFlightInfo` descriptor: a Flight SQL command, or plain UTF-8 SQL from a simple gRPC
     /// client. A prepared statement's handle must be genuine, unexpired and bound.
-    fn from_descriptor(descriptor: FlightDescriptor, signer: &TicketSigner) -> Result<Self, Status> {
+    fn from_descriptor(
+        descriptor: FlightDescriptor,
+        signer: &TicketSigner,
+    ) -> Result<Self, Status> {
         use arrow_flight::sql::Command as FlightSql;
         let descriptor = normalise_descriptor(descriptor)?;
         let command = Any::decode(&*descriptor.cmd)
@@ -158,7 +160,9 @@ impl Command {
                     params: prepared.params,
                 }))
             }
-            command if is_metadata(&command) => Ok(Self::Relayed(Relayed::DescribeMetadata(descriptor))),
+            command if is_metadata(&command) => {
+                Ok(Self::Relayed(Relayed::DescribeMetadata(descriptor)))
+            }
             other => Err(Status::unimplemented(format!(
                 "{} is not supported",
                 other.type_url()

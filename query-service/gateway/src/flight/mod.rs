@@ -14,6 +14,7 @@ mod bind;
 mod cancel;
 mod command;
 mod pipeline;
+mod planned;
 mod prepaid;
 mod recorded;
 mod session;
@@ -34,6 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 use self::cancel::Running;
 use self::command::Call;
 use self::pipeline::Reply;
+use self::planned::PlannedInfos;
 use self::prepaid::Prepaid;
 use self::session::SessionCodec;
 use crate::admission::Admission;
@@ -62,6 +64,8 @@ pub struct GatewayService {
     running: Arc<Running>,
     sessions: SessionCodec,
     prepaid: Arc<Prepaid>,
+    /// Planning answers by statement, so repeats skip the worker.
+    planned: Arc<PlannedInfos>,
     query_timeout: std::time::Duration,
     throttle: Arc<auth::Throttle>,
     /// Password checks (Argon2, deliberately slow) running at once.
@@ -90,6 +94,7 @@ impl GatewayService {
             running: Arc::default(),
             sessions: SessionCodec::new(key),
             prepaid: Arc::default(),
+            planned: Arc::default(),
             query_timeout: quiver_core::protocol::DEFAULT_QUERY_TIMEOUT,
             throttle: Arc::default(),
             password_checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
@@ -228,7 +233,10 @@ impl FlightService for GatewayService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        match self.run(request.map(|t| Call::Get(t.ticket.to_vec()))).await? {
+        match self
+            .run(request.map(|t| Call::Get(t.ticket.to_vec())))
+            .await?
+        {
             Reply::Stream(stream) => Ok(Response::new(stream)),
             _ => Err(mismatched("DoGet")),
         }
@@ -250,9 +258,9 @@ impl FlightService for GatewayService {
         let Reply::Results { results, cookie } = self.run(request.map(Call::Action)).await? else {
             return Err(mismatched("DoAction"));
         };
-        let mut response = Response::new(
-            Box::pin(futures::stream::iter(results.into_iter().map(Ok))) as Self::DoActionStream
-        );
+        let mut response =
+            Response::new(Box::pin(futures::stream::iter(results.into_iter().map(Ok)))
+                as Self::DoActionStream);
         if let Some(cookie) = cookie {
             let value = cookie
                 .parse()

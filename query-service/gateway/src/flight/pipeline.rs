@@ -7,6 +7,7 @@
 //! - **identify**: the caller (set by [`super::authenticate`]) and its selector hints;
 //! - **decode**: the call's bytes into a typed [`Command`], signatures verified;
 //! - **admit**: rate limits, the statement check, and for a run its group's queue;
+//!   a statement planned before for the same catalogs is answered from [`super::planned`];
 //! - **sign**: the request the worker gets, with its grant (the worker checks both again);
 //! - **track**: a run is registered for cancels and given its deadline before it starts;
 //! - **dispatch**: to the least-loaded ready worker of the pool ([`crate::dispatch`]);
@@ -27,6 +28,7 @@ use tonic::{Request, Status};
 
 use super::GatewayService;
 use super::command::{Call, Command, Local, Relayed, lists_catalog_objects};
+use super::planned;
 use super::recorded::{Query, RecordedStream};
 use super::session::Session;
 use super::visible;
@@ -135,11 +137,29 @@ impl GatewayService {
         if let Some(record) = record.as_mut() {
             record.set_pool(&admitted.pool);
         }
+        // A statement planned here before, for the same catalogs, needs no worker to plan it.
+        let plan_key = match &command {
+            Relayed::Plan { params, .. } => admitted
+                .checked()
+                .map(|c| planned::key(&admitted.pool, &c.sql, params.as_deref(), &c.catalogs)),
+            _ => None,
+        };
+        if let Some(info) = plan_key.as_deref().and_then(|key| self.planned.get(key)) {
+            let tracked = self.track(&command, &caller, admitted.permit.take());
+            let answer = Answer::Info(info);
+            return Ok(self.record(command, &caller, admitted, tracked, answer, record));
+        }
         let (signed, grant) = self.sign(&command, &admitted);
         let tracked = self.track(&command, &caller, admitted.permit.take());
         let worker = self.dispatcher.on(&admitted.pool)?;
         let answer = match signed {
-            Signed::Info(descriptor) => Answer::Info(worker.get_flight_info(descriptor, &grant).await?),
+            Signed::Info(descriptor) => {
+                let info = worker.get_flight_info(descriptor, &grant).await?;
+                if let Some(key) = &plan_key {
+                    self.planned.insert(key, &info);
+                }
+                Answer::Info(info)
+            }
             Signed::Get(ticket) => Answer::Stream(worker.do_get(ticket, &grant).await?),
             Signed::Action(action) => Answer::Results(worker.do_action(action, &grant).await?),
         };

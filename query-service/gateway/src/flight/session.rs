@@ -247,7 +247,10 @@ impl SessionCodec {
                     .map(|(name, value)| (name, proto::SetSessionOptionError { value }))
                     .collect();
                 let result = proto::SetSessionOptionsResult { errors };
-                (result.encode_to_vec(), Some(self.set_cookie(Some(&session))))
+                (
+                    result.encode_to_vec(),
+                    Some(self.set_cookie(Some(&session))),
+                )
             }
             SessionAction::Get => {
                 let result = proto::GetSessionOptionsResult {

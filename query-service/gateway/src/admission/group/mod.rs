@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 mod queue;
-pub use self::queue::{Placed, PoolQueue, Submitted, Waiter};
+pub use self::queue::{PoolQueue, Submitted};
 
 /// How a group shares its capacity among its children.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -177,6 +177,7 @@ impl Scheduler {
     }
 
     /// The group at a dotted path (`adhoc.alice`), if it exists.
+    #[cfg(test)]
     pub fn find(&self, path: &str) -> Option<GroupId> {
         self.by_path.get(path).copied()
     }
@@ -250,6 +251,7 @@ impl Scheduler {
     }
 
     /// Queries running in a group's subtree.
+    #[cfg(test)]
     pub fn running(&self, group: GroupId) -> u32 {
         self.nodes[group].running
     }
