@@ -142,6 +142,20 @@ pub struct UpArgs {
     /// Autoscale: least time between a change of size and a following scale-down.
     #[arg(long, env = "QUIVER_SCALE_DOWN_DELAY", default_value = "15s", value_parser = humantime::parse_duration)]
     pub scale_down_delay: Duration,
+    /// Standby worker processes of no pool, kept warm besides the pool's workers: the pool grows
+    /// (or wakes from zero) by claiming one in well under a second instead of starting a
+    /// process, and each one claimed is replaced at once.
+    #[arg(long, env = "QUIVER_STANDBY_WORKERS", default_value_t = 0)]
+    pub standby_workers: u16,
+    /// Autoscale with --min-workers 0: after this long without a query the pool drains to zero
+    /// workers, and the next query wakes it (e.g. 30s). Without it, only the ordinary
+    /// scale-down reaches zero.
+    #[arg(long, env = "QUIVER_SCALE_TO_ZERO_AFTER", value_parser = humantime::parse_duration)]
+    pub scale_to_zero_after: Option<Duration>,
+    /// With --min-workers 0: how long a query waits at the gateway for a worker while the pool
+    /// wakes, before it fails with UNAVAILABLE.
+    #[arg(long, env = "QUIVER_WAKE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub wake_timeout: Duration,
     /// Per-query limits for the workers.
     #[command(flatten)]
     pub limits: LimitArgs,
@@ -183,6 +197,30 @@ impl TlsArgs {
 }
 
 impl UpArgs {
+    /// The scale-to-zero idle time and the wake timeout, refusing flags that cannot apply: a
+    /// pool goes to zero (and queries wait for it to wake) only with --min-workers 0.
+    pub fn zero(&self) -> Result<(Option<Duration>, Option<Duration>), String> {
+        let may_be_zero = self.min_workers == Some(0);
+        match self.scale_to_zero_after {
+            Some(_) if !may_be_zero => {
+                return Err(
+                    "--scale-to-zero-after needs --min-workers 0: a pool with a \
+                            minimum above zero never goes to zero"
+                        .into(),
+                );
+            }
+            Some(after) if after.is_zero() => {
+                return Err("--scale-to-zero-after must be above zero, e.g. 30s".into());
+            }
+            _ => {}
+        }
+        if self.wake_timeout.is_zero() {
+            return Err("--wake-timeout must be above zero, e.g. 30s".into());
+        }
+        let wake = may_be_zero.then_some(self.wake_timeout);
+        Ok((self.scale_to_zero_after, wake))
+    }
+
     /// Fixed workers, or the autoscaling range when --min-workers or --max-workers is given.
     pub fn scaling(&self) -> crate::local::autoscale::Scaling {
         use crate::local::autoscale::Scaling;
@@ -367,9 +405,13 @@ pub struct WorkerArgs {
     /// Address to listen on for the gateway (port 0 picks a free port).
     #[arg(long, env = "QUIVER_LISTEN", default_value = "0.0.0.0:50052")]
     pub listen: SocketAddr,
-    /// Catalog file declaring the tables.
-    #[arg(long, env = "QUIVER_CATALOG")]
-    pub catalog: PathBuf,
+    /// Catalog file declaring the tables (required unless --standby).
+    #[arg(long, env = "QUIVER_CATALOG", required_unless_present = "standby")]
+    pub catalog: Option<PathBuf>,
+    /// Start as a standby worker of no pool: warm, NOT_SERVING, until a supervisor claims it
+    /// with a catalog (a `quiver.Claim` Flight action carrying the gateway's grant).
+    #[arg(long, env = "QUIVER_STANDBY", conflicts_with = "catalog")]
+    pub standby: bool,
     /// Key shared with the gateway to sign query tickets.
     #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
     pub ticket_key: String,
@@ -514,6 +556,54 @@ mod tests {
             ),
         ] {
             let e = gateway(args).unwrap_err();
+            assert!(e.contains(words), "{args:?}: {e}");
+        }
+    }
+
+    fn up(args: &[&str]) -> Result<(Option<Duration>, Option<Duration>), String> {
+        let mut argv = vec!["quiver", "up"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv)
+            .map_err(|e| e.to_string())?
+            .command
+        {
+            Command::Up(u) => u.zero(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn scale_to_zero_needs_a_minimum_of_zero() {
+        let s = Duration::from_secs;
+        assert_eq!(up(&[]).unwrap(), (None, None));
+        assert_eq!(
+            up(&["--min-workers", "0", "--scale-to-zero-after", "30s"]).unwrap(),
+            (Some(s(30)), Some(s(30)))
+        );
+        assert_eq!(
+            up(&["--min-workers", "0", "--wake-timeout", "5s"]).unwrap(),
+            (None, Some(s(5)))
+        );
+        for (args, words) in [
+            (&["--scale-to-zero-after", "30s"][..], "--min-workers 0"),
+            (
+                &["--min-workers", "1", "--scale-to-zero-after", "30s"][..],
+                "--min-workers 0",
+            ),
+            (
+                &["--min-workers", "0", "--scale-to-zero-after", "0s"][..],
+                "above zero",
+            ),
+            (
+                &["--min-workers", "0", "--wake-timeout", "0s"][..],
+                "above zero",
+            ),
+            (
+                &["--workers", "2", "--scale-to-zero-after", "30s"][..],
+                "--min-workers 0",
+            ),
+        ] {
+            let e = up(args).unwrap_err();
             assert!(e.contains(words), "{args:?}: {e}");
         }
     }

@@ -41,6 +41,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             scaling.validate().context(
                 "invalid worker counts (--min-workers, --max-workers, --target-concurrency)",
             )?;
+            let (scale_to_zero_after, wake_timeout) = args.zero().map_err(anyhow::Error::msg)?;
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -62,6 +63,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tenants: args.tenants_file,
                 worker_slots: args.worker_slots,
                 tls: args.tls.files(),
+                standby_workers: u32::from(args.standby_workers),
+                scale_to_zero_after,
+                wake_timeout,
             };
             quiver::local::run(listener, admin, config, quiver::shutdown::signal()).await?;
         }
@@ -98,29 +102,47 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tls: args.tls.files(),
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 query_timeout: args.query_timeout,
+                // Pools behind `quiver gateway` keep their workers (no scale to zero yet).
+                wake_timeout: None,
             };
             quiver_gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }
         Command::Worker(args) => {
             // The catalog is checked before binding: a bad file is a start-up error, not a
-            // worker that never becomes ready.
-            let catalog = quiver_worker::catalog::Catalog::load(&args.catalog)?;
+            // worker that never becomes ready. A standby worker gets its catalog with a claim.
+            let catalog = match &args.catalog {
+                Some(path) if !args.standby => Some(quiver_worker::catalog::Catalog::load(path)?),
+                _ => None,
+            };
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let addr = listener.local_addr()?;
             println!("{}{addr}", quiver::local::supervisor::LISTENING_PREFIX);
-            let config = quiver_worker::WorkerConfig {
-                catalog,
-                limits: quiver_worker::engine::QueryLimits {
-                    memory_limit: usize::try_from(args.limits.memory_limit).unwrap_or(usize::MAX),
-                    timeout: args.limits.query_timeout,
-                },
-                drain_timeout: args.limits.drain_timeout(),
+            let limits = quiver_worker::engine::QueryLimits {
+                memory_limit: usize::try_from(args.limits.memory_limit).unwrap_or(usize::MAX),
+                timeout: args.limits.query_timeout,
             };
+            let drain_timeout = args.limits.drain_timeout();
             let signer = quiver_core::ticket::TicketSigner::new(args.ticket_key.as_bytes());
             let shutdown = quiver::shutdown::signal_or_stdin_eof(args.exit_on_stdin_eof);
-            quiver_worker::run(listener, config, signer, shutdown).await?;
+            match catalog {
+                Some(catalog) => {
+                    let config = quiver_worker::WorkerConfig {
+                        catalog,
+                        limits,
+                        drain_timeout,
+                    };
+                    quiver_worker::run(listener, config, signer, shutdown).await?;
+                }
+                None => {
+                    let config = quiver_worker::StandbyConfig {
+                        limits,
+                        drain_timeout,
+                    };
+                    quiver_worker::run_standby(listener, config, signer, shutdown).await?;
+                }
+            }
         }
         Command::HashPassword => {
             let mut password = String::new();

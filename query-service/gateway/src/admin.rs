@@ -48,7 +48,11 @@ impl AdminState {
                         workers: count(workers.len()),
                         ready: count(workers.iter().filter(|w| w.is_ready()).count()),
                         in_flight: count(workers.iter().map(|w| w.in_flight()).sum()),
-                        queued: self.admission.queued_in(pool.name()),
+                        // Calls held while the pool wakes wait like queued ones.
+                        queued: self
+                            .admission
+                            .queued_in(pool.name())
+                            .saturating_add(count(pool.waiting())),
                         arrivals_per_sec: self.admission.arrivals_per_sec(pool.name()),
                         worker_loads: workers
                             .iter()

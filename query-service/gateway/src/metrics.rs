@@ -86,6 +86,15 @@ struct PoolLabels {
     pool: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WaitingLabels {
+    pool: String,
+    reason: &'static str,
+}
+
+/// The reason label of calls held because their pool has no ready worker yet.
+pub const WAKING_POOL: &str = "waking pool";
+
 /// The gateway's metrics registry.
 #[derive(Debug)]
 pub struct GatewayMetrics {
@@ -95,6 +104,7 @@ pub struct GatewayMetrics {
     workers: Family<PoolLabels, Gauge>,
     ready: Family<PoolLabels, Gauge>,
     in_flight: Family<PoolLabels, Gauge>,
+    waiting: Family<WaitingLabels, Gauge>,
     admitted: Family<GroupLabels, Counter>,
     /// The groups `admitted` has series for, so series of groups gone can be removed.
     admitted_groups: Mutex<std::collections::HashSet<String>>,
@@ -123,6 +133,7 @@ impl Default for GatewayMetrics {
         let workers = Family::<PoolLabels, Gauge>::default();
         let ready = Family::<PoolLabels, Gauge>::default();
         let in_flight = Family::<PoolLabels, Gauge>::default();
+        let waiting = Family::<WaitingLabels, Gauge>::default();
         let admitted = Family::<GroupLabels, Counter>::default();
         let rejected = Family::<ReasonLabels, Counter>::default();
         let queue_wait = Histogram::new(LATENCY_BUCKETS);
@@ -171,6 +182,11 @@ impl Default for GatewayMetrics {
             "Queries running on the pool",
             in_flight.clone(),
         );
+        registry.register(
+            "dispatch_waiting",
+            "Calls held at dispatch for a ready worker, by pool and reason",
+            waiting.clone(),
+        );
         Self {
             registry,
             queries,
@@ -178,6 +194,7 @@ impl Default for GatewayMetrics {
             workers,
             ready,
             in_flight,
+            waiting,
             admitted,
             admitted_groups: Mutex::default(),
             rejected,
@@ -268,6 +285,12 @@ impl GatewayMetrics {
             self.in_flight
                 .get_or_create(&labels)
                 .set(pool.in_flight() as i64);
+            self.waiting
+                .get_or_create(&WaitingLabels {
+                    pool: pool.name().to_owned(),
+                    reason: WAKING_POOL,
+                })
+                .set(pool.waiting() as i64);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
@@ -327,7 +350,13 @@ mod tests {
             r.finish(Outcome::Ok);
         }
         drop(metrics.start_query("default"));
-        let text = metrics.encode(&[], &[("g".into(), 1, 2)]);
+        let pool = WorkerPool::new("default");
+        let _held = pool.start_waiting();
+        let text = metrics.encode(std::slice::from_ref(&pool), &[("g".into(), 1, 2)]);
+        assert!(
+            text.contains(r#"quiver_dispatch_waiting{pool="default",reason="waking pool"} 1"#),
+            "{text}"
+        );
         assert!(
             text.contains(r#"quiver_admission_queued{group="g"} 2"#),
             "{text}"

@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     pub max_sql_bytes: usize,
     /// Longest a query may run; the gateway ends it then even if its client stops reading.
     pub query_timeout: Duration,
+    /// For pools that may scale to zero: how long a call waits for a ready worker while the
+    /// pool wakes. `None` (pools that always keep a worker) answers UNAVAILABLE at once.
+    pub wake_timeout: Option<Duration>,
 }
 
 /// HTTP/2 streams one client connection may have open at once: enough for a BI tool's
@@ -149,7 +152,7 @@ pub async fn run(
     }
     tracing::info!(pools = ?config.pools.names(), "serving pools");
     let service = GatewayService::new(
-        Dispatcher::new(config.pools),
+        Dispatcher::new(config.pools).with_wake_timeout(config.wake_timeout),
         &config.key,
         admission,
         config.metrics,
@@ -200,7 +203,9 @@ pub async fn run(
 }
 
 /// Keeps a pool's capacity at ready workers × slots. With no worker ready, one worker's
-/// worth is admitted, so dispatch can answer UNAVAILABLE instead of letting queries time out.
+/// worth is admitted, so dispatch can answer UNAVAILABLE instead of letting queries time out,
+/// or, for a pool that may be at zero, hold them as waiting while it wakes (the rest queue in
+/// admission; both show in the demand the scaler wakes the pool for).
 async fn track_capacity(pool: Arc<WorkerPool>, admission: Arc<Admission>, slots: u32) {
     let mut changes = pool.subscribe();
     loop {

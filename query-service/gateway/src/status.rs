@@ -14,6 +14,7 @@ impl From<DispatchError> for Status {
     fn from(err: DispatchError) -> Self {
         match err {
             DispatchError::NoReadyWorker { .. }
+            | DispatchError::WakeTimeout { .. }
             | DispatchError::WorkerFailed { .. }
             | DispatchError::UnknownPool { .. } => Status::unavailable(err.to_string()),
             DispatchError::Worker(status) => *status,

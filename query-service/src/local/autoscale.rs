@@ -8,6 +8,8 @@
 //! ```
 //!
 //! It reads the same demand report the Kubernetes operator polls, so both act on one signal.
+//! With `--min-workers 0` and `--scale-to-zero-after`, the policy takes an idle pool to zero
+//! and wakes it on the first sample with demand (a query held at the gateway counts).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -59,9 +61,11 @@ pub async fn run(
     admin: SocketAddr,
     pool: String,
     config: ScalingConfig,
+    scale_to_zero_after: Option<Duration>,
     desired: watch::Sender<u32>,
 ) -> Result<(), ScalingError> {
     let mut policy = ScalingPolicy::new(config)?;
+    policy.set_scale_to_zero_after(scale_to_zero_after);
     let start = Instant::now();
     policy.resume(Duration::ZERO, *desired.borrow());
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);

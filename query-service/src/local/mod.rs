@@ -2,6 +2,7 @@
 //! of worker processes on loopback.
 
 pub mod autoscale;
+pub mod standby;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -45,6 +46,13 @@ pub struct UpConfig {
     pub max_sql_bytes: usize,
     /// Key shared by the gateway and its workers; a fresh random one when not given.
     pub ticket_key: Option<String>,
+    /// Standby worker processes kept warm besides the pool, claimed before cold starts.
+    pub standby_workers: u32,
+    /// Idle time after which a pool with a minimum of 0 goes to zero workers; `None`: never.
+    pub scale_to_zero_after: Option<Duration>,
+    /// How long a query waits for a worker while the pool wakes; `None` (a pool that always
+    /// keeps a worker) fails fast with UNAVAILABLE.
+    pub wake_timeout: Option<Duration>,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -116,20 +124,30 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let initial = config.scaling.initial();
     let (desired_tx, desired_rx) = watch::channel(initial);
-    let mut supervisor = tokio::spawn(supervise(pool.clone(), command, desired_rx, stop_rx));
+    let mut supervisor = tokio::spawn(supervise(
+        pool.clone(),
+        command,
+        config.standby_workers,
+        desired_rx,
+        stop_rx,
+    ));
     let admin_addr = admin.local_addr().ok();
     let _autoscaler = match (&config.scaling, admin_addr) {
         (Scaling::Auto(scaling), Some(addr)) => {
             let scaling = scaling.clone();
+            let to_zero = config.scale_to_zero_after;
             tracing::info!(
                 min = scaling.min_replicas,
                 max = scaling.max_replicas,
                 warm = scaling.warm_replicas,
                 target = scaling.target_concurrency,
+                standby = config.standby_workers,
+                scale_to_zero_after = ?to_zero,
                 "autoscaling workers"
             );
             Some(AbortOnDrop(tokio::spawn(async move {
-                if let Err(e) = autoscale::run(addr, pool_name(), scaling, desired_tx).await {
+                let run = autoscale::run(addr, pool_name(), scaling, to_zero, desired_tx);
+                if let Err(e) = run.await {
                     tracing::error!(error = %e, "autoscaler stopped");
                 }
             })))
@@ -164,6 +182,7 @@ pub async fn run(
         max_sql_bytes: config.max_sql_bytes,
         query_timeout: humantime::parse_duration(&config.query_timeout)
             .unwrap_or(quiver_worker::engine::DEFAULT_QUERY_TIMEOUT),
+        wake_timeout: config.wake_timeout,
     };
     let mut gateway = tokio::spawn(quiver_gateway::run(listener, gateway_config, async {
         let _ = gateway_stop_rx.await;

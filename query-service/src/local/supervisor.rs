@@ -2,6 +2,10 @@
 //! the pool once it is listening, replaces any that die, follows the desired count (fixed, or
 //! from the autoscaler) by starting or draining workers, and drains them all on stop.
 //!
+//! With standby workers ([`super::standby`]) a rise claims ready standby workers first and
+//! cold-starts only the rest (`scaling::standby::split`); each claimed standby is replaced at
+//! once, so the standby pool stays at its size.
+//!
 //! Each child's stdin is a pipe the supervisor never writes to. A child exits when it reads EOF,
 //! so even if the supervisor is killed outright the kernel closes the pipe and no worker
 //! outlives it.
@@ -10,17 +14,20 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
-use tokio::sync::watch;
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
+use super::standby::{self, Ready};
+use quiver_core::scaling::standby::split;
+use quiver_core::ticket::TicketSigner;
 use quiver_gateway::WorkerPool;
 
 /// A worker that dies this many times in a row before listening is broken, not unlucky.
-const MAX_START_FAILURES: u32 = 3;
+pub const MAX_START_FAILURES: u32 = 3;
 /// Time a drained child gets beyond its drain timeout before it is killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// The line a worker prints on stdout once bound.
@@ -44,13 +51,16 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    fn spawn(&self) -> std::io::Result<Child> {
-        Command::new(&self.exe)
-            .arg("worker")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--catalog")
-            .arg(&self.catalog)
+    /// Starts a worker of the pool, or with `standby` a standby worker (no catalog).
+    fn spawn(&self, standby: bool) -> std::io::Result<Child> {
+        let mut command = Command::new(&self.exe);
+        command.arg("worker").arg("--listen").arg("127.0.0.1:0");
+        if standby {
+            command.arg("--standby");
+        } else {
+            command.arg("--catalog").arg(&self.catalog);
+        }
+        command
             .arg("--memory-limit")
             .arg(&self.memory_limit)
             .arg("--query-timeout")
@@ -89,14 +99,17 @@ pub enum SupervisorError {
     },
 }
 
-/// Keeps as many workers running as `desired` says until `stop` turns true.
+/// Keeps as many workers running as `desired` says until `stop` turns true, and `standby`
+/// standby workers besides.
 ///
-/// A rise starts new workers, which join the pool once warm. A fall takes the least busy workers
-/// out of rotation first (a worker still starting is the cheapest to give up), then drains them:
-/// their running queries finish, no new ones arrive. A worker that exits on its own is replaced.
+/// A rise claims ready standby workers first and starts new workers for the rest; new workers
+/// join the pool once warm. A fall takes the least busy workers out of rotation first (a worker
+/// still starting is the cheapest to give up), then drains them: their running queries finish,
+/// no new ones arrive. A worker or standby worker that exits on its own is replaced.
 pub async fn supervise(
     pool: Arc<WorkerPool>,
     command: WorkerCommand,
+    standby: u32,
     mut desired: watch::Receiver<u32>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), SupervisorError> {
@@ -106,6 +119,10 @@ pub async fn supervise(
     let mut next_id = 0u64;
     let mut failure = None;
     let mut sizing = true;
+    // Standby slots: present while their task runs; `Some` once the worker is ready to claim.
+    let mut standbys: HashMap<u64, Option<Ready>> = HashMap::new();
+    let mut standby_tasks = JoinSet::new();
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<Ready>();
     loop {
         if *stop.borrow() {
             break;
@@ -116,28 +133,53 @@ pub async fn supervise(
             .filter(|(_, slot)| !slot.retiring)
             .map(|(id, slot)| (*id, slot.endpoint.lock().expect("endpoint lock").clone()))
             .collect();
-        while active.len() < want {
-            let id = next_id;
-            next_id += 1;
-            let (retire_tx, retire_rx) = watch::channel(false);
-            let endpoint = Arc::new(Mutex::new(None));
-            tasks.spawn(run_slot(
-                id,
-                pool.clone(),
-                command.clone(),
-                endpoint.clone(),
-                retire_rx,
-                stop.clone(),
-            ));
-            slots.insert(
-                id,
-                Slot {
-                    retire: retire_tx,
-                    retiring: false,
-                    endpoint,
-                },
-            );
-            active.push((id, None));
+        if active.len() < want {
+            let needed = u32::try_from(want - active.len()).unwrap_or(u32::MAX);
+            let ready = standbys.values().filter(|r| r.is_some()).count();
+            let plan = split(needed, u32::try_from(ready).unwrap_or(u32::MAX));
+            let claimable: Vec<u64> = standbys
+                .iter()
+                .filter(|(_, r)| r.is_some())
+                .map(|(id, _)| *id)
+                .take(plan.claims as usize)
+                .collect();
+            // Claims first, then cold starts for the rest.
+            let mut sources: Vec<Option<oneshot::Receiver<Started>>> = Vec::new();
+            for id in claimable {
+                let offer = standbys
+                    .remove(&id)
+                    .flatten()
+                    .expect("a claimable standby is ready");
+                let (give_tx, give_rx) = oneshot::channel();
+                // A standby that just exited drops the request; its slot cold-starts instead.
+                let _ = offer.claim.send(give_tx);
+                sources.push(Some(give_rx));
+            }
+            sources.extend((0..plan.cold_starts).map(|_| None));
+            for handover in sources {
+                let id = next_id;
+                next_id += 1;
+                let (retire_tx, retire_rx) = watch::channel(false);
+                let endpoint = Arc::new(Mutex::new(None));
+                tasks.spawn(run_slot(
+                    id,
+                    pool.clone(),
+                    command.clone(),
+                    endpoint.clone(),
+                    handover,
+                    retire_rx,
+                    stop.clone(),
+                ));
+                slots.insert(
+                    id,
+                    Slot {
+                        retire: retire_tx,
+                        retiring: false,
+                        endpoint,
+                    },
+                );
+                active.push((id, None));
+            }
         }
         if active.len() > want {
             let load = |endpoint: &Option<String>| {
@@ -154,6 +196,18 @@ pub async fn supervise(
                 tracing::info!(slot = id, endpoint = ?endpoint, "retiring worker");
             }
         }
+        // Refill the standby pool: a claimed or exited standby worker is replaced at once.
+        while standbys.len() < standby as usize {
+            let id = next_id;
+            next_id += 1;
+            standby_tasks.spawn(standby::run_standby(
+                id,
+                command.clone(),
+                ready_tx.clone(),
+                stop.clone(),
+            ));
+            standbys.insert(id, None);
+        }
         tokio::select! {
             changed = desired.changed(), if sizing => {
                 // Without a sender nobody changes the size again: hold it until stopped.
@@ -168,14 +222,36 @@ pub async fn supervise(
                     break;
                 }
             }
+            Some(joined) = standby_tasks.join_next() => {
+                let (id, result) = joined.expect("standby slot task panicked");
+                standbys.remove(&id);
+                if let Err(e) = result {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            Some(offer) = ready_rx.recv() => {
+                if let Some(entry) = standbys.get_mut(&offer.id) {
+                    *entry = Some(offer);
+                }
+            }
         }
     }
-    // Stopping: every slot sees `stop` (or is told to retire) and drains its worker.
+    // Stopping: every slot sees `stop` (or is told to retire) and drains its worker; standby
+    // slots see `stop` too, and offers dropped here tell waiting ones to drain.
     for slot in slots.values() {
         let _ = slot.retire.send(true);
     }
+    drop(standbys);
+    drop(ready_rx);
     while let Some(joined) = tasks.join_next().await {
         let (_, result) = joined.expect("worker slot task panicked");
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    }
+    while let Some(joined) = standby_tasks.join_next().await {
+        let (_, result) = joined.expect("standby slot task panicked");
         if let Err(e) = result {
             failure.get_or_insert(e);
         }
@@ -196,12 +272,89 @@ struct Slot {
     endpoint: Arc<Mutex<Option<String>>>,
 }
 
-/// One worker slot: start, watch, replace, and finally drain when retired or stopped.
+/// A worker process that is listening, with the pipe that keeps it alive.
+#[derive(Debug)]
+pub struct Started {
+    /// The process.
+    pub child: Child,
+    /// Its stdin: closing it tells the worker to drain.
+    pub stdin: Option<ChildStdin>,
+    /// Its process id.
+    pub pid: u32,
+    /// Where it listens (`host:port`).
+    pub addr: String,
+}
+
+/// How a launch ended.
+pub enum Launch {
+    /// The worker listens.
+    Started(Box<Started>),
+    /// It exited before listening, with this status.
+    Exited(String),
+    /// Stopped or retired while it started; it was drained.
+    Left,
+    /// The executable could not be started at all.
+    Failed(SupervisorError),
+}
+
+/// Starts a worker (or a standby worker) and waits until it listens, or until `leave` resolves
+/// (the child is then drained). Its later stdout is read to the end so the pipe never fills.
+pub async fn launch(
+    command: &WorkerCommand,
+    standby: bool,
+    leave: impl std::future::Future<Output = ()>,
+) -> Launch {
+    let mut child = match command.spawn(standby) {
+        Ok(child) => child,
+        Err(source) => {
+            let exe = command.exe.clone();
+            return Launch::Failed(SupervisorError::Spawn { exe, source });
+        }
+    };
+    let pid = child.id().unwrap_or_default();
+    let stdin = child.stdin.take();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let addr = tokio::select! {
+        line = async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
+                    return Some(addr.trim().to_owned());
+                }
+            }
+            None
+        } => line,
+        _ = leave => {
+            let started = Started { child, stdin, pid, addr: String::new() };
+            drain(started, command).await;
+            return Launch::Left;
+        }
+    };
+    let Some(addr) = addr else {
+        let status = child
+            .wait()
+            .await
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        return Launch::Exited(status);
+    };
+    // Nothing more is expected on stdout; the task ends when the child closes it.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Launch::Started(Box::new(Started {
+        child,
+        stdin,
+        pid,
+        addr,
+    }))
+}
+
+/// One worker slot: start (or claim `handover`, a standby worker), watch, replace, and finally
+/// drain when retired or stopped.
 async fn run_slot(
     slot: u64,
     pool: Arc<WorkerPool>,
     command: Arc<WorkerCommand>,
     endpoint: Arc<Mutex<Option<String>>>,
+    mut handover: Option<oneshot::Receiver<Started>>,
     mut retire: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) -> (u64, Result<(), SupervisorError>) {
@@ -210,86 +363,95 @@ async fn run_slot(
         if *stop.borrow() || *retire.borrow() {
             return (slot, Ok(()));
         }
-        let mut child = match command.spawn() {
-            Ok(child) => child,
-            Err(source) => {
-                let exe = command.exe.clone();
-                return (slot, Err(SupervisorError::Spawn { exe, source }));
-            }
+        // A standby that exited just before the hand-over leaves this slot to cold-start.
+        let claimed = match handover.take() {
+            Some(offer) => offer.await.ok(),
+            None => None,
         };
-        let pid = child.id().unwrap_or_default();
-        let stdin = child.stdin.take();
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
-
-        let addr = tokio::select! {
-            line = async {
-                while let Ok(Some(line)) = lines.next_line().await {
-                    if let Some(addr) = line.strip_prefix(LISTENING_PREFIX) {
-                        return Some(addr.trim().to_owned());
+        let claiming = claimed.is_some();
+        let mut started = match claimed {
+            Some(started) => started,
+            None => match launch(&command, false, leave(&mut retire, &mut stop)).await {
+                Launch::Started(started) => *started,
+                Launch::Left => return (slot, Ok(())),
+                Launch::Failed(e) => return (slot, Err(e)),
+                Launch::Exited(status) => {
+                    start_failures += 1;
+                    tracing::error!(slot, %status, "worker exited before listening");
+                    if start_failures >= MAX_START_FAILURES {
+                        return (slot, Err(SupervisorError::CrashLoop { status }));
                     }
+                    continue;
                 }
-                None
-            } => line,
-            _ = leave(&mut retire, &mut stop) => {
-                drain(child, stdin, &command).await;
-                return (slot, Ok(()));
-            }
-        };
-        let Some(addr) = addr else {
-            let status = child
-                .wait()
-                .await
-                .map(|s| s.to_string())
-                .unwrap_or_else(|e| e.to_string());
-            start_failures += 1;
-            tracing::error!(slot, pid, %status, "worker exited before listening");
-            if start_failures >= MAX_START_FAILURES {
-                return (slot, Err(SupervisorError::CrashLoop { status }));
-            }
-            continue;
+            },
         };
         start_failures = 0;
+        let (pid, addr) = (started.pid, started.addr.clone());
+        // Into the pool before a claim, so its health stream is open when it turns SERVING.
         if let Err(e) = pool.add(&addr) {
             tracing::error!(slot, pid, error = %e, "worker announced an unusable address");
-            drain(child, stdin, &command).await;
+            drain(started, &command).await;
             continue;
         }
         *endpoint.lock().expect("endpoint lock") = Some(addr.clone());
-        println!("worker started: pid={pid} endpoint=grpc://{addr}");
-        tracing::info!(slot, pid, %addr, "worker started");
-        // Nothing more is expected on stdout; keep reading so the pipe never fills.
-        let stdout_drain =
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-        tokio::select! {
-            status = child.wait() => {
+        if claiming {
+            let began = Instant::now();
+            let signer = TicketSigner::new(command.ticket_key.as_bytes());
+            let claimed = tokio::select! {
+                claimed = standby::claim(&addr, &command.catalog, &signer) => claimed,
+                _ = leave(&mut retire, &mut stop) => {
+                    pool.remove(&addr);
+                    drain(started, &command).await;
+                    return (slot, Ok(()));
+                }
+            };
+            if let Err(e) = claimed {
+                tracing::warn!(slot, pid, %addr, error = %e, "claim failed; starting a worker instead");
+                println!("worker claim failed: pid={pid} endpoint=grpc://{addr}: {e}");
                 pool.remove(&addr);
                 *endpoint.lock().expect("endpoint lock") = None;
-                let status = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                drain(started, &command).await;
+                continue;
+            }
+            let ms = began.elapsed().as_millis();
+            println!("worker claimed: pid={pid} endpoint=grpc://{addr} in {ms} ms");
+            tracing::info!(slot, pid, %addr, ms, "standby worker claimed");
+        } else {
+            println!("worker started: pid={pid} endpoint=grpc://{addr}");
+            tracing::info!(slot, pid, %addr, "worker started");
+        }
+
+        let exited = tokio::select! {
+            status = started.child.wait() => Some(status),
+            _ = leave(&mut retire, &mut stop) => None,
+        };
+        // Out of rotation first, so no new query lands on a draining or dead worker.
+        pool.remove(&addr);
+        match exited {
+            Some(status) => {
+                *endpoint.lock().expect("endpoint lock") = None;
+                let status = status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|e| e.to_string());
                 tracing::warn!(slot, pid, %addr, %status, "worker exited; starting a replacement");
                 println!("worker exited: pid={pid} endpoint=grpc://{addr} status={status}");
             }
-            _ = leave(&mut retire, &mut stop) => {
-                // Out of rotation first, so no new query lands on a draining worker.
-                pool.remove(&addr);
+            None => {
                 println!("worker draining: pid={pid} endpoint=grpc://{addr}");
-                let status = drain(child, stdin, &command).await;
+                let status = drain(started, &command).await;
                 println!("worker stopped: pid={pid} endpoint=grpc://{addr} status={status}");
-                stdout_drain.abort();
                 return (slot, Ok(()));
             }
         }
-        stdout_drain.abort();
     }
 }
 
 /// Closes the child's stdin (its signal to drain), waits for it, and kills it if it overstays.
 /// Returns how the child ended.
-async fn drain(
-    mut child: Child,
-    stdin: Option<tokio::process::ChildStdin>,
-    command: &WorkerCommand,
-) -> String {
+pub async fn drain(started: Started, command: &WorkerCommand) -> String {
+    let Started {
+        mut child, stdin, ..
+    } = started;
     drop(stdin);
     let limit = command.drain_timeout + KILL_GRACE;
     match tokio::time::timeout(limit, child.wait()).await {
@@ -314,6 +476,6 @@ async fn leave(retire: &mut watch::Receiver<bool>, stop: &mut watch::Receiver<bo
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }

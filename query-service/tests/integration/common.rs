@@ -100,6 +100,7 @@ pub async fn start_gateway_with(
         tls: None,
         max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
         query_timeout: Duration::from_secs(30),
+        wake_timeout: None,
     };
     tokio::spawn(quiver_gateway::run(
         listener,

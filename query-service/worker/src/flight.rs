@@ -33,6 +33,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use crate::InFlight;
+use crate::claim::{CLAIM_ACTION, Readiness};
 use crate::engine::Engine;
 use crate::metadata::{self, Keys};
 use crate::status;
@@ -73,19 +74,22 @@ pub struct WorkerService {
     engine: Arc<OnceLock<Arc<Engine>>>,
     signer: TicketSigner,
     in_flight: InFlight,
+    readiness: Readiness,
 }
 
 impl WorkerService {
-    /// A service that answers once `engine` is set.
-    pub fn new(
+    /// A service that answers once `engine` is set, and takes claims through `readiness`.
+    pub(crate) fn new(
         engine: Arc<OnceLock<Arc<Engine>>>,
         signer: TicketSigner,
         in_flight: InFlight,
+        readiness: Readiness,
     ) -> Self {
         Self {
             engine,
             signer,
             in_flight,
+            readiness,
         }
     }
 
@@ -259,11 +263,23 @@ impl FlightSqlService for WorkerService {
     }
 
     /// The gateway's CreatePreparedStatement: the body is an admitted ticket for the statement.
+    /// A supervisor's claim of a standby worker: the body is the catalog file's path.
     async fn do_action_fallback(
         &self,
         request: Request<arrow_flight::Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
         let action = request.into_inner();
+        if action.r#type == CLAIM_ACTION {
+            let claimed = self.readiness.claim(&action.body).await?;
+            let body = arrow_flight::Result {
+                body: format!(
+                    "claimed: {} tables in {} ms",
+                    claimed.tables, claimed.millis
+                )
+                .into(),
+            };
+            return Ok(Response::new(Box::pin(futures::stream::iter([Ok(body)]))));
+        }
         if action.r#type != CREATE_ADMITTED_PREPARED {
             return Err(Status::unimplemented(format!(
                 "action {:?} is not supported",

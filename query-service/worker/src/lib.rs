@@ -8,9 +8,13 @@
 //!
 //! The socket is bound before warm-up so orchestrators can probe health while tables load, and
 //! health flips to NOT_SERVING before draining so the gateway stops sending new queries.
+//!
+//! A standby worker ([`run_standby`]) starts without a catalog: it warms what it can and waits
+//! for a claim ([`claim`]) to hand it one, then warms that catalog exactly as above.
 
 pub mod authorise;
 pub mod catalog;
+pub mod claim;
 pub mod engine;
 mod flight;
 mod metadata;
@@ -92,6 +96,15 @@ pub struct WorkerConfig {
     pub drain_timeout: Duration,
 }
 
+/// Everything a standby worker needs besides its socket: its catalog comes with a claim.
+#[derive(Debug, Clone, Copy)]
+pub struct StandbyConfig {
+    /// Per-query limits, once claimed.
+    pub limits: QueryLimits,
+    /// How long a drain waits for running queries before exiting anyway.
+    pub drain_timeout: Duration,
+}
+
 /// Why the worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -110,14 +123,61 @@ pub async fn run(
     signer: TicketSigner,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
+    let start = Start::Catalog(config.catalog);
+    serve(
+        listener,
+        start,
+        config.limits,
+        config.drain_timeout,
+        signer,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves a standby worker on `listener`: NOT_SERVING until a claim gives it a catalog, then an
+/// ordinary worker until `shutdown` resolves.
+pub async fn run_standby(
+    listener: TcpListener,
+    config: StandbyConfig,
+    signer: TicketSigner,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let (limits, drain) = (config.limits, config.drain_timeout);
+    serve(listener, Start::Standby, limits, drain, signer, shutdown).await
+}
+
+/// Where a worker's catalog comes from.
+enum Start {
+    /// Given at start: warmed before serving.
+    Catalog(Catalog),
+    /// Given by a claim, later.
+    Standby,
+}
+
+async fn serve(
+    listener: TcpListener,
+    start: Start,
+    limits: QueryLimits,
+    drain_timeout: Duration,
+    signer: TicketSigner,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_service_status("", ServingStatus::NotServing)
         .await;
     let engine_cell = Arc::new(OnceLock::new());
     let in_flight = InFlight::default();
+    let standby = matches!(start, Start::Standby);
+    let readiness = claim::Readiness::new(standby, engine_cell.clone(), health, limits);
     let grant = flight::require_grant(signer.clone());
-    let service = WorkerService::new(engine_cell.clone(), signer, in_flight.clone());
+    let service = WorkerService::new(
+        engine_cell.clone(),
+        signer,
+        in_flight.clone(),
+        readiness.clone(),
+    );
     let flight = tonic::service::interceptor::InterceptedService::new(
         FlightServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -126,14 +186,11 @@ pub async fn run(
     );
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let drain_health = health.clone();
+    let drain_readiness = readiness.clone();
     let drain_in_flight = in_flight.clone();
-    let drain_timeout = config.drain_timeout;
     let drain = async move {
         shutdown.await;
-        drain_health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        drain_readiness.stop().await;
         tracing::info!(in_flight = drain_in_flight.current(), "draining");
         if tokio::time::timeout(drain_timeout, drain_in_flight.idle())
             .await
@@ -159,21 +216,22 @@ pub async fn run(
     let server = tokio::spawn(server);
     let mut drain = tokio::spawn(drain);
 
-    let engine = Engine::warm_up(&config.catalog, config.limits).await;
-    let engine = match engine {
-        Ok(engine) => engine,
-        Err(e) => {
-            server.abort();
-            drain.abort();
-            return Err(e.into());
+    match start {
+        Start::Catalog(catalog) => {
+            let engine = match Engine::warm_up(&catalog, limits).await {
+                Ok(engine) => engine,
+                Err(e) => {
+                    server.abort();
+                    drain.abort();
+                    return Err(e.into());
+                }
+            };
+            if readiness.serve(engine).await {
+                tracing::info!(tables = catalog.tables.len(), "worker warm and serving");
+            }
         }
-    };
-    let _ = engine_cell.set(Arc::new(engine));
-    health.set_service_status("", ServingStatus::Serving).await;
-    tracing::info!(
-        tables = config.catalog.tables.len(),
-        "worker warm and serving"
-    );
+        Start::Standby => claim::prewarm().await,
+    }
 
     // Once the drain has released the server, streams that outlived the drain timeout get a
     // short grace to see their connection close rather than holding the exit forever.

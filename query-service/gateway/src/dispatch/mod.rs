@@ -9,6 +9,11 @@
 //! query can write.
 //! Flight data is relayed message by message, never decoded or collected, so the gateway's
 //! memory does not grow with the result.
+//!
+//! A pool that may sit at zero workers (a wake timeout is set) holds a call that finds no ready
+//! worker instead of refusing it: the call waits, counted in the pool's demand as waiting for
+//! the pool to wake, until a worker reports SERVING or the wake timeout passes. A pool that
+//! may not be at zero still answers UNAVAILABLE at once, so a client fails over quickly.
 
 pub mod discovery;
 pub mod pool;
@@ -17,10 +22,12 @@ pub mod registry;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo, Ticket};
 use futures::{Stream, StreamExt};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -42,6 +49,17 @@ pub enum DispatchError {
         pool: String,
         /// Workers in it, ready or not.
         workers: usize,
+    },
+    /// The pool had no ready worker and none became ready within the wake timeout.
+    #[error(
+        "pool {pool:?} has no ready worker after waiting {} for it to wake; retry shortly",
+        humantime::format_duration(*.waited)
+    )]
+    WakeTimeout {
+        /// The pool.
+        pool: String,
+        /// How long the call waited.
+        waited: Duration,
     },
     /// The worker failed as a process or connection, on the first try and the retry.
     #[error("worker {endpoint} failed: {message}; the query can be retried")]
@@ -125,13 +143,26 @@ fn carries_rows(data: &FlightData) -> bool {
 pub struct Dispatcher {
     pools: Arc<Pools>,
     pool: Arc<WorkerPool>,
+    /// How long a call waits for a pool with no ready worker to wake; `None` fails fast.
+    wake_timeout: Option<Duration>,
 }
 
 impl Dispatcher {
     /// Dispatches to the default pool of `pools`; [`Dispatcher::on`] picks another.
     pub fn new(pools: Arc<Pools>) -> Self {
         let pool = pools.default_pool().clone();
-        Self { pools, pool }
+        Self {
+            pools,
+            pool,
+            wake_timeout: None,
+        }
+    }
+
+    /// Holds calls to a pool with no ready worker for up to `timeout` while it wakes (pools
+    /// that scale to zero); `None`, the default, answers UNAVAILABLE at once.
+    pub fn with_wake_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.wake_timeout = timeout;
+        self
     }
 
     /// The pool dispatched to.
@@ -148,7 +179,41 @@ impl Dispatcher {
         Ok(Self {
             pools: self.pools.clone(),
             pool: self.pools.get(pool)?.clone(),
+            wake_timeout: self.wake_timeout,
         })
+    }
+
+    /// The least-loaded ready worker other than `exclude`. With no worker ready at all and a
+    /// wake timeout set, waits for one (bounded by the timeout), counted as waiting meanwhile;
+    /// a worker that is ready but excluded or paused after a failure is no wake-up, so that
+    /// case fails at once as without a wake timeout.
+    async fn pick(&self, exclude: Option<&Arc<Worker>>) -> Result<Arc<Worker>, DispatchError> {
+        let no_worker = match self.pool.pick(exclude) {
+            Ok(worker) => return Ok(worker),
+            Err(e) => e,
+        };
+        let Some(timeout) = self.wake_timeout else {
+            return Err(no_worker);
+        };
+        if self.pool.ready_count() > 0 {
+            return Err(no_worker);
+        }
+        let _waiting = self.pool.start_waiting();
+        let started = Instant::now();
+        tracing::debug!(pool = %self.pool.name(), "no ready worker; holding the call while the pool wakes");
+        let woke = tokio::time::timeout(timeout, self.pool.wait_until(|p| p.ready_count() > 0));
+        if woke.await.is_err() {
+            return Err(DispatchError::WakeTimeout {
+                pool: self.pool.name().to_owned(),
+                waited: started.elapsed(),
+            });
+        }
+        tracing::info!(
+            pool = %self.pool.name(),
+            waited_ms = started.elapsed().as_millis(),
+            "pool woke; dispatching the held call"
+        );
+        self.pool.pick(exclude)
     }
 
     /// Runs `call` on the least-loaded ready worker, and once more on another if the first
@@ -161,7 +226,7 @@ impl Dispatcher {
         let mut failed: Option<Arc<Worker>> = None;
         let mut last_error = None;
         for _attempt in 0..2 {
-            let worker = match self.pool.pick(failed.as_ref()) {
+            let worker = match self.pick(failed.as_ref()).await {
                 Ok(w) => w,
                 Err(no_worker) => return Err(last_error.unwrap_or(no_worker)),
             };
@@ -311,5 +376,34 @@ mod tests {
             dispatcher.on("c"),
             Err(DispatchError::UnknownPool { .. })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pool_that_may_be_at_zero_holds_calls_until_its_wake_timeout() {
+        let pools = Pools::new(["a"]);
+        let pool = pools.get("a").unwrap().clone();
+        let dispatcher = Dispatcher::new(pools).with_wake_timeout(Some(Duration::from_secs(5)));
+        let held = tokio::spawn({
+            let dispatcher = dispatcher.clone();
+            async move { dispatcher.pick(None).await }
+        });
+        // The held call shows as waiting (the demand the scaler wakes the pool for).
+        while pool.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let worker = pool.add("127.0.0.1:1").unwrap();
+        pool.set_ready_for_test(&worker);
+        let picked = held.await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&picked, &worker));
+        assert_eq!(pool.waiting(), 0);
+
+        // No worker becomes ready: the call ends at the timeout, and stops counting.
+        pool.remove("127.0.0.1:1");
+        let err = dispatcher.pick(None).await.unwrap_err();
+        assert!(
+            matches!(&err, DispatchError::WakeTimeout { waited, .. } if *waited >= Duration::from_secs(5)),
+            "{err}"
+        );
+        assert_eq!(pool.waiting(), 0);
     }
 }

@@ -147,6 +147,20 @@ pub struct WorkerPool {
     /// Bumped whenever membership or readiness changes, for waiters such as `quiver up`.
     changed: watch::Sender<u64>,
     next: AtomicUsize,
+    /// Calls held while the pool wakes (no ready worker yet), reported as demand.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// One call held while its pool wakes; counted in [`WorkerPool::waiting`] until dropped.
+#[derive(Debug)]
+pub struct Waiting {
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl WorkerPool {
@@ -157,7 +171,22 @@ impl WorkerPool {
             workers: RwLock::new(Vec::new()),
             changed: watch::channel(0).0,
             next: AtomicUsize::new(0),
+            waiting: Arc::default(),
         })
+    }
+
+    /// Counts one call as waiting for the pool to wake until the guard drops, so the demand
+    /// report shows it and the scaler wakes the pool.
+    pub fn start_waiting(&self) -> Waiting {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        Waiting {
+            count: self.waiting.clone(),
+        }
+    }
+
+    /// Calls waiting now for a ready worker of this pool.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
     }
 
     /// The pool's name.
@@ -303,6 +332,12 @@ impl WorkerPool {
         self.changed.subscribe()
     }
 
+    /// Marks `worker` ready as its health stream would (tests of callers that wait for it).
+    #[cfg(test)]
+    pub(super) fn set_ready_for_test(self: &Arc<Self>, worker: &Arc<Worker>) {
+        set_ready(&Arc::downgrade(self), &Arc::downgrade(worker), true);
+    }
+
     fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
@@ -438,6 +473,17 @@ mod tests {
         assert!(pool.pick(None).is_err(), "a removed worker is never picked");
         pool.set_endpoints(Vec::<&str>::new());
         assert!(pool.workers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn waiting_guard_counts_until_dropped() {
+        let pool = WorkerPool::new("p");
+        let a = pool.start_waiting();
+        let b = pool.start_waiting();
+        assert_eq!(pool.waiting(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(pool.waiting(), 0);
     }
 
     #[tokio::test]
