@@ -9,7 +9,9 @@
 //!
 //! It reads the same demand report the Kubernetes operator polls, so both act on one signal.
 //! With `--min-workers 0` and `--scale-to-zero-after`, the policy takes an idle pool to zero
-//! and wakes it on the first sample with demand (a query held at the gateway counts).
+//! and wakes it on the first sample with demand (a query held at the gateway counts). While the
+//! pool is at zero, a call held at the gateway pokes the autoscaler to sample at once, as
+//! Knative's activator pokes its autoscaler, so a wake-up does not wait for the next tick.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,11 +59,13 @@ impl Scaling {
 
 /// Samples the pool's demand from the admin port at `admin` and publishes the desired worker
 /// count on `desired` until the receiver side is gone. Each change is printed with its reason.
+/// `held` is the pool's count of calls waiting for it to wake (`WorkerPool::subscribe_waiting`).
 pub async fn run(
     admin: SocketAddr,
     pool: String,
     config: ScalingConfig,
     scale_to_zero_after: Option<Duration>,
+    mut held: watch::Receiver<usize>,
     desired: watch::Sender<u32>,
 ) -> Result<(), ScalingError> {
     let mut policy = ScalingPolicy::new(config)?;
@@ -70,8 +74,20 @@ pub async fn run(
     policy.resume(Duration::ZERO, *desired.borrow());
     let mut tick = tokio::time::interval(SAMPLE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut held_open = true;
     loop {
-        tick.tick().await;
+        let at_zero = *desired.borrow() == 0;
+        tokio::select! {
+            _ = tick.tick() => {}
+            // A change of the held calls at a pool at zero: a query is waiting for a wake-up.
+            changed = held.changed(), if at_zero && held_open => {
+                // Without a sender (the pool is gone) there is nothing to poke for.
+                held_open = changed.is_ok();
+                if !held_open || *held.borrow_and_update() == 0 {
+                    continue;
+                }
+            }
+        }
         if desired.is_closed() {
             return Ok(());
         }

@@ -136,6 +136,7 @@ pub async fn run(
         (Scaling::Auto(scaling), Some(addr)) => {
             let scaling = scaling.clone();
             let to_zero = config.scale_to_zero_after;
+            let held = pool.subscribe_waiting();
             tracing::info!(
                 min = scaling.min_replicas,
                 max = scaling.max_replicas,
@@ -146,7 +147,7 @@ pub async fn run(
                 "autoscaling workers"
             );
             Some(AbortOnDrop(tokio::spawn(async move {
-                let run = autoscale::run(addr, pool_name(), scaling, to_zero, desired_tx);
+                let run = autoscale::run(addr, pool_name(), scaling, to_zero, held, desired_tx);
                 if let Err(e) = run.await {
                     tracing::error!(error = %e, "autoscaler stopped");
                 }

@@ -7,3 +7,4 @@ mod common;
 mod differential;
 mod errors;
 mod queries;
+mod standby;

@@ -147,19 +147,20 @@ pub struct WorkerPool {
     /// Bumped whenever membership or readiness changes, for waiters such as `quiver up`.
     changed: watch::Sender<u64>,
     next: AtomicUsize,
-    /// Calls held while the pool wakes (no ready worker yet), reported as demand.
-    waiting: Arc<AtomicUsize>,
+    /// Calls held while the pool wakes (no ready worker yet), reported as demand; watched so
+    /// a local scaler can wake the pool at once rather than at its next sample.
+    waiting: Arc<watch::Sender<usize>>,
 }
 
 /// One call held while its pool wakes; counted in [`WorkerPool::waiting`] until dropped.
 #[derive(Debug)]
 pub struct Waiting {
-    count: Arc<AtomicUsize>,
+    count: Arc<watch::Sender<usize>>,
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        self.count.send_modify(|n| *n -= 1);
     }
 }
 
@@ -171,14 +172,14 @@ impl WorkerPool {
             workers: RwLock::new(Vec::new()),
             changed: watch::channel(0).0,
             next: AtomicUsize::new(0),
-            waiting: Arc::default(),
+            waiting: Arc::new(watch::channel(0).0),
         })
     }
 
     /// Counts one call as waiting for the pool to wake until the guard drops, so the demand
     /// report shows it and the scaler wakes the pool.
     pub fn start_waiting(&self) -> Waiting {
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.waiting.send_modify(|n| *n += 1);
         Waiting {
             count: self.waiting.clone(),
         }
@@ -186,7 +187,12 @@ impl WorkerPool {
 
     /// Calls waiting now for a ready worker of this pool.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Acquire)
+        *self.waiting.borrow()
+    }
+
+    /// A receiver that changes whenever the number of waiting calls does.
+    pub fn subscribe_waiting(&self) -> watch::Receiver<usize> {
+        self.waiting.subscribe()
     }
 
     /// The pool's name.

@@ -1,0 +1,118 @@
+//! Standby workers: refused without the gateway's grant, unavailable until claimed, claimed once
+//! (a bad catalog leaves them standby), and then ordinary workers a gateway dispatches to.
+
+use std::time::Duration;
+
+use arrow_flight::Action;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
+use quiver_core::protocol::{GRANT_HEADER, WORKER_STATE_HEADER, grant_header};
+use quiver_core::ticket::TicketSigner;
+use quiver_gateway::WorkerPool;
+use quiver_worker::StandbyConfig;
+use quiver_worker::claim::CLAIM_ACTION;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::Code;
+
+use super::common::{self, KEY};
+
+fn claim(catalog: &str, grant: bool) -> tonic::Request<Action> {
+    let mut request = tonic::Request::new(Action {
+        r#type: CLAIM_ACTION.to_owned(),
+        body: catalog.as_bytes().to_vec().into(),
+    });
+    if grant {
+        let header = grant_header(&TicketSigner::new(KEY), &[]);
+        request
+            .metadata_mut()
+            .insert(GRANT_HEADER, header.parse().unwrap());
+    }
+    request
+}
+
+async fn run(
+    client: &mut FlightServiceClient<tonic::transport::Channel>,
+    request: tonic::Request<Action>,
+) -> Result<(), tonic::Status> {
+    let mut answers = client.do_action(request).await?.into_inner();
+    while answers.message().await?.is_some() {}
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = StandbyConfig {
+        limits: common::default_limits(),
+        drain_timeout: Duration::from_secs(10),
+    };
+    let task = tokio::spawn(quiver_worker::run_standby(
+        listener,
+        config,
+        TicketSigner::new(KEY),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let catalog = common::catalog_path();
+    let catalog = catalog.to_str().unwrap();
+    let pool = WorkerPool::new("p");
+    pool.add(&addr.to_string()).unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut flight = FlightServiceClient::new(channel);
+
+    // Without the gateway's grant a claim is refused before its body is read.
+    let err = run(&mut flight, claim(catalog, false)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err}");
+
+    // Unclaimed: queries are refused as during warm-up, a fact the gateway acts on.
+    let mut sql = common::client(addr).await;
+    let err = quiver::client::query_worker(&mut sql, &TicketSigner::new(KEY), "SELECT 1")
+        .await
+        .unwrap_err();
+    let FlightError::Tonic(status) = err else {
+        panic!("expected a status, got {err}")
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status}");
+    assert!(status.metadata().contains_key(WORKER_STATE_HEADER));
+    assert_eq!(pool.ready_count(), 0);
+
+    // A bad catalog is the claimer's mistake and leaves the worker standby.
+    let err = run(&mut flight, claim("/no/such/catalog.yaml", true))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert_eq!(pool.ready_count(), 0);
+
+    // A good claim answers once the worker serves; a second is refused.
+    run(&mut flight, claim(catalog, true)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), pool.wait_ready(1))
+        .await
+        .expect("the claimed worker reports SERVING");
+    let err = run(&mut flight, claim(catalog, true)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+
+    // An ordinary worker now: a gateway dispatches to it.
+    let (gateway, _) = common::start_gateway(&[addr], 1).await;
+    let mut client = common::client(gateway).await;
+    let batches = quiver::client::query(&mut client, "SELECT count(*) FROM nation")
+        .await
+        .unwrap();
+    let count = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(count, 25);
+
+    drop(stop);
+    task.await.unwrap().unwrap();
+}
