@@ -15,6 +15,7 @@ import urllib.request
 import pyarrow.flight as flight
 
 from conftest import QUIVER_BIN, quiver_env
+from flight_sql import statement_query
 from test_scaling import expected_rows, finish, hold, next_scale
 
 TIMEOUT = 120
@@ -119,6 +120,22 @@ def test_a_pool_at_zero_wakes_from_a_standby_and_a_burst_claims_another(start_qu
     for h in held:
         finish(h, total)
     assert nations(q.endpoint) == 25
+
+    # Idle again: back to zero. A Flight SQL client's planning call (GetFlightInfo, a statement
+    # the gateway has not planned before) is held while the pool wakes, like a DoGet.
+    while next_scale(q)[1] != 0:
+        pass
+    # Every worker ever started or claimed has stopped: the pool is empty.
+    ever = len(q.started) + len(wait_count(q, "worker claimed:", 2))
+    wait_count(q, "worker stopped:", ever)
+    assert pool_report(q)["workers"] == 0
+    client = flight.connect(q.endpoint)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(
+        statement_query("SELECT count(*) AS regions FROM region")))
+    table = client.do_get(info.endpoints[0].ticket).read_all()
+    client.close()
+    assert table.column(0)[0].as_py() == 5
+    wait_count(q, "worker claimed:", 3)  # the planning call woke the pool
     assert "worker claim failed" not in "\n".join(q.stdout)
 
 

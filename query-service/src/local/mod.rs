@@ -2,6 +2,7 @@
 //! of worker processes on loopback.
 
 pub mod autoscale;
+pub mod process;
 pub mod standby;
 pub mod supervisor;
 

@@ -20,7 +20,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Endpoint;
 
-use super::supervisor::{
+use super::process::{
     Launch, MAX_START_FAILURES, Started, SupervisorError, WorkerCommand, drain, launch, stopped,
 };
 use quiver_core::protocol::{GRANT_HEADER, grant_header};
