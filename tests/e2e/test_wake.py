@@ -139,6 +139,45 @@ def test_a_pool_at_zero_wakes_from_a_standby_and_a_burst_claims_another(start_qu
     assert "worker claim failed" not in "\n".join(q.stdout)
 
 
+def test_bursts_at_zero_lose_no_query(start_quiver):
+    """Three times over: the pool drains to zero, then sixteen queries arrive at once. Some wait
+    at dispatch for the wake-up, the rest in their group's queue; every one is answered."""
+    q = start_quiver(
+        "--min-workers", "0", "--max-workers", "3", "--standby-workers", "1",
+        "--scale-to-zero-after", "2s", "--target-concurrency", "2", "--worker-slots", "4",
+        workers=None, expected_workers=1)
+    for cycle in range(3):
+        while next_scale(q)[1] != 0:
+            pass
+        ever = len(q.started) + len([l for l in q.stdout if l.startswith("worker claimed:")])
+        wait_count(q, "worker stopped:", ever)
+        wait_count(q, "standby started:", cycle + 1)
+        results: list[int] = []
+        failures: list[str] = []
+        gate = threading.Barrier(16)
+
+        def one() -> None:
+            client = flight.connect(q.endpoint)
+            try:
+                gate.wait(TIMEOUT)
+                table = client.do_get(flight.Ticket(b"SELECT count(*) FROM supplier")).read_all()
+                results.append(table.column(0)[0].as_py())
+            except Exception as e:  # noqa: BLE001 - every failure is reported below
+                failures.append(repr(e))
+            finally:
+                client.close()
+
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert not failures, (cycle, failures)
+        assert len(results) == 16 and len(set(results)) == 1, results
+        wait_count(q, "worker claimed:", cycle + 1)
+    assert "worker claim failed" not in "\n".join(q.stdout)
+
+
 def test_scale_to_zero_flags_are_checked():
     for args, words in [
         (["--scale-to-zero-after", "30s"], "--min-workers 0"),
