@@ -7,6 +7,9 @@
 //!                             "worker_loads":[{"endpoint","ready","in_flight"}]}]}
 //!  GET /healthz    200 "ok"
 //! ```
+//!
+//! `queued` counts queries in the pool's group queues and calls held at dispatch while the pool
+//! wakes from zero: both wait for a worker, and a scaler must see both to wake the pool.
 
 use std::sync::Arc;
 
@@ -146,5 +149,9 @@ mod tests {
             "http://127.0.0.1:1"
         );
         assert_eq!(pools[1]["worker_loads"][0]["ready"], false);
+        // A call held while pool a wakes counts as queued there.
+        let _held = state.pools.get("a").unwrap().start_waiting();
+        let json = serde_json::to_value(state.demand()).unwrap();
+        assert_eq!(json["pools"][0]["queued"], 1);
     }
 }
