@@ -155,6 +155,8 @@ enum Start {
     Standby,
 }
 
+/// The worker's life, whichever way its catalog comes: bind, serve NOT_SERVING, warm (or wait
+/// for a claim), serve, drain.
 async fn serve(
     listener: TcpListener,
     start: Start,
