@@ -127,6 +127,11 @@ fn granted<T>(message: T, grant: &str) -> Result<tonic::Request<T>, Status> {
     Ok(request)
 }
 
+/// Calls one pool holds at most while it wakes; past it they fail fast with UNAVAILABLE. Runs
+/// are bounded by admission already, but planning calls take no slot: this bounds what callers
+/// can make the gateway hold for a pool that cannot wake.
+const MAX_WAITING: usize = 1024;
+
 /// Messages held before the first batch at most; past it the stream is relayed as it is (a
 /// result with that many dictionaries is already streaming).
 const HELD_MESSAGES: usize = 64;
@@ -186,7 +191,7 @@ impl Dispatcher {
     /// The least-loaded ready worker other than `exclude`. With no worker ready at all and a
     /// wake timeout set, waits for one (bounded by the timeout), counted as waiting meanwhile;
     /// a worker that is ready but excluded or paused after a failure is no wake-up, so that
-    /// case fails at once as without a wake timeout.
+    /// case fails at once as without a wake timeout, as does a call past [`MAX_WAITING`].
     async fn pick(&self, exclude: Option<&Arc<Worker>>) -> Result<Arc<Worker>, DispatchError> {
         let no_worker = match self.pool.pick(exclude) {
             Ok(worker) => return Ok(worker),
@@ -195,7 +200,7 @@ impl Dispatcher {
         let Some(timeout) = self.wake_timeout else {
             return Err(no_worker);
         };
-        if self.pool.ready_count() > 0 {
+        if self.pool.ready_count() > 0 || self.pool.waiting() >= MAX_WAITING {
             return Err(no_worker);
         }
         let _waiting = self.pool.start_waiting();
@@ -405,5 +410,11 @@ mod tests {
             "{err}"
         );
         assert_eq!(pool.waiting(), 0);
+
+        // Held calls are bounded: past the bound a call fails at once.
+        let held: Vec<_> = (0..MAX_WAITING).map(|_| pool.start_waiting()).collect();
+        let err = dispatcher.pick(None).await.unwrap_err();
+        assert!(matches!(err, DispatchError::NoReadyWorker { .. }), "{err}");
+        drop(held);
     }
 }
