@@ -472,6 +472,9 @@ pub struct BenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Measure only the queries whose name contains this text (e.g. "point"), for profiling.
+    #[arg(long)]
+    pub only: Option<String>,
     /// Print the benchmark's queries as JSON (name and SQL) and exit, for other tools to run
     /// the same statements.
     #[arg(long)]

@@ -191,6 +191,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 clients: args.clients,
                 throughput_for: args.throughput_for,
                 json: args.json,
+                only: args.only,
             })
             .await?;
         }

@@ -71,7 +71,10 @@ def duckdb_connection(data_dir: Path, threads: int | None):
 
 
 def duckdb_query(con, sql: str):
-    return con.execute(sql).fetch_arrow_table().num_rows
+    result = con.execute(sql)
+    # `to_arrow_table` in DuckDB 1.4 and later, `fetch_arrow_table` before.
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch().num_rows
 
 
 def main() -> None:

@@ -48,17 +48,17 @@ pub enum AuthError {
 /// Authenticates a call from its headers.
 pub fn authenticate(
     policy: &Policy,
-    key: &[u8],
+    sealer: &Sealer,
     headers: &MetadataMap,
 ) -> Result<Identity, AuthError> {
     let header = headers.get("authorization").and_then(|v| v.to_str().ok());
-    authenticate_header(policy, key, header)
+    authenticate_header(policy, sealer, header)
 }
 
 /// Authenticates a call from its `authorization` header value.
 pub fn authenticate_header(
     policy: &Policy,
-    key: &[u8],
+    sealer: &Sealer,
     header: Option<&str>,
 ) -> Result<Identity, AuthError> {
     let header = header.map(str::trim);
@@ -71,7 +71,7 @@ pub fn authenticate_header(
     let header = header.ok_or(AuthError::Missing)?;
     let token = strip_scheme(header, "bearer").ok_or(AuthError::Scheme)?;
     if let Some(session) = token.strip_prefix(SESSION_PREFIX) {
-        return verify_session(policy, key, session);
+        return verify_session(policy, sealer, session);
     }
     let hash = hex(&Sha256::digest(token.as_bytes()));
     let tenant = policy.tokens.get(&hash).ok_or(AuthError::BadToken)?;
@@ -87,7 +87,7 @@ pub fn authenticate_header(
 /// the async threads.
 pub fn handshake(
     policy: &Policy,
-    key: &[u8],
+    sealer: &Sealer,
     headers: &MetadataMap,
 ) -> Result<(Identity, String), AuthError> {
     let header = headers
@@ -116,16 +116,16 @@ pub fn handshake(
         };
         (identity, user_credential(stored))
     } else {
-        let identity = authenticate(policy, key, headers)?;
+        let identity = authenticate(policy, sealer, headers)?;
         let token = strip_scheme(header, "bearer").unwrap_or_default();
         let credential = match token.strip_prefix(SESSION_PREFIX) {
             // Renewing a session keeps the credential it was bound to.
-            Some(session) => session_credential(key, session)?,
+            Some(session) => session_credential(sealer, session)?,
             None => format!("t:{}", hex(&Sha256::digest(token.as_bytes()))),
         };
         (identity, credential)
     };
-    let token = issue_session(key, &identity, &credential);
+    let token = issue_session(sealer, &identity, &credential);
     Ok((identity, token))
 }
 
@@ -232,16 +232,16 @@ fn strip_scheme<'a>(header: &'a str, scheme: &str) -> Option<&'a str> {
     s.eq_ignore_ascii_case(scheme).then(|| rest.trim())
 }
 
-fn issue_session(key: &[u8], identity: &Identity, credential: &str) -> String {
+fn issue_session(sealer: &Sealer, identity: &Identity, credential: &str) -> String {
     let payload = format!("{}\n{}\n{credential}", identity.tenant, identity.user);
-    let sealed = Sealer::new(key).seal(Domain::Login, payload.as_bytes());
+    let sealed = sealer.seal(Domain::Login, payload.as_bytes());
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     format!("{SESSION_PREFIX}{}", b64.encode(sealed))
 }
 
 /// The credential a (valid) session token is bound to.
-fn session_credential(key: &[u8], token: &str) -> Result<String, AuthError> {
-    let text = session_payload(key, token)?;
+fn session_credential(sealer: &Sealer, token: &str) -> Result<String, AuthError> {
+    let text = session_payload(sealer, token)?;
     text.split('\n')
         .nth(2)
         .map(str::to_owned)
@@ -250,17 +250,17 @@ fn session_credential(key: &[u8], token: &str) -> Result<String, AuthError> {
 
 /// The sealed payload of a session token, if its seal holds and it is younger than
 /// [`SESSION_TTL`].
-fn session_payload(key: &[u8], token: &str) -> Result<String, AuthError> {
+fn session_payload(sealer: &Sealer, token: &str) -> Result<String, AuthError> {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let sealed = b64.decode(token).map_err(|_| AuthError::BadToken)?;
-    let opened = Sealer::new(key)
+    let opened = sealer
         .open(Domain::Login, &sealed, SESSION_TTL)
         .map_err(|_| AuthError::BadToken)?;
     String::from_utf8(opened.payload.to_vec()).map_err(|_| AuthError::BadToken)
 }
 
-fn verify_session(policy: &Policy, key: &[u8], token: &str) -> Result<Identity, AuthError> {
-    let text = session_payload(key, token)?;
+fn verify_session(policy: &Policy, sealer: &Sealer, token: &str) -> Result<Identity, AuthError> {
+    let text = session_payload(sealer, token)?;
     let mut parts = text.split('\n');
     let (Some(tenant), Some(user), Some(credential)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -317,18 +317,18 @@ mod tests {
     #[test]
     fn bearer_tokens() {
         let p = policy();
-        let id = authenticate(&p, b"k", &headers("Bearer quiet-token-1")).unwrap();
+        let id = authenticate(&p, &Sealer::new(b"k"), &headers("Bearer quiet-token-1")).unwrap();
         assert_eq!(id.tenant, "quiet");
         assert_eq!(
-            authenticate(&p, b"k", &headers("Bearer nope")),
+            authenticate(&p, &Sealer::new(b"k"), &headers("Bearer nope")),
             Err(AuthError::BadToken)
         );
         assert_eq!(
-            authenticate(&p, b"k", &MetadataMap::new()),
+            authenticate(&p, &Sealer::new(b"k"), &MetadataMap::new()),
             Err(AuthError::Missing)
         );
         assert_eq!(
-            authenticate(&p, b"k", &headers("Digest x")),
+            authenticate(&p, &Sealer::new(b"k"), &headers("Digest x")),
             Err(AuthError::Scheme)
         );
     }
@@ -337,18 +337,24 @@ mod tests {
     fn basic_handshake_issues_session_token() {
         let p = policy();
         let basic = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
-        let (id, token) = handshake(&p, b"k", &headers(&format!("Basic {basic}"))).unwrap();
+        let (id, token) =
+            handshake(&p, &Sealer::new(b"k"), &headers(&format!("Basic {basic}"))).unwrap();
         assert_eq!(id.user, "alice");
-        let again = authenticate(&p, b"k", &headers(&format!("Bearer {token}"))).unwrap();
+        let again =
+            authenticate(&p, &Sealer::new(b"k"), &headers(&format!("Bearer {token}"))).unwrap();
         assert_eq!(again, id);
         // Another key (another deployment) does not accept it.
         assert_eq!(
-            authenticate(&p, b"other", &headers(&format!("Bearer {token}"))),
+            authenticate(
+                &p,
+                &Sealer::new(b"other"),
+                &headers(&format!("Bearer {token}"))
+            ),
             Err(AuthError::BadToken)
         );
         let wrong = base64::engine::general_purpose::STANDARD.encode("alice:guess");
         assert_eq!(
-            handshake(&p, b"k", &headers(&format!("Basic {wrong}"))).unwrap_err(),
+            handshake(&p, &Sealer::new(b"k"), &headers(&format!("Basic {wrong}"))).unwrap_err(),
             AuthError::BadPassword
         );
     }
@@ -357,8 +363,10 @@ mod tests {
     fn sessions_end_with_their_credential() {
         let p = policy();
         let basic = base64::engine::general_purpose::STANDARD.encode("alice:s3cret");
-        let (_, session) = handshake(&p, b"k", &headers(&format!("Basic {basic}"))).unwrap();
-        let (_, token_session) = handshake(&p, b"k", &headers("Bearer quiet-token-1")).unwrap();
+        let (_, session) =
+            handshake(&p, &Sealer::new(b"k"), &headers(&format!("Basic {basic}"))).unwrap();
+        let (_, token_session) =
+            handshake(&p, &Sealer::new(b"k"), &headers("Bearer quiet-token-1")).unwrap();
         // The same tenant, with alice removed and the token replaced.
         let text = format!(
             "tenants:\n  - name: quiet\n    tokens: ['sha256:{}']\n",
@@ -366,9 +374,13 @@ mod tests {
         );
         let reloaded = Policy::parse(&text, Path::new("a.yaml"), &["default"]).unwrap();
         for s in [&session, &token_session] {
-            assert!(authenticate(&p, b"k", &headers(&format!("Bearer {s}"))).is_ok());
+            assert!(authenticate(&p, &Sealer::new(b"k"), &headers(&format!("Bearer {s}"))).is_ok());
             assert_eq!(
-                authenticate(&reloaded, b"k", &headers(&format!("Bearer {s}"))),
+                authenticate(
+                    &reloaded,
+                    &Sealer::new(b"k"),
+                    &headers(&format!("Bearer {s}"))
+                ),
                 Err(AuthError::BadToken)
             );
         }
@@ -379,7 +391,11 @@ mod tests {
         );
         let changed = Policy::parse(&text, Path::new("a.yaml"), &["default"]).unwrap();
         assert_eq!(
-            authenticate(&changed, b"k", &headers(&format!("Bearer {session}"))),
+            authenticate(
+                &changed,
+                &Sealer::new(b"k"),
+                &headers(&format!("Bearer {session}"))
+            ),
             Err(AuthError::BadToken)
         );
     }
@@ -412,7 +428,7 @@ mod tests {
 
     #[test]
     fn open_policy_admits_everyone() {
-        let id = authenticate(&Policy::open(), b"k", &MetadataMap::new()).unwrap();
+        let id = authenticate(&Policy::open(), &Sealer::new(b"k"), &MetadataMap::new()).unwrap();
         assert_eq!(id.tenant, "default");
     }
 }

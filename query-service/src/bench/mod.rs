@@ -56,7 +56,7 @@ pub const QUERIES: [(&str, &str); 5] = [
     (
         "point lookup",
         "SELECT o_orderkey, o_custkey, o_totalprice, o_orderdate FROM orders \
-         WHERE o_orderkey = 4242",
+         WHERE o_orderkey = 4229",
     ),
     (
         "small aggregation",
@@ -88,6 +88,8 @@ pub struct BenchConfig {
     pub throughput_for: Duration,
     /// Where to write the results as JSON, besides the table.
     pub json: Option<PathBuf>,
+    /// Only the queries whose name contains this.
+    pub only: Option<String>,
 }
 
 /// Latency percentiles of one query on one path.
@@ -252,7 +254,13 @@ async fn measure(
     let gateway_cpu = deployment.child.id().and_then(ProcessCpu::of);
     let worker_cpu = ProcessCpu::of(*worker_pid);
     let mut queries = Vec::new();
-    for (name, sql) in QUERIES {
+    let chosen = QUERIES.iter().filter(|(name, _)| {
+        config
+            .only
+            .as_deref()
+            .is_none_or(|only| name.contains(only))
+    });
+    for &(name, sql) in chosen {
         let rows = paths
             .check_agree(sql)
             .await

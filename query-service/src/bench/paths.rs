@@ -63,7 +63,7 @@ impl Paths {
         let engine = Engine::warm_up(&catalog, limits)
             .await
             .context("cannot warm the in-process engine")?;
-        let config = quiver_worker::engine::session_config()
+        let config = quiver_worker::engine::session_config()?
             .with_default_catalog_and_schema(&catalog.catalog, &catalog.schema)
             .with_create_default_catalog_and_schema(true);
         let datafusion = SessionContext::new_with_config(config);

@@ -207,7 +207,7 @@ fn reset(state: &mut State) {
 /// first query does not pay for the first use of DataFusion in the process.
 pub(crate) async fn prewarm() {
     let started = Instant::now();
-    let ctx = SessionContext::new_with_config(engine::session_config());
+    let ctx = SessionContext::new_with_config(engine::session_config().unwrap_or_default());
     let sql = "WITH t(k, v) AS (VALUES (1, 'a'), (2, 'b'), (3, 'c'), (1, 'd')) \
                SELECT t.k, count(*) AS n, max(u.v) AS m FROM t JOIN t AS u ON t.k = u.k \
                WHERE t.k > 0 GROUP BY t.k ORDER BY n DESC, t.k";

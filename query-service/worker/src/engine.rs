@@ -137,6 +137,7 @@ impl Engine {
     /// loads hot tables into memory. Returns only when the worker is ready to serve.
     pub async fn warm_up(catalog: &Catalog, limits: QueryLimits) -> Result<Self, CatalogError> {
         let config = session_config()
+            .map_err(|e| register_error("<engine settings>", &catalog.tables[0].url, e))?
             .with_default_catalog_and_schema(&catalog.catalog, &catalog.schema)
             .with_create_default_catalog_and_schema(true)
             .with_information_schema(true);
@@ -373,13 +374,20 @@ impl Engine {
 /// The session settings every worker query runs with. Filters are evaluated while Parquet is
 /// decoded (late materialisation), so a selective predicate skips decoding the other columns'
 /// pages; row groups and pages are pruned by statistics, page index and bloom filters, which
-/// DataFusion reads by default.
-pub fn session_config() -> SessionConfig {
-    let mut config = SessionConfig::new();
+/// DataFusion reads by default. DataFusion's own environment variables
+/// (`DATAFUSION_EXECUTION_TARGET_PARTITIONS`, `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS`, …)
+/// win over these defaults, so an operator can tune the engine without a rebuild; an invalid
+/// value is an error at start-up.
+pub fn session_config() -> Result<SessionConfig, DataFusionError> {
+    let mut config = SessionConfig::from_env()?;
     let parquet = &mut config.options_mut().execution.parquet;
-    parquet.pushdown_filters = true;
-    parquet.reorder_filters = true;
-    config
+    if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS").is_none() {
+        parquet.pushdown_filters = true;
+    }
+    if std::env::var_os("DATAFUSION_EXECUTION_PARQUET_REORDER_FILTERS").is_none() {
+        parquet.reorder_filters = true;
+    }
+    Ok(config)
 }
 
 fn register_error(table: &str, url: &Url, e: DataFusionError) -> CatalogError {

@@ -13,6 +13,7 @@ use tonic::server::NamedService;
 
 use crate::admission::Admission;
 use crate::auth::{self, Identity};
+use quiver_core::seal::Sealer;
 
 /// The one method that authenticates by itself (Basic credentials in, a session token out).
 const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
@@ -22,17 +23,17 @@ const HANDSHAKE_PATH: &str = "/arrow.flight.protocol.FlightService/Handshake";
 pub struct Authenticated<S> {
     inner: S,
     admission: Arc<Admission>,
-    key: Arc<[u8]>,
+    sealer: Arc<Sealer>,
 }
 
 impl<S> Authenticated<S> {
-    /// Authenticates calls to `inner` under `admission`'s policy, with the gateway's `key` for
-    /// session tokens.
-    pub fn new(inner: S, admission: Arc<Admission>, key: Arc<[u8]>) -> Self {
+    /// Authenticates calls to `inner` under `admission`'s policy, opening session tokens with
+    /// the gateway's `sealer`.
+    pub fn new(inner: S, admission: Arc<Admission>, sealer: Arc<Sealer>) -> Self {
         Self {
             inner,
             admission,
-            key,
+            sealer,
         }
     }
 }
@@ -68,7 +69,7 @@ where
                 .get("authorization")
                 .and_then(|v| v.to_str().ok());
             let policy = self.admission.policy();
-            match auth::authenticate_header(&policy, &self.key, header) {
+            match auth::authenticate_header(&policy, &self.sealer, header) {
                 Ok(identity) => {
                     request.extensions_mut().insert::<Identity>(identity);
                 }

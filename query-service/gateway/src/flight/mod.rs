@@ -43,6 +43,7 @@ use crate::auth::{self, Identity};
 use crate::dispatch::{Dispatcher, FlightDataStream};
 use crate::metrics::GatewayMetrics;
 use quiver_core::protocol::MAX_MESSAGE_BYTES;
+use quiver_core::seal::Sealer;
 use quiver_core::ticket::TicketSigner;
 
 /// Request messages may be this many times the SQL limit, so SQL somewhat over the limit gets
@@ -58,7 +59,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub struct GatewayService {
     dispatcher: Dispatcher,
     signer: TicketSigner,
-    key: Arc<[u8]>,
+    /// Seals and opens session tokens (built once: an HMAC key setup per call adds up).
+    sealer: Arc<Sealer>,
     admission: Arc<Admission>,
     metrics: Arc<GatewayMetrics>,
     running: Arc<Running>,
@@ -88,7 +90,7 @@ impl GatewayService {
         Self {
             dispatcher,
             signer: TicketSigner::new(key),
-            key: key.into(),
+            sealer: Arc::new(Sealer::new(key)),
             admission,
             metrics,
             running: Arc::default(),
@@ -113,7 +115,7 @@ impl GatewayService {
     fn identity<T>(&self, request: &Request<T>) -> Result<Identity, Status> {
         match request.extensions().get::<Identity>() {
             Some(identity) => Ok(identity.clone()),
-            None => auth::authenticate(&self.admission.policy(), &self.key, request.metadata())
+            None => auth::authenticate(&self.admission.policy(), &self.sealer, request.metadata())
                 .map_err(Status::from),
         }
     }
@@ -127,11 +129,11 @@ impl GatewayService {
             .saturating_mul(REQUEST_TO_SQL_RATIO)
             .max(MIN_REQUEST_BYTES);
         let admission = self.admission.clone();
-        let key = self.key.clone();
+        let sealer = self.sealer.clone();
         let server = FlightServiceServer::new(self)
             .max_decoding_message_size(request_limit)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        authenticate::Authenticated::new(server, admission, key)
+        authenticate::Authenticated::new(server, admission, sealer)
     }
 }
 
@@ -164,10 +166,10 @@ impl FlightService for GatewayService {
             .await
             .map_err(|_| Status::resource_exhausted("too many sign-ins at once; retry shortly"))?
             .map_err(|_| Status::unavailable("the gateway is stopping"))?;
-            let key = self.key.clone();
+            let sealer = self.sealer.clone();
             let headers = request.metadata().clone();
             let result =
-                tokio::task::spawn_blocking(move || auth::handshake(&policy, &key, &headers))
+                tokio::task::spawn_blocking(move || auth::handshake(&policy, &sealer, &headers))
                     .await
                     .map_err(|_| {
                         Status::internal("the sign-in check failed; see the gateway log")
