@@ -8,15 +8,16 @@
 //! (`docs/performance.md`): rows sorted on the table's key (the generator's order, recorded as
 //! the row groups' sorting columns), row groups of [`ROW_GROUP_ROWS`] rows so min/max
 //! statistics can skip most of a table for a selective filter, pages of at most
-//! [`PAGE_ROWS`] rows with a page index so a point lookup decodes one page per column, and
-//! bloom filters on key columns, which prune row groups for equality on values that min/max
-//! cannot rule out.
+//! [`PAGE_ROWS`] rows with a page index so a point lookup decodes one page per column, small
+//! dictionaries (none on keys, which are delta-encoded), so reading one page does not mean
+//! reading a large dictionary first, and bloom filters on key columns, which prune row groups
+//! for equality on values that min/max cannot rule out.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -43,6 +44,11 @@ pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 pub const PAGE_ROWS: usize = 8 * 1024;
 /// False-positive rate of the bloom filters.
 const BLOOM_FPP: f64 = 0.01;
+/// Largest dictionary page. Reading any page of a dictionary-encoded column chunk means
+/// reading its dictionary first, so a column with many distinct values (prices, comments)
+/// falls back to plain encoding once its dictionary reaches this size rather than making every
+/// point lookup read and decode a dictionary of up to a megabyte (the writer's default).
+const DICTIONARY_PAGE_BYTES: usize = 64 << 10;
 
 /// Each table's key columns: the first is the sort order the generator writes (and the
 /// sorting column recorded); all get bloom filters, for lookups by key and joins on it.
@@ -67,6 +73,7 @@ fn writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> WriterPr
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_BYTES)
         .set_statistics_enabled(EnabledStatistics::Page);
     if let Ok(sorted) = schema.index_of(keys[0]) {
         props = props.set_sorting_columns(Some(vec![SortingColumn {
@@ -77,7 +84,11 @@ fn writer_properties(table: &str, schema: &arrow::datatypes::Schema) -> WriterPr
     }
     for key in keys {
         let column = ColumnPath::from(*key);
+        // Keys are (nearly) unique: a dictionary is pure overhead. Sorted, they delta-encode
+        // to a few bits a value.
         props = props
+            .set_column_dictionary_enabled(column.clone(), false)
+            .set_column_encoding(column.clone(), Encoding::DELTA_BINARY_PACKED)
             .set_column_bloom_filter_enabled(column.clone(), true)
             .set_column_bloom_filter_fpp(column.clone(), BLOOM_FPP)
             .set_column_bloom_filter_max_ndv(column, ROW_GROUP_ROWS as u64);
