@@ -114,10 +114,16 @@ function header(headers, name) {
 
 /**
  * Runs one query and records it. Resolves to {outcome, ms, messages, bytes, message}.
- * q: {sql, tenant='default', token='', kind='query', api='doget'|'flightsql', timeout='60s'}
+ * q: {sql, tenant='default', token='', kind='query', api='doget'|'flightsql', timeout='60s',
+ *     tags={}}; `tags` are more tags for every metric of this query (e.g. {wake: 'first'}).
  */
 export function runQuery(q) {
-  const tags = { tenant: q.tenant || 'default', kind: q.kind || 'query', api: q.api || 'doget' };
+  const tags = {
+    ...(q.tags || {}),
+    tenant: q.tenant || 'default',
+    kind: q.kind || 'query',
+    api: q.api || 'doget',
+  };
   const t0 = Date.now();
   try {
     connect();

@@ -27,6 +27,7 @@ class Query:
     outcome: str
     kind: str
     api: str
+    tags: dict = field(default_factory=dict)  # every tag of the sample (a scenario's own ones too)
 
 
 @dataclass
@@ -73,6 +74,7 @@ def load_run(out: Path, samples: list[dict]) -> Run:
                     outcome=tags.get("outcome", "?"),
                     kind=tags.get("kind", "query"),
                     api=tags.get("api", "?"),
+                    tags=tags,
                 )
             )
         elif name == "dropped_iterations":

@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-ORDER = ["smoke", "steady", "step", "spike", "noisy-neighbour", "drain", "soak"]
+ORDER = ["smoke", "steady", "step", "spike", "noisy-neighbour", "drain", "soak", "wake"]
 
 
 def row(d: dict) -> str:

@@ -299,9 +299,14 @@ def main(argv: list[str]) -> int:
     offset = (run.t0 - k6_wall_start) if run.t0 else 0.0
     run.events = [{"at_s": round(st["at_s"] - offset, 1), "label": f"SIGTERM worker {st['pid']}"}
                   for st in ctx["stopped_workers"]]
+    ctx["quiver_timeline"] = list(quiver.timeline) if quiver else []
+    if spec.events:
+        run.events += spec.events(run, ctx)
     summary["events"] = run.events
     summary["thresholds"] = thresholds(run.k6)
     summary["gates"] = spec.gates(run, ctx) if spec.gates else []
+    if spec.details:
+        summary["details"] = spec.details(run, ctx)
     summary["figures"] = A.totals(run)
     summary["breakdown"] = A.breakdown(run)
     summary["phases"] = run.phases
@@ -327,6 +332,12 @@ def main(argv: list[str]) -> int:
     for g in summary["gates"]:
         verdict = {True: "PASS", False: "FAIL", None: "SKIP"}[g["ok"]]
         print(f"  {verdict}  gate: {g['gate']}  (actual {g['actual']}, limit {g['limit']}) {g['note']}")
+    for title, rows in (summary.get("details") or {}).items():
+        if isinstance(rows, dict):
+            print(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in rows.items()))
+        else:
+            for r in rows:
+                print(f"  {title}: " + ", ".join(f"{k} {v}" for k, v in r.items()))
     for n in summary["notes"]:
         print(f"  note: {n}")
     print(f"{spec.name}: {summary['status'].upper()}  ({out / 'summary.json'}, {out / 'report.html'})")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 READY = re.compile(r"^quiver ready: (\S+)")
 ADMIN = re.compile(r"^quiver admin: (\S+)")
-WORKER = re.compile(r"^worker started: pid=(\d+) endpoint=(\S+)")
+WORKER = re.compile(r"^worker (?:started|claimed): pid=(\d+) endpoint=(\S+)")
+# Lines about the pool's size, kept with the wall time they were read (for scenario gates).
+TIMED = re.compile(r"^(scale: |worker |standby )")
 
 
 def find_binary(root: Path) -> Path:
@@ -56,6 +58,7 @@ class Quiver:
     admin: str | None = None
     workers: dict[int, str] = field(default_factory=dict)
     exited_workers: list[int] = field(default_factory=list)
+    timeline: list[tuple[float, str]] = field(default_factory=list)  # (unix s, line)
     proc: subprocess.Popen | None = None
     _ready: threading.Event = field(default_factory=threading.Event)
     _lines: list[str] = field(default_factory=list)
@@ -89,6 +92,8 @@ class Quiver:
             self._log.write(line)
             self._lines.append(line)
             del self._lines[:-200]
+            if TIMED.match(line):
+                self.timeline.append((time.time(), line.rstrip("\n")))
             if m := ADMIN.match(line):
                 self.admin = m.group(1)
             elif m := WORKER.match(line):

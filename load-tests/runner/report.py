@@ -94,11 +94,18 @@ def latency_plot(run: A.Run) -> str | None:
         for q in ok:
             if key(q) == g:
                 bins[int(q.t // b)].append(q.ms)
-        xs = sorted(bins)
+        # Every bin from the first to the last, empty ones as gaps: a line must not bridge a
+        # stretch without queries (the wake scenario's idle phases).
+        xs = list(range(min(bins), max(bins) + 1))
         for p, ls in styles.items():
-            ys = [np.percentile(bins[x], p) for x in xs]
+            ys = [np.percentile(bins[x], p) if x in bins else np.nan for x in xs]
             label = f"{g} p{p}".strip()
             ax.plot([x * b + b / 2 for x in xs], ys, ls=ls, color=palette[i % len(palette)], label=label)
+    # Queries a scenario singled out (wake: the first query of each burst, at a pool at zero).
+    firsts = [q for q in ok if q.tags.get("wake") == "first"]
+    if firsts:
+        ax.scatter([q.t for q in firsts], [q.ms for q in firsts], marker="o", s=36, color="#c62828",
+                   zorder=5, label="first query after idle")
     all_ms = [q.ms for q in ok]
     if max(all_ms) > 20 * max(1.0, float(np.median(all_ms))):
         ax.set_yscale("log")
@@ -315,6 +322,11 @@ def render(summary: dict, run: A.Run | None) -> str:
                 ["what", "value"],
             )
         )
+        for title, rows in (summary.get("details") or {}).items():
+            if isinstance(rows, dict):
+                rows = [{"what": k, "value": v} for k, v in rows.items()]
+            cols = list(dict.fromkeys(k for r in rows for k in r))
+            parts.append(f"<h3>{html.escape(title[:1].upper() + title[1:])}</h3>" + _table(rows, cols))
         parts.append(
             "<h3>By phase, tenant and outcome</h3>"
             + _table(summary["breakdown"], ["phase", "tenant", "outcome", "count", "per_second", "p50_ms", "p95_ms", "p99_ms", "max_ms"])

@@ -7,6 +7,7 @@ The load itself (rates, phases, thresholds) lives in scenarios/<name>.js.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -33,6 +34,11 @@ class Spec:
     # cannot scale down by itself (no autoscaling flags); the supervisor replaces it.
     stop_workers_at: list[float] = field(default_factory=list)
     gates: Callable[["A.Run", dict], list[dict]] | None = None
+    # Figures of this scenario beyond the common ones: {title: rows (list of dicts) or a dict},
+    # written to summary.json under "details" and shown as tables in the report.
+    details: Callable[["A.Run", dict], dict] | None = None
+    # Marks for the plots ({"at_s", "label"}), e.g. from what quiver up printed.
+    events: Callable[["A.Run", dict], list[dict]] | None = None
 
 
 def gate(name: str, ok: bool | None, actual, limit, note: str = "") -> dict:
@@ -202,6 +208,137 @@ def soak_gates(run: A.Run, ctx: dict) -> list[dict]:
     return out
 
 
+# ---- wake: a pool at zero, then queried ----
+
+SCALE = re.compile(r"^scale: (\d+) -> (\d+) workers \((.*)\)$")
+CLAIM = re.compile(r"^worker claimed: pid=(\d+) \S+ in (\d+) ms$")
+COLD = re.compile(r"^worker started: pid=(\d+)")
+
+
+def _timeline(run: A.Run, ctx: dict, pattern: re.Pattern) -> list[tuple[float, re.Match]]:
+    """quiver up's lines matching `pattern`, timed in seconds from the start of the load."""
+    out = []
+    for wall, line in ctx.get("quiver_timeline") or []:
+        if m := pattern.match(line):
+            out.append((wall - run.t0, m))
+    return out
+
+
+def _pool_workers(s: dict) -> int | None:
+    """Workers of every pool in one sampler row (None when the row has no /v1/pools)."""
+    pools = s.get("pools")
+    if pools is None:
+        return None
+    return int(sum(p.get("workers", 0) for p in pools))
+
+
+def _wake_cycles(run: A.Run, ctx: dict) -> list[dict]:
+    """One row per idle + burst cycle: was the pool at zero, and how long the first query took."""
+    rows = []
+    claims = _timeline(run, ctx, CLAIM)
+    colds = _timeline(run, ctx, COLD)
+    n = sum(1 for ph in run.phases if ph["name"].startswith("burst "))
+    for i in range(1, n + 1):
+        idle, burst = _phase(run, f"idle {i}"), _phase(run, f"burst {i}")
+        if not idle or not burst:
+            continue
+        nxt = _phase(run, f"idle {i + 1}")
+        until = nxt["end"] if nxt else run.duration + 5  # a burst's queries may end after it
+        row: dict = {"cycle": i}
+        # The pool in the sampler's rows during the idle phase: when it reached zero, and its
+        # size at the last row before the burst (nothing but a query can wake it in between).
+        rows_idle = [(s["t"], _pool_workers(s)) for s in run.samples
+                     if idle["start"] <= s["t"] < idle["end"] and _pool_workers(s) is not None]
+        zero_at = next((t for t, w in rows_idle if w == 0), None)
+        row["workers at burst start"] = rows_idle[-1][1] if rows_idle else None
+        if zero_at is not None:
+            before = [q.t for q in run.queries if q.t < zero_at]
+            since = max(before) if before else idle["start"]
+            row["s from last query to zero"] = round(zero_at - since, 1)
+        else:
+            row["s from last query to zero"] = None
+        first = [q for q in run.queries if q.tags.get("wake") == "first" and q.tags.get("cycle") == str(i)]
+        rest = [q for q in run.queries if q.tags.get("wake") == "burst" and q.tags.get("cycle") == str(i)
+                and q.outcome == "ok"]
+        if first:
+            q = first[0]
+            row.update({"first query ms": round(q.ms, 1), "outcome": q.outcome, "kind": q.kind, "api": q.api})
+        else:
+            row.update({"first query ms": None, "outcome": "missing"})
+        row["rest of burst p50 ms"] = round(A.pct([q.ms for q in rest], 50), 1) if rest else None
+        if ctx.get("started_quiver"):
+            # What brought the worker back: a standby claimed, or a cold start.
+            mine = [(t, m) for t, m in claims if burst["start"] - 0.5 <= t < until]
+            row["claims"] = len(mine)
+            row["claim ms"] = int(mine[0][1].group(2)) if mine else None
+            row["cold starts"] = sum(1 for t, _ in colds if burst["start"] - 0.5 <= t < until)
+        rows.append(row)
+    return rows
+
+
+def wake_gates(run: A.Run, ctx: dict) -> list[dict]:
+    cycles = _wake_cycles(run, ctx)
+    if not cycles:
+        return [gate("idle and burst phases present", False, None, None, "k6 summary has no phases")]
+    out = []
+    if not A.pool_names(run):
+        out.append(gate("pool at zero workers when each burst began", None, None, None,
+                        "not checked: no /v1/pools samples (no admin URL)"))
+    else:
+        at_zero = [c for c in cycles if c["workers at burst start"] == 0]
+        out.append(gate(
+            "pool at zero workers when each burst began",
+            len(at_zero) == len(cycles),
+            f"{len(at_zero)} of {len(cycles)}",
+            "all",
+            "workers at the last sample of each idle phase: "
+            + ", ".join(str(c["workers at burst start"]) for c in cycles)
+            + "; zero reached "
+            + ", ".join("never" if c["s from last query to zero"] is None else f"{c['s from last query to zero']:g} s"
+                        for c in cycles)
+            + " after the last query",
+        ))
+    if ctx.get("started_quiver"):
+        claimed = [c for c in cycles if c.get("claims")]
+        out.append(gate(
+            "each wake-up claimed a standby worker",
+            len(claimed) == len(cycles),
+            f"{len(claimed)} of {len(cycles)}",
+            "all",
+            "claims in ms: " + ", ".join(str(c.get("claim ms") or "-") for c in cycles)
+            + f"; cold starts during the bursts: {sum(c.get('cold starts') or 0 for c in cycles)}",
+        ))
+    else:
+        out.append(gate("each wake-up claimed a standby worker", None, None, None,
+                        "not checked: the runner did not start quiver up (--endpoint)"))
+    return out
+
+
+def wake_details(run: A.Run, ctx: dict) -> dict:
+    cycles = _wake_cycles(run, ctx)
+    ms = [c["first query ms"] for c in cycles if c.get("first query ms") is not None]
+    return {
+        "wake-ups": cycles,
+        "first query after idle (ms)": {
+            "wake-ups": len(ms),
+            "p50": round(A.pct(ms, 50), 1) if ms else None,
+            "min": min(ms, default=None),
+            "max": max(ms, default=None),
+            "each": ", ".join(f"{v:g}" for v in ms) or "-",
+        },
+    }
+
+
+def wake_events(run: A.Run, ctx: dict) -> list[dict]:
+    """Scale-to-zero decisions, claims and cold starts (a wake-up's decision and its claim come
+    within milliseconds of each other, so the decision is not marked separately)."""
+    out = [{"at_s": round(t, 2), "label": "to zero"}
+           for t, m in _timeline(run, ctx, SCALE) if m.group(2) == "0"]
+    out += [{"at_s": round(t, 2), "label": f"claim {m.group(2)} ms"} for t, m in _timeline(run, ctx, CLAIM)]
+    out += [{"at_s": round(t, 2), "label": "cold start"} for t, _ in _timeline(run, ctx, COLD)]
+    return sorted((e for e in out if e["at_s"] >= -1), key=lambda e: e["at_s"])
+
+
 AUTOSCALE = ["--min-workers", "1", "--max-workers", "4", "--warm-workers", "1", "--target-concurrency", "2"]
 
 SPECS: dict[str, Spec] = {
@@ -258,6 +395,20 @@ SPECS: dict[str, Spec] = {
             "The steady mix for a long time (SOAK_SECONDS, default 30 minutes): latency does "
             "not drift and the gateway's memory does not grow.",
             gates=soak_gates,
+        ),
+        Spec(
+            "wake",
+            "A pool at zero, then queried, three times over: 10 s without a query (the pool "
+            "scales to zero after 3 s), then 5 s of queries at 5/s. The first query of each "
+            "burst is held at the gateway while the pool claims its standby worker; its latency "
+            "is the wake-up's cost. No query fails or is rejected, every wake-up takes under 5 s, "
+            "and the pool really was at zero workers before each burst.",
+            autoscale=["--min-workers", "0", "--max-workers", "2", "--warm-workers", "0",
+                       "--standby-workers", "1", "--scale-to-zero-after", "3s"],
+            requires=["--min-workers", "--standby-workers", "--scale-to-zero-after"],
+            gates=wake_gates,
+            details=wake_details,
+            events=wake_events,
         ),
     ]
 }
