@@ -27,7 +27,7 @@ use prost::Message;
 use tonic::{Request, Status};
 
 use super::GatewayService;
-use super::command::{Call, Command, Local, Relayed, lists_catalog_objects};
+use super::command::{Call, Command, Local, Relayed};
 use super::planned;
 use super::recorded::{Query, RecordedStream};
 use super::session::Session;
@@ -228,8 +228,8 @@ impl GatewayService {
                 })
             }
             Relayed::DescribeMetadata(_) => metadata(None),
-            Relayed::FetchMetadata(bytes) => metadata(
-                lists_catalog_objects(bytes)
+            Relayed::FetchMetadata { lists_objects, .. } => metadata(
+                lists_objects
                     .then(|| visible::scope(&self.admission.policy(), identity))
                     .flatten(),
             ),
@@ -275,7 +275,7 @@ impl GatewayService {
                 ))))
             }
             Relayed::DescribeMetadata(descriptor) => Signed::Info(descriptor.clone()),
-            Relayed::FetchMetadata(bytes) => Signed::Get(Ticket::new(bytes.clone())),
+            Relayed::FetchMetadata { bytes, .. } => Signed::Get(Ticket::new(bytes.clone())),
         };
         (signed, grant)
     }

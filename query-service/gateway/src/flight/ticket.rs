@@ -38,6 +38,17 @@ pub fn is_metadata(command: &Command) -> bool {
     )
 }
 
+/// True for the metadata commands whose answers list catalog objects a tenant may not see, so
+/// their rows are filtered to the tenant's catalogs.
+fn lists_catalog_objects(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::CommandGetCatalogs(_)
+            | Command::CommandGetDbSchemas(_)
+            | Command::CommandGetTables(_)
+    )
+}
+
 /// A prepared statement's handle, checked: genuine, unexpired, and with its parameters bound.
 pub fn bound_prepared(signer: &TicketSigner, handle: &[u8]) -> Result<QueryTicket, Status> {
     let prepared = signer.verify(handle, TicketKind::Prepared)?;
@@ -52,7 +63,12 @@ pub enum GatewayTicket {
     /// plain SQL.
     Query(QueryTicket),
     /// A Flight SQL metadata command (catalogs, tables, …), forwarded as received.
-    Metadata(Vec<u8>),
+    Metadata {
+        /// The ticket as received.
+        bytes: Vec<u8>,
+        /// Its answer lists catalog objects, to be filtered to the tenant's catalogs.
+        lists_objects: bool,
+    },
 }
 
 impl GatewayTicket {
@@ -69,7 +85,10 @@ impl GatewayTicket {
                     signer,
                     &p.prepared_statement_handle,
                 )?)),
-                command if is_metadata(&command) => Ok(Self::Metadata(bytes.to_vec())),
+                command if is_metadata(&command) => Ok(Self::Metadata {
+                    bytes: bytes.to_vec(),
+                    lists_objects: lists_catalog_objects(&command),
+                }),
                 other => Err(Status::unimplemented(format!(
                     "{} is not supported",
                     other.type_url()
@@ -123,7 +142,20 @@ mod tests {
         let meta = CommandGetCatalogs {}.as_any().encode_to_vec();
         assert!(matches!(
             GatewayTicket::decode(&meta, &signer).unwrap(),
-            GatewayTicket::Metadata(_)
+            GatewayTicket::Metadata {
+                lists_objects: true,
+                ..
+            }
+        ));
+        let info = arrow_flight::sql::CommandGetSqlInfo { info: vec![] }
+            .as_any()
+            .encode_to_vec();
+        assert!(matches!(
+            GatewayTicket::decode(&info, &signer).unwrap(),
+            GatewayTicket::Metadata {
+                lists_objects: false,
+                ..
+            }
         ));
     }
 
@@ -204,7 +236,7 @@ mod tests {
                 let signer = TicketSigner::new(b"k");
                 match GatewayTicket::decode(&bytes, &signer) {
                     Ok(GatewayTicket::Query(q)) => prop_assert!(q.nonce.is_none() && q.catalogs.is_none()),
-                    Ok(GatewayTicket::Metadata(m)) => prop_assert_eq!(m, bytes),
+                    Ok(GatewayTicket::Metadata { bytes: m, .. }) => prop_assert_eq!(m, bytes),
                     Err(status) => prop_assert!(!status.message().is_empty()),
                 }
             }
