@@ -30,7 +30,7 @@ pub struct PoolDemand {
     pub ready: u32,
     /// Queries running on the pool.
     pub in_flight: u32,
-    /// Queries admitted but waiting for a slot.
+    /// Queries admitted but waiting for a slot, and calls held while the pool wakes from zero.
     pub queued: u32,
     /// Arrivals over the last second.
     pub arrivals_per_sec: f64,

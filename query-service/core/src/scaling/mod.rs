@@ -479,8 +479,11 @@ impl ScalingPolicy {
             None => Some(self.decide(now, 0, 0, demand, Reason::Initial { demand })),
             Some(0) => Some(self.decide(now, 0, 0, demand, Reason::Steady { demand })),
             Some(p) if idle >= after => {
-                // Nothing runs, so nothing is lost by skipping the panic and delay holds.
+                // Nothing runs, so nothing is lost by skipping the panic and delay holds. The
+                // query times seen before the idle spell say nothing about the next wake-up:
+                // forgotten, the wake asks for what is held, not for old arrivals x old times.
                 self.panic_until = None;
+                self.samples.clear();
                 Some(self.decide(now, p, 0, demand, Reason::ScaleToZero { idle }))
             }
             Some(_) => None,

@@ -200,7 +200,11 @@ impl Dispatcher {
         let Some(timeout) = self.wake_timeout else {
             return Err(no_worker);
         };
-        if self.pool.ready_count() > 0 || self.pool.waiting() >= MAX_WAITING {
+        if self.pool.ready_count() > 0 {
+            // A worker turned ready since the pick: the pool has woken, take it.
+            return self.pool.pick(exclude);
+        }
+        if self.pool.waiting() >= MAX_WAITING {
             return Err(no_worker);
         }
         let _waiting = self.pool.start_waiting();
@@ -213,7 +217,7 @@ impl Dispatcher {
                 waited: started.elapsed(),
             });
         }
-        tracing::info!(
+        tracing::debug!(
             pool = %self.pool.name(),
             waited_ms = started.elapsed().as_millis(),
             "pool woke; dispatching the held call"
