@@ -1,5 +1,6 @@
 //! What a gateway and its workers agree on besides Flight SQL itself: the grant header every
 //! worker call carries, the action that creates a prepared statement from an admitted ticket,
+//! the claim of a standby worker and the health services that say whether it may be claimed,
 //! the header that reports a worker's state, message limits, and the default catalog names.
 
 use std::time::Duration;
@@ -13,6 +14,20 @@ use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
 pub const GRANT_HEADER: &str = "x-quiver-grant";
 /// Action the gateway sends to create a prepared statement: its body is an admitted ticket.
 pub const CREATE_ADMITTED_PREPARED: &str = "quiver.CreatePreparedStatement";
+/// Action that claims a standby worker for a pool: its body is the pool's catalog document (the
+/// YAML of a worker's `--catalog` file; JSON is YAML too), at most [`MAX_CLAIM_BYTES`].
+pub const CLAIM_ACTION: &str = "quiver.Claim";
+/// Largest claim body a worker reads: catalogs list tables, not data.
+pub const MAX_CLAIM_BYTES: usize = 1 << 20;
+/// gRPC health service a worker reports SERVING on while it is a warm, unclaimed standby that a
+/// claim may take, and NOT_SERVING otherwise (warming, claiming, claimed, stopping, or started
+/// with a catalog). The empty service name stays "serves queries".
+pub const STANDBY_HEALTH_SERVICE: &str = "quiver.Standby";
+/// gRPC health service a worker reports SERVING on while it is fit for its role: a warm
+/// claimable standby or a worker serving queries; NOT_SERVING while warming, while a claim
+/// loads and while draining. Standby pods use it as their readiness probe, so a pod moved into
+/// a pool is listed in the pool's endpoints before it serves queries, and the gateway claims it.
+pub const READY_HEALTH_SERVICE: &str = "quiver.Ready";
 /// Response metadata a worker sets when it refuses a call because of its own state (warming
 /// up, draining): a fact about the worker the gateway may act on, unlike error text.
 pub const WORKER_STATE_HEADER: &str = "x-quiver-worker-state";

@@ -10,7 +10,9 @@
 //! ```
 //!
 //! A claim is the worker's `quiver.Claim` Flight action with the gateway's grant header, which
-//! the supervisor can sign because it holds the ticket key it gave the gateway.
+//! the supervisor can sign because it holds the ticket key it gave the gateway. Its body is the
+//! catalog file's document with absolute table locations, as the worker resolves relative ones
+//! against its own working directory.
 
 use std::path::Path;
 use std::time::Duration;
@@ -25,6 +27,7 @@ use super::process::{
 };
 use quiver_core::protocol::{GRANT_HEADER, grant_header};
 use quiver_core::ticket::TicketSigner;
+use quiver_worker::catalog::CatalogFile;
 use quiver_worker::claim::CLAIM_ACTION;
 
 /// Longest a claim may take: loading a catalog and warming it, on a loaded machine. A claim
@@ -120,9 +123,9 @@ pub enum ClaimError {
     /// The worker refused or failed the claim.
     #[error("the standby worker refused the claim: {}", .0.message())]
     Refused(Box<tonic::Status>),
-    /// The catalog path cannot be sent.
-    #[error("catalog path {0} is not UTF-8")]
-    Path(String),
+    /// The catalog file cannot be read.
+    #[error(transparent)]
+    Catalog(#[from] quiver_worker::catalog::CatalogError),
     /// The claim took longer than [`CLAIM_TIMEOUT`].
     #[error(
         "the claim did not finish within {}",
@@ -140,11 +143,7 @@ impl From<tonic::Status> for ClaimError {
 /// Claims the standby worker at `addr` for `catalog`; returns once it serves it.
 pub async fn claim(addr: &str, catalog: &Path, signer: &TicketSigner) -> Result<(), ClaimError> {
     let exchange = async {
-        let catalog = std::path::absolute(catalog).unwrap_or_else(|_| catalog.to_owned());
-        let body = catalog
-            .to_str()
-            .ok_or_else(|| ClaimError::Path(catalog.display().to_string()))?
-            .to_owned();
+        let body = CatalogFile::document_of(catalog)?;
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)

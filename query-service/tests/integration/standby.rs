@@ -10,6 +10,7 @@ use quiver_core::protocol::{GRANT_HEADER, WORKER_STATE_HEADER, grant_header};
 use quiver_core::ticket::TicketSigner;
 use quiver_gateway::WorkerPool;
 use quiver_worker::StandbyConfig;
+use quiver_worker::catalog::CatalogFile;
 use quiver_worker::claim::CLAIM_ACTION;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -57,8 +58,9 @@ async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
             let _ = stopped.await;
         },
     ));
-    let catalog = common::catalog_path();
-    let catalog = catalog.to_str().unwrap();
+    // The body is the catalog document itself, as the supervisor and the gateway send it.
+    let document = CatalogFile::document_of(&common::catalog_path()).unwrap();
+    let catalog = document.as_str();
     let pool = WorkerPool::new("p");
     pool.add(&addr.to_string()).unwrap();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -85,9 +87,12 @@ async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
     assert_eq!(pool.ready_count(), 0);
 
     // A bad catalog is the claimer's mistake and leaves the worker standby.
-    let err = run(&mut flight, claim("/no/such/catalog.yaml", true))
-        .await
-        .unwrap_err();
+    let err = run(
+        &mut flight,
+        claim("tables: [{name: t, location: /no/such.parquet}]", true),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
     assert_eq!(pool.ready_count(), 0);
 

@@ -1,7 +1,10 @@
 //! The worker's catalog file: which tables exist and where their Parquet data lives.
 //!
 //! Loaded and validated once at start, before the worker reports itself serving, so a typo in a
-//! table path is a start-up error naming the file and field, never a failed query later.
+//! table path is a start-up error naming the file and field, never a failed query later. A
+//! standby worker gets the same document in a claim's body instead ([`Catalog::parse`]); there
+//! relative locations resolve against the worker's working directory, since no file holds it,
+//! so a claimer that has a file sends [`CatalogFile::document_of`], whose locations are absolute.
 //!
 //! ```yaml
 //! catalog: quiver        # default "quiver"
@@ -93,19 +96,19 @@ pub enum CatalogError {
         source: std::io::Error,
     },
     /// The YAML does not match the catalog format (serde names the line and field).
-    #[error("invalid catalog file {path}: {source}")]
+    #[error("invalid catalog {origin}: {source}")]
     Parse {
-        /// The file.
-        path: PathBuf,
+        /// Where the document came from: `file PATH` or a claim.
+        origin: String,
         /// Where and why.
         #[source]
         source: serde_yaml::Error,
     },
     /// A field has a value the worker cannot use.
-    #[error("invalid catalog file {path}: {field}: {reason}")]
+    #[error("invalid catalog {origin}: {field}: {reason}")]
     Invalid {
-        /// The file.
-        path: PathBuf,
+        /// Where the document came from: `file PATH` or a claim.
+        origin: String,
         /// The field, e.g. `tables[2].location`.
         field: String,
         /// Why.
@@ -124,28 +127,71 @@ pub enum CatalogError {
     },
 }
 
-impl Catalog {
-    /// Reads, parses and validates the catalog file at `path`.
-    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+impl CatalogFile {
+    /// Reads and parses the catalog file at `path` (not validated).
+    pub fn read(path: &Path) -> Result<Self, CatalogError> {
         let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let file: CatalogFile =
-            serde_yaml::from_str(&text).map_err(|source| CatalogError::Parse {
-                path: path.to_owned(),
-                source,
-            })?;
-        let base = path
-            .parent()
-            .map(Path::to_owned)
-            .unwrap_or_else(|| PathBuf::from("."));
-        Self::validate(file, path, &base)
+        serde_yaml::from_str(&text).map_err(|source| CatalogError::Parse {
+            origin: file_origin(path),
+            source,
+        })
     }
 
-    fn validate(file: CatalogFile, path: &Path, base: &Path) -> Result<Self, CatalogError> {
+    /// The document of the catalog file at `path` for a claim's body: the same tables, with
+    /// relative local locations made absolute against the file's directory, because the
+    /// claimed worker resolves them against its own working directory.
+    pub fn document_of(path: &Path) -> Result<String, CatalogError> {
+        let mut file = Self::read(path)?;
+        let base = base_of(path);
+        for table in &mut file.tables {
+            if !is_url(&table.location) && Path::new(&table.location).is_relative() {
+                let joined = base.join(&table.location);
+                table.location = std::path::absolute(&joined)
+                    .unwrap_or(joined)
+                    .to_string_lossy()
+                    .into_owned();
+            }
+        }
+        Ok(serde_yaml::to_string(&file).expect("a catalog serialises"))
+    }
+}
+
+/// How errors name a catalog file.
+fn file_origin(path: &Path) -> String {
+    format!("file {}", path.display())
+}
+
+/// The directory relative locations of the file at `path` resolve against.
+fn base_of(path: &Path) -> PathBuf {
+    path.parent()
+        .map(Path::to_owned)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+impl Catalog {
+    /// Reads, parses and validates the catalog file at `path`.
+    pub fn load(path: &Path) -> Result<Self, CatalogError> {
+        let file = CatalogFile::read(path)?;
+        Self::validate(file, &file_origin(path), &base_of(path))
+    }
+
+    /// Parses and validates a catalog document (a catalog file's YAML, or JSON) that came from
+    /// `origin` (for errors); relative local locations resolve against `base`.
+    pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Self, CatalogError> {
+        let file: CatalogFile =
+            serde_yaml::from_str(text).map_err(|source| CatalogError::Parse {
+                origin: origin.to_owned(),
+                source,
+            })?;
+        Self::validate(file, origin, base)
+    }
+
+    fn validate(file: CatalogFile, origin: &str, base: &Path) -> Result<Self, CatalogError> {
         let invalid = |field: String, reason: String| CatalogError::Invalid {
-            path: path.to_owned(),
+            origin: origin.to_owned(),
             field,
             reason,
         };
@@ -201,8 +247,14 @@ fn is_identifier(s: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// True when `location` is a URL rather than a local path (a single letter before `:` is a
+/// Windows drive, not a scheme).
+fn is_url(location: &str) -> bool {
+    Url::parse(location).is_ok_and(|url| url.scheme().len() > 1)
+}
+
 /// Turns a location into a URL: URLs with a known scheme pass through, anything else is a local
-/// path relative to the catalog file, which must exist.
+/// path relative to `base` (the catalog file's directory), which must exist.
 fn resolve_location(location: &str, base: &Path) -> Result<Url, String> {
     if location.trim().is_empty() {
         return Err("must not be empty".into());
@@ -282,6 +334,40 @@ mod tests {
         assert!(err.contains("catalog.yaml"), "{err}");
         assert!(err.contains("tables[0].location"), "{err}");
         assert!(err.contains("nope.parquet"), "{err}");
+    }
+
+    #[test]
+    fn a_document_resolves_against_the_given_base_and_json_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.parquet"), b"").unwrap();
+        let json = r#"{"catalog":"sales","schema":"public","tables":[{"name":"t","location":"t.parquet"}]}"#;
+        let c = Catalog::parse(json, "claim", dir.path()).unwrap();
+        assert_eq!(c.catalog, "sales");
+        assert_eq!(c.tables[0].url.scheme(), "file");
+        let err = Catalog::parse(json, "claim", &dir.path().join("elsewhere"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("invalid catalog claim"), "{err}");
+        assert!(err.contains("tables[0].location"), "{err}");
+    }
+
+    #[test]
+    fn a_files_document_has_absolute_local_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.parquet"), b"").unwrap();
+        let path = write(
+            dir.path(),
+            "tables:\n  - {name: t, location: t.parquet, hot: true}\n  - {name: u, location: 's3://b/u/'}\n",
+        );
+        let document = CatalogFile::document_of(&path).unwrap();
+        // Resolved from anywhere: the base given no longer matters for local tables.
+        let c = Catalog::parse(&document, "claim", Path::new("/")).unwrap();
+        assert_eq!(
+            c.tables[0].url.to_file_path().unwrap(),
+            dir.path().join("t.parquet").canonicalize().unwrap()
+        );
+        assert!(c.tables[0].hot);
+        assert_eq!(c.tables[1].url.as_str(), "s3://b/u/");
     }
 
     #[test]

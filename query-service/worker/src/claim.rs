@@ -1,21 +1,35 @@
 //! Standby workers and their claim: a worker started without a catalog waits, warm, until a
-//! supervisor hands it one, then becomes an ordinary worker of that pool.
+//! claimer (the local supervisor, or the gateway on Kubernetes) hands it a pool's catalog, then
+//! becomes an ordinary worker of that pool.
 //!
 //! ```text
-//!  standby ──(quiver.Claim: catalog path, with the gateway grant)──► claiming
-//!     ▲                                                               │ load + validate catalog,
-//!     └──── bad catalog (INVALID_ARGUMENT) ◄──────────────────────────┤ Engine::warm_up
-//!                                                                     ▼
-//!                                            claimed: engine set, health SERVING, answer sent
+//!  standby (prewarming) ──► standby (warm) ──(quiver.Claim: catalog document, gateway grant)──►
+//!     ▲                                                                  claiming │ parse +
+//!     └──── bad catalog (INVALID_ARGUMENT), or the caller went away ◄─────────────┤ validate,
+//!                                                                                 ▼ warm_up
+//!                                               claimed: engine set, SERVING, answer sent
+//!
+//!  health       ""            quiver.Standby     quiver.Ready
+//!  prewarming   NOT_SERVING   NOT_SERVING        NOT_SERVING
+//!  warm         NOT_SERVING   SERVING            SERVING
+//!  claiming     NOT_SERVING   NOT_SERVING        NOT_SERVING
+//!  claimed      SERVING       NOT_SERVING        SERVING
+//!  (a worker started with a catalog: warming, then serving, as claiming, then claimed)
+//!  stopping     NOT_SERVING   NOT_SERVING        NOT_SERVING
 //! ```
+//!
+//! The claim's body is the catalog document itself (a catalog file's YAML, or JSON), at most
+//! [`MAX_CLAIM_BYTES`]: on Kubernetes the catalog lives in the QueryPool, not in a file of the
+//! standby pod. Relative local locations in it resolve against the worker's working directory;
+//! the local supervisor sends its file's document with absolute locations
+//! ([`CatalogFile::document_of`](crate::catalog::CatalogFile::document_of)).
 //!
 //! A claim is an ordinary Flight action, so the `require_grant` interceptor refuses it without
 //! the gateway's signed grant; tenants never reach it, because the gateway relays only its own
 //! CreatePreparedStatement action. The answer is sent after warm-up, so the caller's round trip
-//! is the claim's whole latency. Serving status and the stop of a drain are set under one lock,
-//! so a claim that finishes while the worker stops never reports it SERVING again.
+//! is the claim's whole latency. State and health change under one lock, so a claim that
+//! finishes while the worker stops never reports it SERVING again.
 
-use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -28,27 +42,42 @@ use tonic_health::server::HealthReporter;
 use crate::catalog::Catalog;
 use crate::engine::{self, Engine, QueryLimits};
 
-/// The Flight action type of a claim; its body is the catalog file's path (UTF-8).
-pub const CLAIM_ACTION: &str = "quiver.Claim";
-/// Longest catalog path a claim may name: paths are short; more is not a path.
-const MAX_PATH_BYTES: usize = 4096;
+pub use quiver_core::protocol::{
+    CLAIM_ACTION, MAX_CLAIM_BYTES, READY_HEALTH_SERVICE, STANDBY_HEALTH_SERVICE,
+};
+
+/// How errors name a claimed catalog.
+const CLAIM_ORIGIN: &str = "document of the claim";
 
 /// Where the worker is in its life, as far as claims and serving go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Started with a catalog: never claimable.
-    Pooled,
-    /// Warm, waiting for a claim.
-    Standby,
-    /// A claim is loading its catalog.
-    Claiming,
+    /// Started with a catalog, warming it: never claimable.
+    Warming,
+    /// Started with a catalog and serving it.
+    Serving,
+    /// Waiting for a claim; `warm` once the standby pre-warm has finished.
+    Standby { warm: bool },
+    /// A claim is loading its catalog; `warm` as in `Standby`, kept for a return to it.
+    Claiming { warm: bool },
     /// Claimed: an ordinary worker of its pool.
     Claimed,
     /// Draining: no claim and no return to SERVING.
     Stopping,
 }
 
-/// The worker's readiness: its engine cell, its health status and whether it may be claimed.
+/// What each health service reports in a state: (`""`, standby, ready).
+fn health_of(state: State) -> [(&'static str, bool); 3] {
+    let serving = matches!(state, State::Serving | State::Claimed);
+    let standby = state == State::Standby { warm: true };
+    [
+        ("", serving),
+        (STANDBY_HEALTH_SERVICE, standby),
+        (READY_HEALTH_SERVICE, serving || standby),
+    ]
+}
+
+/// The worker's readiness: its engine cell, its health statuses and whether it may be claimed.
 #[derive(Clone)]
 pub(crate) struct Readiness {
     state: Arc<Mutex<State>>,
@@ -67,18 +96,20 @@ pub(crate) struct Claimed {
 }
 
 impl Readiness {
-    /// A worker that will be given its catalog at start (`standby` false) or by a claim.
-    pub(crate) fn new(
+    /// A worker that will be given its catalog at start (`standby` false) or by a claim; its
+    /// health services report NOT_SERVING until then.
+    pub(crate) async fn new(
         standby: bool,
         engine: Arc<OnceLock<Arc<Engine>>>,
         health: HealthReporter,
         limits: QueryLimits,
     ) -> Self {
         let state = if standby {
-            State::Standby
+            State::Standby { warm: false }
         } else {
-            State::Pooled
+            State::Warming
         };
+        publish(&health, state).await;
         Self {
             state: Arc::new(Mutex::new(state)),
             engine,
@@ -87,43 +118,55 @@ impl Readiness {
         }
     }
 
+    /// Moves to `next` and reports it, under the state lock the caller holds.
+    async fn set(&self, state: &mut State, next: State) {
+        *state = next;
+        publish(&self.health, next).await;
+    }
+
+    /// The standby pre-warm finished: a standby may now report itself claimable.
+    pub(crate) async fn warm(&self) {
+        let mut state = self.state.lock().await;
+        let next = match *state {
+            State::Standby { .. } => State::Standby { warm: true },
+            State::Claiming { .. } => State::Claiming { warm: true },
+            _ => return,
+        };
+        self.set(&mut state, next).await;
+    }
+
     /// Serves `engine` and reports SERVING, unless a drain began meanwhile (then `false`).
     pub(crate) async fn serve(&self, engine: Engine) -> bool {
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
         if *state == State::Stopping {
             return false;
         }
         let _ = self.engine.set(Arc::new(engine));
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
+        self.set(&mut state, State::Serving).await;
         true
     }
 
     /// Stops claims and reports NOT_SERVING for good: the start of a drain.
     pub(crate) async fn stop(&self) {
         let mut state = self.state.lock().await;
-        *state = State::Stopping;
-        self.health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        self.set(&mut state, State::Stopping).await;
     }
 
-    /// Handles a claim whose body is `body`: loads the catalog it names and warms the engine
-    /// exactly as a worker started with it would, then serves.
+    /// Handles a claim whose body is `body`, a catalog document: validates it and warms the
+    /// engine exactly as a worker started with it would, then serves.
     pub(crate) async fn claim(&self, body: &[u8]) -> Result<Claimed, Status> {
         let arrived = Instant::now();
-        let path = claim_path(body)?;
+        let text = claim_document(body)?;
         {
             let mut state = self.state.lock().await;
             match *state {
-                State::Standby => *state = State::Claiming,
-                State::Pooled => {
+                State::Standby { warm } => self.set(&mut state, State::Claiming { warm }).await,
+                State::Warming | State::Serving => {
                     return Err(Status::failed_precondition(
                         "this worker was started with a catalog and cannot be claimed",
                     ));
                 }
-                State::Claiming | State::Claimed => {
+                State::Claiming { .. } | State::Claimed => {
                     return Err(Status::failed_precondition(
                         "this standby worker is already claimed",
                     ));
@@ -133,72 +176,98 @@ impl Readiness {
                 }
             }
         }
-        // Back to standby if this claim fails or its caller goes away mid-warm-up.
+        // Back to standby if its caller goes away mid-warm-up (the future is dropped).
         let mut undo = Undo {
-            state: Some(self.state.clone()),
+            readiness: Some(self.clone()),
         };
-        let catalog = Catalog::load(path).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let engine = Engine::warm_up(&catalog, self.limits)
-            .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let loaded = match self.load(text).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                undo.readiness = None;
+                self.back_to_standby().await;
+                return Err(e);
+            }
+        };
+        let (catalog, engine) = loaded;
         let mut state = self.state.lock().await;
-        if *state != State::Claiming {
+        undo.readiness = None;
+        if !matches!(*state, State::Claiming { .. }) {
             return Err(Status::failed_precondition("this worker is stopping"));
         }
-        *state = State::Claimed;
-        undo.state = None;
         let _ = self.engine.set(Arc::new(engine));
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
+        self.set(&mut state, State::Claimed).await;
         let claimed = Claimed {
             tables: catalog.tables.len(),
             millis: arrived.elapsed().as_millis(),
         };
         tracing::info!(
-            catalog = %path.display(),
+            catalog = %catalog.catalog,
             tables = claimed.tables,
             ms = claimed.millis,
             "standby worker claimed, warm and serving"
         );
         Ok(claimed)
     }
+
+    /// Parses and validates the claimed catalog and warms an engine for it.
+    async fn load(&self, text: &str) -> Result<(Catalog, Engine), Status> {
+        // No file holds a claimed catalog: relative locations are the working directory's.
+        let base = std::env::current_dir().unwrap_or_else(|_| ".".into());
+        let catalog = Catalog::parse(text, CLAIM_ORIGIN, &base)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let engine = Engine::warm_up(&catalog, self.limits)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok((catalog, engine))
+    }
+
+    /// A failed claim's worker becomes claimable again (unless it began stopping meanwhile).
+    async fn back_to_standby(&self) {
+        let mut state = self.state.lock().await;
+        if let State::Claiming { warm } = *state {
+            self.set(&mut state, State::Standby { warm }).await;
+        }
+    }
 }
 
-/// The catalog path a claim's body names.
-fn claim_path(body: &[u8]) -> Result<&Path, Status> {
-    if body.is_empty() || body.len() > MAX_PATH_BYTES {
+/// Reports `state` on every health service.
+async fn publish(health: &HealthReporter, state: State) {
+    for (service, serving) in health_of(state) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        health.set_service_status(service, status).await;
+    }
+}
+
+/// The catalog document a claim's body holds.
+fn claim_document(body: &[u8]) -> Result<&str, Status> {
+    if body.is_empty() || body.len() > MAX_CLAIM_BYTES {
         return Err(Status::invalid_argument(format!(
-            "a claim's body is a catalog file path of 1 to {MAX_PATH_BYTES} bytes"
+            "a claim's body is the pool's catalog document (YAML or JSON) of 1 byte to {} KiB; \
+             this one has {} bytes",
+            MAX_CLAIM_BYTES >> 10,
+            body.len()
         )));
     }
-    let text = std::str::from_utf8(body)
-        .map_err(|_| Status::invalid_argument("a claim's catalog path must be UTF-8"))?;
-    Ok(Path::new(text))
+    std::str::from_utf8(body)
+        .map_err(|_| Status::invalid_argument("a claim's catalog document must be UTF-8"))
 }
 
-/// Returns a failed or abandoned claim's worker to standby.
+/// Returns an abandoned claim's worker to standby.
 struct Undo {
-    state: Option<Arc<Mutex<State>>>,
+    readiness: Option<Readiness>,
 }
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        let Some(state) = self.state.take() else {
+        let Some(readiness) = self.readiness.take() else {
             return;
         };
-        // Drop cannot wait for the lock; a claim holds it only briefly, so try, then defer.
-        if let Ok(mut s) = state.try_lock() {
-            reset(&mut s);
-            return;
-        }
-        tokio::spawn(async move { reset(&mut *state.lock().await) });
-    }
-}
-
-fn reset(state: &mut State) {
-    if *state == State::Claiming {
-        *state = State::Standby;
+        // Drop cannot wait for the lock or the health reporter: defer to a task.
+        tokio::spawn(async move { readiness.back_to_standby().await });
     }
 }
 
@@ -228,26 +297,65 @@ pub(crate) async fn prewarm() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
     use std::time::Duration;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::server::HealthService;
 
-    fn readiness(standby: bool) -> (Readiness, Arc<OnceLock<Arc<Engine>>>) {
+    struct Probe {
+        ready: Readiness,
+        cell: Arc<OnceLock<Arc<Engine>>>,
+        health: HealthService,
+    }
+
+    impl Probe {
+        /// (`""`, standby, ready) as a health check reads them now.
+        async fn health(&self) -> (bool, bool, bool) {
+            let mut out = [false; 3];
+            for (i, service) in ["", STANDBY_HEALTH_SERVICE, READY_HEALTH_SERVICE]
+                .into_iter()
+                .enumerate()
+            {
+                let request = tonic::Request::new(HealthCheckRequest {
+                    service: service.to_owned(),
+                });
+                let status = self
+                    .health
+                    .check(request)
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .status;
+                out[i] = status
+                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+            }
+            (out[0], out[1], out[2])
+        }
+    }
+
+    const NOT_SERVING: (bool, bool, bool) = (false, false, false);
+    const WARM_STANDBY: (bool, bool, bool) = (false, true, true);
+    const SERVING: (bool, bool, bool) = (true, false, true);
+
+    async fn probe(standby: bool) -> Probe {
         let (health, _) = tonic_health::server::health_reporter();
+        let service = HealthService::from_health_reporter(health.clone());
         let cell = Arc::new(OnceLock::new());
         let limits = QueryLimits {
             memory_limit: 64 << 20,
             timeout: Duration::from_secs(10),
         };
-        (Readiness::new(standby, cell.clone(), health, limits), cell)
+        let ready = Readiness::new(standby, cell.clone(), health, limits).await;
+        Probe {
+            ready,
+            cell,
+            health: service,
+        }
     }
 
-    fn catalog(dir: &Path, location: &str) -> std::path::PathBuf {
-        let path = dir.join("catalog.yaml");
-        std::fs::write(
-            &path,
-            format!("tables:\n  - name: t\n    location: {location}\n"),
-        )
-        .unwrap();
-        path
+    fn document(location: &str) -> String {
+        format!("tables:\n  - name: t\n    location: '{location}'\n")
     }
 
     async fn parquet(dir: &Path) -> std::path::PathBuf {
@@ -263,64 +371,197 @@ mod tests {
     }
 
     #[test]
-    fn claim_bodies_are_bounded_paths() {
-        assert!(claim_path(b"").is_err());
-        assert!(claim_path(&[0xff, 0xfe]).is_err());
-        assert!(claim_path(&vec![b'a'; MAX_PATH_BYTES + 1]).is_err());
-        assert_eq!(claim_path(b"/x/c.yaml").unwrap(), Path::new("/x/c.yaml"));
+    fn claim_bodies_are_bounded_utf8_documents() {
+        assert!(claim_document(b"").is_err());
+        assert!(claim_document(&[0xff, 0xfe]).is_err());
+        let err = claim_document(&vec![b' '; MAX_CLAIM_BYTES + 1]).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().contains("1024 KiB"), "{}", err.message());
+        assert!(
+            err.message().contains(&(MAX_CLAIM_BYTES + 1).to_string()),
+            "{}",
+            err.message()
+        );
+        assert!(claim_document(&vec![b' '; MAX_CLAIM_BYTES]).is_ok());
+        assert_eq!(claim_document(b"tables: []").unwrap(), "tables: []");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_claim_is_refused_and_leaves_the_worker_claimable() {
+        let p = probe(true).await;
+        p.ready.warm().await;
+        let err = p
+            .ready
+            .claim(&vec![b'#'; MAX_CLAIM_BYTES + 1])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("catalog document"), "{err}");
+        assert_eq!(p.health().await, WARM_STANDBY);
     }
 
     #[tokio::test]
     async fn a_bad_catalog_leaves_the_worker_standby_and_a_good_one_claims_it_once() {
         let dir = tempfile::tempdir().unwrap();
-        let (ready, cell) = readiness(true);
-        let missing = dir.path().join("nope.yaml");
-        let err = ready
-            .claim(missing.to_str().unwrap().as_bytes())
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
-        let bad = catalog(dir.path(), "missing.parquet");
-        let err = ready
-            .claim(bad.to_str().unwrap().as_bytes())
-            .await
-            .unwrap_err();
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
-        assert!(cell.get().is_none());
+        let p = probe(true).await;
+        // Claimable only once the pre-warm has finished.
+        assert_eq!(p.health().await, NOT_SERVING);
+        p.ready.warm().await;
+        assert_eq!(p.health().await, WARM_STANDBY);
+
+        for bad in [
+            "tables: [".to_owned(),
+            "tables: []".to_owned(),
+            document(dir.path().join("missing.parquet").to_str().unwrap()),
+        ] {
+            let err = p.ready.claim(bad.as_bytes()).await.unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+            assert!(err.message().contains(CLAIM_ORIGIN), "{err}");
+            assert!(p.cell.get().is_none());
+            assert_eq!(
+                p.health().await,
+                WARM_STANDBY,
+                "claimable again after {bad:?}"
+            );
+        }
 
         let file = parquet(dir.path()).await;
-        let good = catalog(dir.path(), file.to_str().unwrap());
-        let claimed = ready
-            .claim(good.to_str().unwrap().as_bytes())
-            .await
-            .unwrap();
+        let good = document(file.to_str().unwrap());
+        let claimed = p.ready.claim(good.as_bytes()).await.unwrap();
         assert_eq!(claimed.tables, 1);
-        assert!(cell.get().is_some());
-        let again = ready
-            .claim(good.to_str().unwrap().as_bytes())
-            .await
-            .unwrap_err();
+        assert!(p.cell.get().is_some());
+        assert_eq!(p.health().await, SERVING);
+        let again = p.ready.claim(good.as_bytes()).await.unwrap_err();
         assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again}");
+
+        p.ready.stop().await;
+        assert_eq!(p.health().await, NOT_SERVING);
+    }
+
+    /// Waits until a spawned claim has taken the worker out of standby; returns the state and
+    /// the health read under the state lock, so the two agree.
+    async fn past_standby(p: &Probe) -> (State, (bool, bool, bool)) {
+        loop {
+            let state = p.ready.state.lock().await;
+            if !matches!(*state, State::Standby { .. }) {
+                let health = p.health().await;
+                return (*state, health);
+            }
+            drop(state);
+            tokio::task::yield_now().await;
+        }
     }
 
     #[tokio::test]
-    async fn pooled_and_stopping_workers_refuse_claims() {
-        let (pooled, _) = readiness(false);
-        let err = pooled.claim(b"/c.yaml").await.unwrap_err();
+    async fn a_claim_reports_not_ready_while_it_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = parquet(dir.path()).await;
+        // JSON, as the gateway sends a QueryPool's catalog.
+        let json = format!(
+            r#"{{"catalog":"quiver","schema":"public","tables":[{{"name":"t","location":{:?}}}]}}"#,
+            file.to_str().unwrap()
+        );
+        let p = probe(true).await;
+        p.ready.warm().await;
+        let claim = tokio::spawn({
+            let ready = p.ready.clone();
+            async move { ready.claim(json.as_bytes()).await }
+        });
+        match past_standby(&p).await {
+            (State::Claiming { warm: true }, health) => assert_eq!(health, NOT_SERVING),
+            (State::Claimed, health) => assert_eq!(health, SERVING),
+            other => panic!("unexpected {other:?}"),
+        }
+        let claimed = claim.await.unwrap().unwrap();
+        assert_eq!(claimed.tables, 1);
+        assert_eq!(p.health().await, SERVING);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_claim_returns_the_worker_to_standby() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = parquet(dir.path()).await;
+        let p = probe(true).await;
+        p.ready.warm().await;
+        let good = document(file.to_str().unwrap());
+        let claim = tokio::spawn({
+            let ready = p.ready.clone();
+            async move { ready.claim(good.as_bytes()).await }
+        });
+        let (state, _) = past_standby(&p).await;
+        claim.abort();
+        let finished = claim.await.is_ok();
+        if state == State::Claimed || finished {
+            // The claim finished before it was aborted: nothing was abandoned.
+            assert_eq!(p.health().await, SERVING);
+            return;
+        }
+        // The undo runs as a task: wait for it to put the worker back.
+        loop {
+            let state = *p.ready.state.lock().await;
+            if state == (State::Standby { warm: true }) {
+                break;
+            }
+            assert_eq!(state, State::Claiming { warm: true });
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(p.health().await, WARM_STANDBY);
+        assert!(p.cell.get().is_none());
+    }
+
+    #[tokio::test]
+    async fn pooled_workers_are_never_standby_and_stopping_workers_refuse_claims() {
+        let pooled = probe(false).await;
+        assert_eq!(pooled.health().await, NOT_SERVING);
+        let err = pooled.ready.claim(b"tables: []").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        let (standby, cell) = readiness(true);
-        standby.stop().await;
-        let err = standby.claim(b"/c.yaml").await.unwrap_err();
+        let limits = pooled.ready.limits;
+        assert!(
+            pooled
+                .ready
+                .serve(Engine::from_state(SessionContext::new().state(), limits))
+                .await
+        );
+        assert_eq!(pooled.health().await, SERVING);
+        pooled.ready.stop().await;
+        assert_eq!(pooled.health().await, NOT_SERVING);
+
+        let standby = probe(true).await;
+        standby.ready.warm().await;
+        standby.ready.stop().await;
+        assert_eq!(standby.health().await, NOT_SERVING);
+        let err = standby.ready.claim(b"tables: []").await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(
             !standby
-                .serve(Engine::from_state(
-                    SessionContext::new().state(),
-                    standby.limits
-                ))
+                .ready
+                .serve(Engine::from_state(SessionContext::new().state(), limits))
                 .await
         );
-        assert!(cell.get().is_none());
+        assert!(standby.cell.get().is_none());
+        assert_eq!(standby.health().await, NOT_SERVING);
+    }
+
+    #[test]
+    fn health_by_state() {
+        assert_eq!(
+            health_of(State::Standby { warm: false }).map(|h| h.1),
+            [false, false, false]
+        );
+        assert_eq!(
+            health_of(State::Standby { warm: true }).map(|h| h.1),
+            [false, true, true]
+        );
+        for loading in [
+            State::Claiming { warm: true },
+            State::Warming,
+            State::Stopping,
+        ] {
+            assert_eq!(health_of(loading).map(|h| h.1), [false, false, false]);
+        }
+        for serving in [State::Claimed, State::Serving] {
+            assert_eq!(health_of(serving).map(|h| h.1), [true, false, true]);
+        }
     }
 
     #[tokio::test]

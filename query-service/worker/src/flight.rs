@@ -263,7 +263,8 @@ impl FlightSqlService for WorkerService {
     }
 
     /// The gateway's CreatePreparedStatement: the body is an admitted ticket for the statement.
-    /// A supervisor's claim of a standby worker: the body is the catalog file's path.
+    /// A claim of a standby worker (by the local supervisor or the gateway): the body is the
+    /// pool's catalog document.
     async fn do_action_fallback(
         &self,
         request: Request<arrow_flight::Action>,

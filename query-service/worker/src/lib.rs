@@ -10,7 +10,10 @@
 //! health flips to NOT_SERVING before draining so the gateway stops sending new queries.
 //!
 //! A standby worker ([`run_standby`]) starts without a catalog: it warms what it can and waits
-//! for a claim ([`claim`]) to hand it one, then warms that catalog exactly as above.
+//! for a claim ([`claim`]) to hand it one, then warms that catalog exactly as above. Besides
+//! the default health service (`""`, SERVING while serving queries), every worker reports
+//! [`claim::STANDBY_HEALTH_SERVICE`] (claimable now) and [`claim::READY_HEALTH_SERVICE`] (fit
+//! for its role: a warm standby or serving), the readiness probe of standby pods.
 
 pub mod authorise;
 pub mod catalog;
@@ -28,7 +31,6 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
 
 use self::catalog::Catalog;
 use self::engine::{Engine, QueryLimits};
@@ -166,13 +168,11 @@ async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
     let engine_cell = Arc::new(OnceLock::new());
     let in_flight = InFlight::default();
     let standby = matches!(start, Start::Standby);
-    let readiness = claim::Readiness::new(standby, engine_cell.clone(), health, limits);
+    // Every health service reports NOT_SERVING from here until warm-up (or a claim) is done.
+    let readiness = claim::Readiness::new(standby, engine_cell.clone(), health, limits).await;
     let grant = flight::require_grant(signer.clone());
     let service = WorkerService::new(
         engine_cell.clone(),
@@ -232,7 +232,10 @@ async fn serve(
                 tracing::info!(tables = catalog.tables.len(), "worker warm and serving");
             }
         }
-        Start::Standby => claim::prewarm().await,
+        Start::Standby => {
+            claim::prewarm().await;
+            readiness.warm().await;
+        }
     }
 
     // Once the drain has released the server, streams that outlived the drain timeout get a
