@@ -4,6 +4,7 @@
 //! - `quiver_operator_pool_desired_replicas{namespace,pool}`
 //! - `quiver_operator_scale_decisions_total{direction}` (up, down)
 //! - `quiver_operator_demand_polls_total{outcome}` (ok, error)
+//! - `quiver_operator_claims_total{namespace,pool}`: standby workers claimed into each pool
 //! - `quiver_operator_leader` (1 while this replica leads)
 
 use std::sync::atomic::AtomicI64;
@@ -45,6 +46,7 @@ pub struct Metrics {
     desired: Family<PoolLabels, Gauge>,
     decisions: Family<Direction, Counter>,
     polls: Family<Outcome, Counter>,
+    claims: Family<PoolLabels, Counter>,
     leader: Gauge<i64, AtomicI64>,
 }
 
@@ -77,6 +79,12 @@ impl Default for Metrics {
             "Polls of the gateways' demand by outcome",
             polls.clone(),
         );
+        let claims = Family::<PoolLabels, Counter>::default();
+        registry.register(
+            "claims",
+            "Standby workers claimed into each pool",
+            claims.clone(),
+        );
         let leader = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
         Self {
@@ -86,6 +94,7 @@ impl Default for Metrics {
             desired,
             decisions,
             polls,
+            claims,
             leader,
         }
     }
@@ -137,6 +146,15 @@ impl Metrics {
     pub fn polled(&self, ok: bool) {
         let outcome = if ok { "ok" } else { "error" };
         self.polls.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts standby workers claimed into a pool.
+    pub fn claimed(&self, namespace: &str, pool: &str, n: u32) {
+        let labels = PoolLabels {
+            namespace: namespace.into(),
+            pool: pool.into(),
+        };
+        self.claims.get_or_create(&labels).inc_by(u64::from(n));
     }
 
     /// Whether this replica leads.

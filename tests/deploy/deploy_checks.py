@@ -9,7 +9,7 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 # What the operator must be allowed, and no more: (apiGroup, resource) -> verbs. These are the
 # calls operator/src/controller makes (see charts/quiver/templates/operator/_rules.tpl).
 OPERATOR_RULES = {
-    ("quiver.dev", "querypools"): {"list", "watch"},
+    ("quiver.dev", "querypools"): {"get", "list", "watch"},
     ("quiver.dev", "querypools/status"): {"patch"},
     ("quiver.dev", "querypools/finalizers"): {"update"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
@@ -17,14 +17,15 @@ OPERATOR_RULES = {
     ("", "configmaps"): {"list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch"},
     ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create", "patch"},
-    ("", "pods"): {"list", "patch"},
+    ("", "pods"): {"list", "watch", "patch", "delete"},
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
 LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
-# What kubernetes discovery calls (query-service/gateway/src/dispatch/discovery.rs): a watcher.
+# What kubernetes discovery calls (query-service/gateway/src/dispatch/discovery.rs): watchers.
 GATEWAY_RULES = {
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
+    ("quiver.dev", "querypools"): {"list", "watch"},
 }
 
 

@@ -31,11 +31,12 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use crate::crd::{QueryPool, QueryPoolStatus, validate};
+use crate::crd::{QueryPool, QueryPoolStatus, Role, validate};
 use crate::metrics::Metrics;
 
+pub mod claim;
 pub mod demand;
 pub mod leader;
 pub mod resources;
@@ -216,14 +217,58 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
         .map_err(Error::kube(format!("get Deployment {name}")))?
         .and_then(|d| d.spec.and_then(|s| s.replicas))
         .map(|r| u32::try_from(r).unwrap_or(0));
-    let (desired, reason) = ctx.scalers.desired(&key, &settings, current, ctx.now());
-
-    let (config_map, catalog_hash) = resources::catalog_config_map(pool);
-    apply(
-        &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
-        &config_map,
+    let (_, catalog_hash) = resources::catalog_config_map(pool);
+    let mut claimed = match settings.role {
+        Role::Pool => claim::claimed_pods(&ctx.client, &ns, &name).await?,
+        Role::Standby => Vec::new(),
+    };
+    let running = match (current, claimed.len()) {
+        (None, 0) => None,
+        (current, n) => Some(current.unwrap_or(0) + u32::try_from(n).unwrap_or(u32::MAX)),
+    };
+    let (desired, reason) = match settings.role {
+        Role::Pool => ctx.scalers.desired(&key, &settings, running, ctx.now()),
+        Role::Standby if settings.autoscaling => {
+            let n = ctx
+                .scalers
+                .standby_target(&key, &settings.standby, ctx.now());
+            (
+                n,
+                format!(
+                    "standby: {n} workers (min {}, max {}, from the claims of the last {:?})",
+                    settings.standby.min, settings.standby.max, settings.standby.claim_window
+                ),
+            )
+        }
+        Role::Standby => (
+            settings.pinned,
+            format!(
+                "pinned: spec.replicas {} (autoscaling off)",
+                settings.pinned
+            ),
+        ),
+    };
+    let claimed_count = resize_claims(
+        ctx,
+        pool,
+        &settings,
+        &mut claimed,
+        desired,
+        running.unwrap_or(0),
+        &catalog_hash,
     )
     .await?;
+    // The Deployment makes up what claimed workers do not.
+    let replicas = desired.saturating_sub(claimed_count);
+
+    if settings.role == Role::Pool {
+        let (config_map, _) = resources::catalog_config_map(pool);
+        apply(
+            &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
+            &config_map,
+        )
+        .await?;
+    }
     apply(
         &Api::<Service>::namespaced(ctx.client.clone(), &ns),
         &resources::service(pool),
@@ -240,7 +285,7 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
         &resources::network_policy(pool, &ctx.gateway),
     )
     .await?;
-    let deployment = resources::deployment(pool, desired, settings.drain_timeout, &catalog_hash);
+    let deployment = resources::deployment(pool, replicas, settings.drain_timeout, &catalog_hash);
     let applied = apply(&deployments, &deployment).await?;
     if current.is_none() {
         info!(namespace = %ns, pool = %name, desired, "created the workers");
@@ -260,8 +305,9 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
         desired,
         reason,
         deployment: Some((
-            deployment_status.replicas.unwrap_or(0),
-            deployment_status.ready_replicas.unwrap_or(0),
+            deployment_status.replicas.unwrap_or(0) + count(claimed.len()),
+            deployment_status.ready_replicas.unwrap_or(0)
+                + count(claimed.iter().filter(|p| claim::is_ready(p)).count()),
         )),
         figures,
         degraded: ctx
@@ -273,8 +319,82 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
         selector: resources::selector_string(&name),
     };
     write_status(&pools, pool, status::status(pool.status.as_ref(), &seen)).await?;
-    // The watches bring changes; the requeue is a safety net for a missed event.
-    Ok(Action::requeue(Duration::from_secs(300)))
+    Ok(match settings.role {
+        // A standby pool's target follows the claims of a sliding window: look again soon.
+        Role::Standby => Action::requeue(Duration::from_secs(10)),
+        // The watches bring changes; the requeue is a safety net for a missed event.
+        Role::Pool => Action::requeue(Duration::from_secs(300)),
+    })
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Brings a pool's claimed workers in line with `desired`: releases those loaded with an old
+/// catalog and those beyond `desired`, and, when the pool needs more than `running` and has a
+/// standby pool, claims ready standby workers before the Deployment starts new pods. Returns
+/// the claimed workers the pool keeps; `claimed` is left holding them.
+async fn resize_claims(
+    ctx: &Context,
+    pool: &QueryPool,
+    settings: &crate::crd::PoolSettings,
+    claimed: &mut Vec<k8s_openapi::api::core::v1::Pod>,
+    desired: u32,
+    running: u32,
+    catalog_hash: &str,
+) -> Result<u32, Error> {
+    let ns = pool.namespace().unwrap_or_default();
+    let release = claim::to_release(claimed, desired, catalog_hash);
+    if !release.is_empty() {
+        claim::release(&ctx.client, &ns, &release).await?;
+        claimed.retain(|p| !release.contains(&p.name_any()));
+    }
+    let kept = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+    let running = running.saturating_sub(u32::try_from(release.len()).unwrap_or(u32::MAX));
+    let Some(standby) = settings.standby_pool.as_deref() else {
+        return Ok(kept);
+    };
+    let needed = desired.saturating_sub(running);
+    if needed == 0 {
+        return Ok(kept);
+    }
+    let Some(source) = Api::<QueryPool>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(standby)
+        .await
+        .map_err(Error::kube(format!("get QueryPool {standby}")))?
+    else {
+        debug!(pool = %pool.name_any(), %standby, "standby pool not found; starting new pods");
+        return Ok(kept);
+    };
+    let Ok(source_settings) = validate(&source.spec) else {
+        return Ok(kept);
+    };
+    if source_settings.role != Role::Standby {
+        debug!(pool = %pool.name_any(), %standby, "standbyPool is not a Standby pool");
+        return Ok(kept);
+    }
+    let candidates = claim::claimable(&ctx.client, &ns, standby).await?;
+    let moved = claim::claim(&ctx.client, pool, &candidates, needed, catalog_hash).await?;
+    if moved > 0 {
+        ctx.scalers.record_claims(
+            &(ns.clone(), standby.to_owned()),
+            &source_settings.standby,
+            ctx.now(),
+            moved,
+        );
+        ctx.metrics.claimed(&ns, &pool.name_any(), moved);
+        ctx.event(
+            pool,
+            EventType::Normal,
+            "Claimed",
+            format!("{moved} warm workers from standby pool {standby}"),
+        )
+        .await;
+        // The claimed pods, as they are now, count from here on.
+        *claimed = claim::claimed_pods(&ctx.client, &ns, &pool.name_any()).await?;
+    }
+    Ok(u32::try_from(claimed.len()).unwrap_or(u32::MAX))
 }
 
 /// Patches the status subresource when it changed. Server-side apply of the status alone, so

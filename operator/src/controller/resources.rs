@@ -35,7 +35,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::crd::{POOL_LABEL, QueryPool, WORKER_PORT, WORKER_PORT_NAME};
+use crate::crd::{POOL_LABEL, QueryPool, Role, WORKER_PORT, WORKER_PORT_NAME};
 
 /// Field manager of every write the operator makes.
 pub const MANAGER: &str = "quiver-operator";
@@ -45,6 +45,14 @@ pub const GRACE_MARGIN_SECS: i64 = 10;
 /// Annotation of the pod template holding a hash of the catalog, so a catalog change rolls the
 /// workers (they load it at start).
 pub const CATALOG_HASH_ANNOTATION: &str = "quiver.dev/catalog-hash";
+/// Label of a pod claimed from a standby pool into a serving pool.
+pub const CLAIMED_LABEL: &str = "quiver.dev/claimed";
+/// The worker's gRPC health service that is SERVING while the worker is fit for its role: a
+/// warm standby waiting for a claim, or a worker serving queries. Standby pods are probed on
+/// it, so a claimed pod stays ready from standby through to serving.
+pub const READY_HEALTH_SERVICE: &str = "quiver.Ready";
+/// The ReplicaSet's label on the pods it made.
+const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Where the catalog ConfigMap is mounted in a worker.
 const CATALOG_DIR: &str = "/etc/quiver/catalog";
 /// The catalog file's key in the ConfigMap.
@@ -153,6 +161,32 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The merge patch that moves a standby pod into `pool`: the pool's labels (so its Service
+/// selects the pod and the standby ReplicaSet's selector no longer does), the catalog it will
+/// be given, and the pool as its controller (so deleting the pool deletes it). It carries the
+/// pod's resourceVersion: a pod changed since it was listed is not taken.
+pub fn claim_patch(
+    pool: &QueryPool,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    catalog_hash: &str,
+) -> serde_json::Value {
+    let name = pool.name_any();
+    let mut labels = serde_json::Map::new();
+    for (k, v) in self::labels(&name) {
+        labels.insert(k, v.into());
+    }
+    labels.insert(CLAIMED_LABEL.into(), "true".into());
+    labels.insert(POD_TEMPLATE_HASH.into(), serde_json::Value::Null);
+    serde_json::json!({
+        "metadata": {
+            "resourceVersion": pod.resource_version(),
+            "labels": labels,
+            "annotations": {CATALOG_HASH_ANNOTATION: catalog_hash},
+            "ownerReferences": pool.controller_owner_ref(&()).map(|o| vec![o]).unwrap_or_default(),
+        }
+    })
+}
+
 /// The headless Service whose EndpointSlices list the pool's ready workers.
 pub fn service(pool: &QueryPool) -> Service {
     let name = pool.name_any();
@@ -243,6 +277,8 @@ pub fn deployment(
 ) -> Deployment {
     let name = pool.name_any();
     let template = &pool.spec.template;
+    // A standby worker has no catalog until a pool claims it.
+    let standby = pool.spec.role == Role::Standby;
     let env_value = |name: &str, value: &str| EnvVar {
         name: name.into(),
         value: Some(value.into()),
@@ -250,7 +286,11 @@ pub fn deployment(
     };
     let mut env = vec![
         env_value("QUIVER_LISTEN", &format!("0.0.0.0:{WORKER_PORT}")),
-        env_value("QUIVER_CATALOG", &format!("{CATALOG_DIR}/{CATALOG_KEY}")),
+        if standby {
+            env_value("QUIVER_STANDBY", "true")
+        } else {
+            env_value("QUIVER_CATALOG", &format!("{CATALOG_DIR}/{CATALOG_KEY}"))
+        },
         EnvVar {
             name: "QUIVER_TICKET_KEY".into(),
             value_from: Some(EnvVarSource {
@@ -273,7 +313,7 @@ pub fn deployment(
     env.extend(template.env.iter().cloned());
     let grpc = || GRPCAction {
         port: WORKER_PORT,
-        service: None,
+        service: standby.then(|| READY_HEALTH_SERVICE.into()),
     };
     let container = Container {
         name: "worker".into(),
@@ -318,19 +358,24 @@ pub fn deployment(
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "catalog".into(),
-                mount_path: CATALOG_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "tmp".into(),
-                mount_path: "/tmp".into(),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                (!standby).then(|| VolumeMount {
+                    name: "catalog".into(),
+                    mount_path: CATALOG_DIR.into(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                }),
+                Some(VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         ..Container::default()
     };
     let grace = i64::try_from(drain.as_secs())
@@ -354,24 +399,29 @@ pub fn deployment(
             }),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![
-            Volume {
-                name: "catalog".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: catalog_name(&name),
-                    ..ConfigMapVolumeSource::default()
+        volumes: Some(
+            [
+                (!standby).then(|| Volume {
+                    name: "catalog".into(),
+                    config_map: Some(ConfigMapVolumeSource {
+                        name: catalog_name(&name),
+                        ..ConfigMapVolumeSource::default()
+                    }),
+                    ..Volume::default()
                 }),
-                ..Volume::default()
-            },
-            Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    size_limit: Some(Quantity("1Gi".into())),
-                    medium: None,
+                Some(Volume {
+                    name: "tmp".into(),
+                    empty_dir: Some(EmptyDirVolumeSource {
+                        size_limit: Some(Quantity("1Gi".into())),
+                        medium: None,
+                    }),
+                    ..Volume::default()
                 }),
-                ..Volume::default()
-            },
-        ]),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         node_selector: (!template.node_selector.is_empty()).then(|| template.node_selector.clone()),
         tolerations: (!template.tolerations.is_empty()).then(|| template.tolerations.clone()),
         affinity: template.affinity.clone(),

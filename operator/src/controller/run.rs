@@ -16,7 +16,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::Controller;
@@ -27,7 +27,7 @@ use tracing::{info, warn};
 
 use super::demand::{self, Gateways, Poller};
 use super::leader::{LeaseLock, Timing};
-use super::resources::MANAGER;
+use super::resources::{CLAIMED_LABEL, MANAGER};
 use super::{Context, error_policy, reconcile};
 use crate::cli::{GatewayArgs, RunArgs};
 use crate::controller::resources::GatewayPeer;
@@ -95,7 +95,12 @@ pub async fn run(
             namespaced_or_all::<NetworkPolicy>(&client, api(&())),
             mine(),
         )
-        .owns(namespaced_or_all::<ConfigMap>(&client, api(&())), mine());
+        .owns(namespaced_or_all::<ConfigMap>(&client, api(&())), mine())
+        // Workers claimed from a standby pool are the pool's own pods: hear of them going.
+        .owns(
+            namespaced_or_all::<Pod>(&client, api(&())),
+            watcher::Config::default().labels(&format!("{CLAIMED_LABEL}=true")),
+        );
 
     let mut demand_tasks = Vec::new();
     match &args.demand.gateway_admin_url {

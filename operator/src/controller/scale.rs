@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::crd::PoolSettings;
+use quiver_core::scaling::standby::{StandbyConfig, StandbyPolicy};
 use quiver_core::scaling::{Decision, DemandSample, ScalingPolicy};
 
 /// A pool: (namespace, name).
@@ -49,6 +50,8 @@ pub struct Scalers {
     pools: Arc<Mutex<HashMap<PoolKey, PoolScale>>>,
     /// Why the last demand poll failed, if it did (every pool is held at its size then).
     demand_error: Arc<Mutex<Option<String>>>,
+    /// Each standby pool's size policy, fed the claims pools make from it.
+    standby: Arc<Mutex<HashMap<PoolKey, StandbyPolicy>>>,
 }
 
 impl Scalers {
@@ -94,9 +97,11 @@ impl Scalers {
                     // Validated by the caller; a failure keeps the old bounds.
                     let _ = policy.set_config(cfg.clone());
                 }
+                policy.set_scale_to_zero_after(settings.scale_to_zero_after);
             }
             None => {
                 let mut policy = ScalingPolicy::new(cfg.clone()).expect("validated settings");
+                policy.set_scale_to_zero_after(settings.scale_to_zero_after);
                 let (start, reason) = match current {
                     Some(n) if entry.reason.is_empty() => (n, format!("resumed at {n} replicas")),
                     // Autoscaling turned back on: start from the pinned size.
@@ -148,6 +153,29 @@ impl Scalers {
         Some(decision)
     }
 
+    /// The size a standby pool should have at `now`: its minimum, raised by the claims pools
+    /// made from it over the claim window.
+    pub fn standby_target(&self, key: &PoolKey, config: &StandbyConfig, now: Duration) -> u32 {
+        let mut standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+        let policy = standby
+            .entry(key.clone())
+            .or_insert_with(|| StandbyPolicy::new(config.clone()).expect("validated settings"));
+        if policy.config() != config {
+            // New bounds: the claim history is short (one window), so starting over is cheap.
+            *policy = StandbyPolicy::new(config.clone()).expect("validated settings");
+        }
+        policy.target(now)
+    }
+
+    /// Records `claims` workers claimed from the standby pool `key` at `now`.
+    pub fn record_claims(&self, key: &PoolKey, config: &StandbyConfig, now: Duration, claims: u32) {
+        let mut standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
+        standby
+            .entry(key.clone())
+            .or_insert_with(|| StandbyPolicy::new(config.clone()).expect("validated settings"))
+            .claim(now, claims, claims);
+    }
+
     /// The gateways' last figures for a pool.
     pub fn figures(&self, key: &PoolKey) -> Option<Figures> {
         self.lock().get(key).and_then(|p| p.figures)
@@ -156,6 +184,10 @@ impl Scalers {
     /// Drops the state of pools that no longer exist.
     pub fn retain(&self, keep: impl Fn(&PoolKey) -> bool) {
         self.lock().retain(|k, _| keep(k));
+        self.standby
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|k, _| keep(k));
     }
 
     /// Records the outcome of a demand poll: `None` when it succeeded.

@@ -96,8 +96,31 @@ pub struct QueryPoolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub drain_timeout: Option<String>,
+    /// What the workers are for: `Pool` (the default) serves queries on the template's catalog;
+    /// `Standby` keeps warm workers without a catalog, which pools naming this one in
+    /// `standbyPool` claim when they need capacity, instead of waiting for a new pod.
+    #[serde(default)]
+    pub role: Role,
+    /// A `Standby` QueryPool in this namespace to claim warm workers from before starting new
+    /// pods: a claimed worker serves within a second, where a new pod takes a cold start. Its
+    /// template's image and resources are what claimed workers run with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub standby_pool: Option<String>,
     /// The worker pods.
     pub template: WorkerTemplate,
+}
+
+/// What a QueryPool's workers are for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Role {
+    /// Workers serving queries on the pool's catalog.
+    #[default]
+    Pool,
+    /// Warm workers without a catalog (`quiver worker --standby`), shared by the pools that
+    /// name this one in `standbyPool`; sized between minReplicas and maxReplicas from the
+    /// recent rate of claims.
+    Standby,
 }
 
 impl Default for QueryPoolSpec {
@@ -111,6 +134,8 @@ impl Default for QueryPoolSpec {
             replicas: None,
             autoscaling: Autoscaling::default(),
             drain_timeout: None,
+            role: Role::Pool,
+            standby_pool: None,
             template: WorkerTemplate::default(),
         }
     }
@@ -140,6 +165,12 @@ pub struct Autoscaling {
     #[serde(default = "default_panic_threshold")]
     #[schemars(range(min = 1.0))]
     pub panic_threshold: f64,
+    /// With minReplicas 0: after this long without a query the pool drains to zero workers,
+    /// and the first query after that is held at the gateway while the pool wakes. Unset: a
+    /// pool keeps at least one worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub scale_to_zero_after: Option<String>,
 }
 
 impl Default for Autoscaling {
@@ -150,6 +181,7 @@ impl Default for Autoscaling {
             panic_window: default_panic_window(),
             scale_down_delay: default_scale_down_delay(),
             panic_threshold: default_panic_threshold(),
+            scale_to_zero_after: None,
         }
     }
 }

@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::QueryPoolSpec;
+use super::{QueryPoolSpec, Role};
+use quiver_core::scaling::standby::StandbyConfig;
 use quiver_core::scaling::{ScalingConfig, ScalingError};
 
 /// A spec the operator cannot run; the message names the field and becomes the `Degraded`
@@ -37,6 +38,14 @@ pub enum SpecError {
     /// A required string is empty.
     #[error("spec.{0} must not be empty")]
     Empty(String),
+    /// Scale to zero asked of a pool that must keep workers.
+    #[error("spec.autoscaling.scaleToZeroAfter needs spec.minReplicas 0, got {0}")]
+    ScaleToZeroAboveMin(u32),
+    /// A standby pool given what only a serving pool can use.
+    #[error(
+        "spec.{0} is not allowed with role Standby: its workers get a catalog when a pool claims them"
+    )]
+    StandbyField(&'static str),
     /// Two tables share a name.
     #[error("spec.template.catalog.tables[{index}].name: duplicate table {name:?}")]
     DuplicateTable {
@@ -51,7 +60,10 @@ impl SpecError {
     /// The condition reason (CamelCase) for this error.
     pub fn reason(&self) -> &'static str {
         match self {
-            SpecError::Negative { .. } | SpecError::Scaling(_) => "InvalidScaling",
+            SpecError::Negative { .. }
+            | SpecError::Scaling(_)
+            | SpecError::ScaleToZeroAboveMin(_) => "InvalidScaling",
+            SpecError::StandbyField(_) => "InvalidStandby",
             SpecError::Duration { .. } | SpecError::Size(_) => "InvalidLimits",
             SpecError::Empty(_) | SpecError::DuplicateTable { .. } => "InvalidTemplate",
         }
@@ -73,6 +85,14 @@ pub struct PoolSettings {
     pub pinned: u32,
     /// How long a stopping worker may drain.
     pub drain_timeout: Duration,
+    /// Idle time after which a pool with minReplicas 0 goes to zero.
+    pub scale_to_zero_after: Option<Duration>,
+    /// What the workers are for.
+    pub role: Role,
+    /// The standby pool to claim workers from.
+    pub standby_pool: Option<String>,
+    /// A standby pool's size bounds (its minReplicas and maxReplicas).
+    pub standby: StandbyConfig,
 }
 
 /// Checks `spec` and returns the settings the controller acts on.
@@ -101,6 +121,29 @@ pub fn validate(spec: &QueryPoolSpec) -> Result<PoolSettings, SpecError> {
         panic_threshold: auto.panic_threshold,
     };
     scaling.validate()?;
+    let scale_to_zero_after = match &auto.scale_to_zero_after {
+        Some(after) => Some(duration("autoscaling.scaleToZeroAfter", after)?),
+        None => None,
+    };
+    if scale_to_zero_after.is_some() && scaling.min_replicas > 0 {
+        return Err(SpecError::ScaleToZeroAboveMin(scaling.min_replicas));
+    }
+    if spec.role == Role::Standby {
+        if !spec.template.catalog.tables.is_empty() {
+            return Err(SpecError::StandbyField("template.catalog.tables"));
+        }
+        if spec.standby_pool.is_some() {
+            return Err(SpecError::StandbyField("standbyPool"));
+        }
+        if scale_to_zero_after.is_some() {
+            return Err(SpecError::StandbyField("autoscaling.scaleToZeroAfter"));
+        }
+    }
+    let standby = StandbyConfig {
+        min: scaling.min_replicas,
+        max: scaling.max_replicas,
+        ..StandbyConfig::default()
+    };
     let pinned = match spec.replicas {
         Some(replicas) => count("replicas", replicas)?,
         None => scaling.min_replicas,
@@ -144,5 +187,9 @@ pub fn validate(spec: &QueryPoolSpec) -> Result<PoolSettings, SpecError> {
         autoscaling: auto.enabled,
         pinned,
         drain_timeout,
+        scale_to_zero_after,
+        role: spec.role,
+        standby_pool: spec.standby_pool.clone(),
+        standby,
     })
 }
