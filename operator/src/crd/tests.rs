@@ -182,6 +182,33 @@ fn invalid_specs_name_the_field() {
             "template.image",
             "InvalidTemplate",
         ),
+        (
+            |s| s.autoscaling.scale_to_zero_after = Some("5m".into()),
+            "scaleToZeroAfter needs spec.minReplicas 0, got 1",
+            "InvalidScaling",
+        ),
+        (
+            |s| {
+                s.min_replicas = 0;
+                s.autoscaling.scale_to_zero_after = Some("later".into());
+            },
+            "spec.autoscaling.scaleToZeroAfter: \"later\"",
+            "InvalidLimits",
+        ),
+        (
+            |s| s.role = Role::Standby,
+            "spec.template.catalog.tables is not allowed with role Standby",
+            "InvalidStandby",
+        ),
+        (
+            |s| {
+                s.role = Role::Standby;
+                s.template.catalog.tables.clear();
+                s.standby_pool = Some("other".into());
+            },
+            "spec.standbyPool is not allowed with role Standby",
+            "InvalidStandby",
+        ),
     ];
     for (change, message, reason) in cases {
         let mut spec = sample_spec();
@@ -190,6 +217,32 @@ fn invalid_specs_name_the_field() {
         assert!(err.to_string().contains(message), "{err} lacks {message}");
         assert_eq!(err.reason(), reason, "{err}");
     }
+}
+
+#[test]
+fn scale_to_zero_and_standby_settings() {
+    let mut spec = sample_spec();
+    spec.min_replicas = 0;
+    spec.autoscaling.scale_to_zero_after = Some("90s".into());
+    spec.standby_pool = Some("standby".into());
+    let settings = validate(&spec).unwrap();
+    assert_eq!(
+        settings.scale_to_zero_after,
+        Some(std::time::Duration::from_secs(90))
+    );
+    assert_eq!(settings.standby_pool.as_deref(), Some("standby"));
+    assert_eq!(settings.role, Role::Pool);
+
+    let mut standby = sample_spec();
+    standby.role = Role::Standby;
+    standby.template.catalog.tables.clear();
+    standby.min_replicas = 2;
+    standby.max_replicas = 6;
+    let settings = validate(&standby).unwrap();
+    assert_eq!((settings.standby.min, settings.standby.max), (2, 6));
+    // The role round-trips as the name the gateway reads.
+    let json = serde_json::to_value(&standby).unwrap();
+    assert_eq!(json["role"], "Standby");
 }
 
 #[test]

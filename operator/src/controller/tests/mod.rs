@@ -8,8 +8,12 @@
 //! - No scale subresource: `kubectl scale` writes `spec.replicas` through it, so the tests
 //!   patch `spec.replicas`.
 //! - No ReplicaSet controller: the deletion-cost test checks that the annotations are written
-//!   before the Deployment's replicas drop, which is what the ReplicaSet acts on.
+//!   before the Deployment's replicas drop, which is what the ReplicaSet acts on; and the
+//!   standby tests check that a claimed pod leaves the standby ReplicaSet's selector (which
+//!   is what makes the ReplicaSet start its replacement) and that the standby Deployment
+//!   keeps its target.
 
 mod demand;
 mod leader;
 mod reconcile;
+mod standby;

@@ -23,7 +23,7 @@ use crate::metrics::Metrics;
 
 const NS: &str = "analytics";
 
-fn pool(name: &str, spec: serde_json::Value) -> QueryPool {
+pub(super) fn pool(name: &str, spec: serde_json::Value) -> QueryPool {
     let mut base = json!({
         "minReplicas": 1,
         "maxReplicas": 5,
@@ -64,7 +64,7 @@ async fn client_with(objects: Vec<QueryPool>, builder: ClientBuilder) -> Client 
     builder.build().await.expect("fake client")
 }
 
-async fn setup(pools: Vec<QueryPool>) -> (Client, Arc<Context>) {
+pub(super) async fn setup(pools: Vec<QueryPool>) -> (Client, Arc<Context>) {
     let client = client_with(pools, ClientBuilder::new()).await;
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -74,7 +74,7 @@ async fn setup(pools: Vec<QueryPool>) -> (Client, Arc<Context>) {
     (client, ctx)
 }
 
-async fn get_pool(client: &Client, name: &str) -> Arc<QueryPool> {
+pub(super) async fn get_pool(client: &Client, name: &str) -> Arc<QueryPool> {
     Arc::new(
         Api::<QueryPool>::namespaced(client.clone(), NS)
             .get(name)
@@ -83,7 +83,7 @@ async fn get_pool(client: &Client, name: &str) -> Arc<QueryPool> {
     )
 }
 
-async fn deployment(client: &Client, name: &str) -> Deployment {
+pub(super) async fn deployment(client: &Client, name: &str) -> Deployment {
     Api::<Deployment>::namespaced(client.clone(), NS)
         .get(name)
         .await
@@ -91,7 +91,7 @@ async fn deployment(client: &Client, name: &str) -> Deployment {
 }
 
 /// Whether the object `name` of kind `K` exists in the test namespace.
-async fn exists<K>(client: &Client, name: &str) -> bool
+pub(super) async fn exists<K>(client: &Client, name: &str) -> bool
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -106,7 +106,7 @@ where
         .is_some()
 }
 
-fn replicas(d: &Deployment) -> i32 {
+pub(super) fn replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().unwrap().replicas.unwrap()
 }
 
@@ -524,7 +524,7 @@ async fn invalid_spec_sets_degraded_and_touches_nothing() {
     assert_eq!(replicas(&deployment(&client, "broken").await), 1);
 }
 
-fn report(pool: &str, loads: &[(&str, u32)], queued: u32) -> DemandReport {
+pub(super) fn report(pool: &str, loads: &[(&str, u32)], queued: u32) -> DemandReport {
     DemandReport {
         pools: vec![PoolDemand {
             pool: pool.into(),
