@@ -287,6 +287,20 @@ def test_sample_pool(default_objects, all_on_objects):
     assert pool["apiVersion"] == "quiver.dev/v1alpha1"
     assert pool["spec"]["minReplicas"] <= pool["spec"]["maxReplicas"]
     assert not render_chart({"samplePool": {"enabled": False}}).of("QueryPool")
+    assert "standbyPool" not in pool["spec"] and len(default_objects.of("QueryPool")) == 1
+
+
+def test_standby_pool_and_scale_to_zero(all_on_objects):
+    standby = all_on_objects.one("QueryPool", "standby")
+    assert standby["spec"]["role"] == "Standby"
+    assert "catalog" not in standby["spec"]["template"]
+    assert standby["spec"]["template"]["resources"]["requests"]["cpu"] == "250m"
+    assert all_on_objects.one("QueryPool", "default")["spec"]["standbyPool"] == "standby"
+    at_zero = render_chart({"samplePool": {"minReplicas": 0, "scaleToZeroAfter": "10m"},
+                            "standbyPool": {"enabled": True}})
+    spec = at_zero.one("QueryPool", "default")["spec"]
+    assert spec["minReplicas"] == 0 and spec["autoscaling"] == {"scaleToZeroAfter": "10m"}
+    assert at_zero.one("QueryPool", "standby")["spec"]["minReplicas"] == 2
 
 
 def test_network_policies(default_objects, all_on_objects):
