@@ -61,6 +61,9 @@ impl Default for FleetSetup {
         let base = Setup::default();
         Self {
             standby: StandbyConfig {
+                // One above the default: ten pools' bursts then find warm workers often enough
+                // that the p99 wait stays below per-pool spares' on every seed tried (1-10).
+                min: 3,
                 refill_time: base.cold_start.1,
                 ..StandbyConfig::default()
             },

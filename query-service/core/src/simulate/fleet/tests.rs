@@ -137,16 +137,24 @@ fn the_report_lists_every_pool_and_policy() {
 }
 
 #[test]
-fn idle_targets_hold_over_other_seeds() {
+fn targets_hold_over_other_seeds() {
     // The idle-capacity targets are structural (one shared standby pool against a spare per
-    // pool, a 30 s idle time against Knative's 60 s mean), so they hold whatever the draws;
-    // the p99 target is closer (seed 4 misses it by 0.2 s) and is asserted for seed 1 only.
+    // pool, a 30 s idle time against Knative's 60 s mean), so they hold whatever the draws.
+    // The p99 target depends on the standby pool's minimum: with 2 it was missed on one seed
+    // in ten (by 0.2 s), with 3 it holds on all ten.
     for seed in 2..=6 {
         let mut setup = FleetSetup::default();
         setup.base.seed = seed;
         let pools = trace::pools();
-        let ours = run(&pools, FleetPolicy::SharedStandby, &setup).idle_pod_secs;
-        let spares = run(&pools, FleetPolicy::PerPoolSpares, &setup).idle_pod_secs;
+        let shared = run(&pools, FleetPolicy::SharedStandby, &setup);
+        let per_pool = run(&pools, FleetPolicy::PerPoolSpares, &setup);
+        assert!(
+            shared.p99_wait <= per_pool.p99_wait,
+            "seed {seed}: p99 {:?} against {:?}",
+            shared.p99_wait,
+            per_pool.p99_wait
+        );
+        let (ours, spares) = (shared.idle_pod_secs, per_pool.idle_pod_secs);
         let knative = run(&pools, FleetPolicy::KnativeToZero, &setup).idle_pod_secs;
         assert!(
             ours <= 0.5 * spares,
