@@ -87,6 +87,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if args.discovery == quiver::cli::Discovery::Kubernetes {
                 use quiver_gateway::discovery;
                 let (client, namespace) = discovery::connect(args.namespace.clone()).await?;
+                // Pools created while the gateway runs, and the catalogs claims load.
+                let learn = quiver_gateway::querypools::run;
+                let (api, ns, learned) = (client.clone(), namespace.clone(), pools.clone());
+                tokio::spawn(async move { learn(api, &ns, learned).await });
                 let pools = pools.clone();
                 tokio::spawn(async move { discovery::run(client, &namespace, pools).await });
             }

@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
+use crate::dispatch::claim::ClaimOutcome;
 use crate::dispatch::pool::WorkerPool;
 
 /// Query latency buckets in seconds: interactive queries live between 1 ms and a few seconds, so
@@ -112,6 +113,15 @@ pub struct GatewayMetrics {
     queue_wait: Histogram,
     group_running: Family<GroupLabels, Gauge>,
     group_queued: Family<GroupLabels, Gauge>,
+    claims: Family<ClaimLabels, Counter>,
+    /// Bumped after each claim is counted, for whoever waits on claims.
+    claims_counted: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    pool: String,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -139,6 +149,7 @@ impl Default for GatewayMetrics {
         let queue_wait = Histogram::new(LATENCY_BUCKETS);
         let group_running = Family::<GroupLabels, Gauge>::default();
         let group_queued = Family::<GroupLabels, Gauge>::default();
+        let claims = Family::<ClaimLabels, Counter>::default();
         let mut registry = Registry::with_prefix("quiver");
         registry.register(
             "admission_admitted",
@@ -187,6 +198,11 @@ impl Default for GatewayMetrics {
             "Calls held at dispatch for a ready worker, by pool and reason",
             waiting.clone(),
         );
+        registry.register(
+            "claims",
+            "Claims of standby workers into a pool, by pool and outcome",
+            claims.clone(),
+        );
         Self {
             registry,
             queries,
@@ -201,6 +217,8 @@ impl Default for GatewayMetrics {
             queue_wait,
             group_running,
             group_queued,
+            claims,
+            claims_counted: tokio::sync::watch::channel(0).0,
         }
     }
 }
@@ -240,6 +258,22 @@ impl GatewayMetrics {
                 policy: policy.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a claim of a standby worker into `pool`.
+    pub fn claim(&self, pool: &str, outcome: ClaimOutcome) {
+        self.claims
+            .get_or_create(&ClaimLabels {
+                pool: pool.to_owned(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.claims_counted.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes after each claim is counted.
+    pub fn subscribe_claims(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.claims_counted.subscribe()
     }
 
     /// Prometheus text for the registry, with pool gauges read from `pools` now.

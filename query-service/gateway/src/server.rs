@@ -20,6 +20,7 @@ use crate::admin::{self, AdminState};
 use crate::admission::Admission;
 use crate::admission::config::Policy;
 use crate::dispatch::Dispatcher;
+use crate::dispatch::claim::Claimer;
 use crate::dispatch::pool::WorkerPool;
 use crate::dispatch::registry::Pools;
 use crate::flight::GatewayService;
@@ -33,7 +34,8 @@ pub struct GatewayConfig {
     /// Admin HTTP socket (metrics, demand), if any.
     pub admin: Option<TcpListener>,
     /// The pools served, each fed by a discovery (static endpoints, the local supervisor or
-    /// Kubernetes); the admission config may only name these.
+    /// Kubernetes, which also adds pools while running); the admission config may only name
+    /// these. Standby workers listed in a pool with a catalog document are claimed into it.
     pub pools: Arc<Pools>,
     /// Metrics registry.
     pub metrics: Arc<GatewayMetrics>,
@@ -110,7 +112,7 @@ pub async fn run(
     let policy = load_policy(
         config.config.as_ref(),
         config.tenants.as_ref(),
-        &config.pools.names(),
+        &as_strs(&config.pools.names()),
     )?;
     if policy.open {
         tracing::info!(
@@ -139,9 +141,15 @@ pub async fn run(
             }
         });
     }
-    for pool in config.pools.all() {
-        background.spawn(track_capacity(pool, admission.clone(), config.worker_slots));
-    }
+    // Every pool's capacity, pools added while running included.
+    let (tracked, slots) = (admission.clone(), config.worker_slots);
+    background.spawn(
+        config
+            .pools
+            .clone()
+            .for_each(move |pool| track_capacity(pool, tracked.clone(), slots)),
+    );
+    background.spawn(Claimer::new(config.pools.clone(), &config.key, config.metrics.clone()).run());
     if config.config.is_some() || config.tenants.is_some() {
         background.spawn(reload_on_change(
             config.config.clone(),
@@ -217,8 +225,15 @@ async fn track_capacity(pool: Arc<WorkerPool>, admission: Arc<Admission>, slots:
     }
 }
 
+/// The names as the admission config's checks take them.
+fn as_strs(names: &[String]) -> Vec<&str> {
+    names.iter().map(String::as_str).collect()
+}
+
 /// Reloads the admission config when its file or the tenants file changes; a bad file keeps the
-/// running policy.
+/// running policy. Pool names are checked against the pools served at the time of the reload,
+/// and a reload refused while pools were added is tried again then: a config naming a pool
+/// whose QueryPool is created after it takes effect once the pool exists.
 ///
 /// Polling the modification times (rather than inotify) also sees a Kubernetes ConfigMap or
 /// Secret update, which swaps a symlink instead of writing the file.
@@ -235,15 +250,28 @@ async fn reload_on_change(
     let stamp = || (modified(&config), modified(&tenants));
     let mut last: (Option<SystemTime>, Option<SystemTime>) = stamp();
     let mut tick = tokio::time::interval(CONFIG_POLL);
+    let mut added = pools.subscribe();
+    let mut refused = false;
     loop {
-        tick.tick().await;
-        let now = stamp();
-        if now == last {
-            continue;
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = stamp();
+                if now == last {
+                    continue;
+                }
+                last = now;
+            }
+            // The registry, held here, keeps the sender open.
+            _ = added.changed() => {
+                if !refused {
+                    continue;
+                }
+            }
         }
-        last = now;
-        match load_policy(config.as_ref(), tenants.as_ref(), &pools.names()) {
+        let names = pools.names();
+        match load_policy(config.as_ref(), tenants.as_ref(), &as_strs(&names)) {
             Ok(policy) => {
+                refused = false;
                 admission.replace(policy);
                 tracing::info!(
                     config = ?config.as_ref().map(|p| p.display().to_string()),
@@ -252,6 +280,7 @@ async fn reload_on_change(
                 );
             }
             Err(e) => {
+                refused = true;
                 tracing::error!(error = %e, "admission config reload failed; keeping the running config")
             }
         }

@@ -121,3 +121,112 @@ async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
     drop(stop);
     task.await.unwrap().unwrap();
 }
+
+/// The TPC-H catalog as a QueryPool carries it: a JSON object, absolute locations.
+fn pool_catalog_json() -> String {
+    let document = CatalogFile::document_of(&common::catalog_path()).unwrap();
+    let file: CatalogFile = serde_yaml::from_str(&document).unwrap();
+    serde_json::to_string(&file).unwrap()
+}
+
+/// Waits for the next counted claim and returns the metrics text then.
+async fn next_claim(
+    claims: &mut tokio::sync::watch::Receiver<u64>,
+    metrics: &quiver_gateway::GatewayMetrics,
+    pools: &quiver_gateway::Pools,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(60), claims.changed())
+        .await
+        .expect("a claim within a minute")
+        .unwrap();
+    metrics.encode(&pools.all(), &[])
+}
+
+#[tokio::test]
+async fn a_gateway_claims_a_standby_worker_listed_in_its_pool_and_serves_through_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let worker = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = StandbyConfig {
+        limits: common::default_limits(),
+        drain_timeout: Duration::from_secs(10),
+    };
+    let task = tokio::spawn(quiver_worker::run_standby(
+        listener,
+        config,
+        TicketSigner::new(KEY),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // A gateway serving pool "p", whose QueryPool gives a catalog that cannot load.
+    let pools = quiver_gateway::Pools::new(["p"]);
+    pools.set_catalog(
+        "p",
+        Some(r#"{"tables":[{"name":"t","location":"/no/such.parquet"}]}"#.into()),
+    );
+    let metrics = std::sync::Arc::new(quiver_gateway::GatewayMetrics::default());
+    let mut claims = metrics.subscribe_claims();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = listener.local_addr().unwrap();
+    let config = quiver_gateway::GatewayConfig {
+        admin: None,
+        pools: pools.clone(),
+        metrics: metrics.clone(),
+        key: KEY.to_vec(),
+        config: None,
+        tenants: None,
+        replicas: 1,
+        worker_slots: 8,
+        tls: None,
+        max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
+        query_timeout: Duration::from_secs(30),
+        wake_timeout: None,
+    };
+    tokio::spawn(quiver_gateway::run(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+
+    // Discovery lists the standby in the pool (on Kubernetes: relabelled into it, ready by
+    // quiver.Ready). The gateway claims it; the worker refuses the bad catalog.
+    let pool = pools.get("p").unwrap();
+    pool.add(&worker.to_string()).unwrap();
+    let text = next_claim(&mut claims, &metrics, &pools).await;
+    assert!(
+        text.contains(r#"quiver_claims_total{pool="p",outcome="refused"} 1"#),
+        "{text}"
+    );
+    assert_eq!(
+        pool.ready_count(),
+        0,
+        "a refused claim leaves the worker standby"
+    );
+
+    // The QueryPool's catalog is fixed: the next try claims the worker, which then serves.
+    pools.set_catalog("p", Some(pool_catalog_json()));
+    tokio::time::timeout(Duration::from_secs(60), pool.wait_ready(1))
+        .await
+        .expect("the claimed worker reports SERVING");
+    let mut client = common::client(gateway).await;
+    let batches = quiver::client::query(&mut client, "SELECT count(*) FROM nation")
+        .await
+        .unwrap();
+    let count = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(count, 25);
+    let text = metrics.encode(&pools.all(), &[]);
+    assert!(
+        text.contains(r#"quiver_claims_total{pool="p",outcome="claimed"} 1"#),
+        "{text}"
+    );
+
+    drop(stop);
+    task.await.unwrap().unwrap();
+}

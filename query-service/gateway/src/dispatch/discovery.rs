@@ -2,9 +2,14 @@
 //! of the pool's headless Service (which the operator names after the pool).
 //!
 //! ```text
-//!  watch EndpointSlices (kubernetes.io/service-name in (pools…)) ──► reflector store
-//!      ──► ready_workers (pure: slices → worker URLs per pool) ──► WorkerPool::set_endpoints
+//!  watch the namespace's EndpointSlices ──► reflector store ─┐ on every slice event, and on
+//!  pools added while running (QueryPools) ───────────────────┤ every pool added
+//!      ──► ready_workers (pure: slices → worker URLs of the pools served now)
+//!      ──► WorkerPool::set_endpoints
 //! ```
+//!
+//! The watch is not limited to the pools' Services by a label selector, because pools are
+//! added while it runs; slices of other Services are filtered out when applied.
 //!
 //! A pod that starts terminating is marked so in its slice before it gets SIGTERM's drain, so
 //! the gateway drops it on that update, without waiting for its health stream to say so. A
@@ -102,37 +107,55 @@ pub async fn connect(namespace: Option<String>) -> Result<(kube::Client, String)
     Ok((client, namespace))
 }
 
-/// Watches the pools' EndpointSlices in `namespace` for as long as the task runs, retrying the
-/// API with backoff.
+/// Watches the Services' EndpointSlices in `namespace` for as long as the task runs, retrying
+/// the API with backoff.
 pub async fn run(client: kube::Client, namespace: &str, pools: Arc<Pools>) {
     let api: Api<EndpointSlice> = Api::namespaced(client, namespace);
-    let selector = format!("{SERVICE_NAME_LABEL} in ({})", pools.names().join(","));
-    tracing::info!(%namespace, %selector, "discovering workers from EndpointSlices");
-    let events = watcher::watcher(api, watcher::Config::default().labels(&selector));
+    tracing::info!(%namespace, pools = ?pools.names(), "discovering workers from EndpointSlices");
+    // Every slice of a Service; which Services are pools is decided when applying.
+    let config = watcher::Config::default().labels(SERVICE_NAME_LABEL);
+    let events = watcher::watcher(api, config);
     follow(events.default_backoff(), &pools).await;
 }
 
-/// Applies a watch stream of EndpointSlices to the pools. A (re)list is applied once complete,
-/// so a restart of the watch never empties a pool for a moment.
+/// Applies a watch stream of EndpointSlices to the pools, on each event and whenever a pool is
+/// added. A (re)list is applied once complete, so a restart of the watch never empties a pool
+/// for a moment. Ends with the stream.
 pub async fn follow(
     events: impl Stream<Item = Result<Event<EndpointSlice>, watcher::Error>>,
     pools: &Pools,
 ) {
     let (store, mut writer) = reflector::store::<EndpointSlice>();
-    let names = pools.names();
     let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                tracing::warn!(error = %e, "watching EndpointSlices failed; retrying");
-                continue;
+    let mut added = pools.subscribe();
+    let mut listed = false;
+    loop {
+        tokio::select! {
+            event = events.next() => {
+                let event = match event {
+                    None => return,
+                    Some(Ok(event)) => event,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "watching EndpointSlices failed; retrying");
+                        continue;
+                    }
+                };
+                writer.apply_watcher_event(&event);
+                match event {
+                    Event::Init | Event::InitApply(_) => continue,
+                    Event::InitDone => listed = true,
+                    Event::Apply(_) | Event::Delete(_) => {}
+                }
             }
-        };
-        writer.apply_watcher_event(&event);
-        if matches!(event, Event::Init | Event::InitApply(_)) {
-            continue;
+            // The sender lives in `pools`, borrowed for this whole call: it never closes.
+            _ = added.changed() => {
+                if !listed {
+                    continue;
+                }
+            }
         }
+        let names = pools.names();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let state = store.state();
         for (pool, workers) in ready_workers(state.iter().map(|s| &**s), &names) {
             if let Ok(pool) = pools.get(&pool) {

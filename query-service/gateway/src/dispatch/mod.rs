@@ -15,8 +15,10 @@
 //! the pool to wake, until a worker reports SERVING or the wake timeout passes. A pool that
 //! may not be at zero still answers UNAVAILABLE at once, so a client fails over quickly.
 
+pub mod claim;
 pub mod discovery;
 pub mod pool;
+pub mod querypools;
 pub mod registry;
 
 use std::future::Future;
@@ -183,7 +185,7 @@ impl Dispatcher {
         }
         Ok(Self {
             pools: self.pools.clone(),
-            pool: self.pools.get(pool)?.clone(),
+            pool: self.pools.get(pool)?,
             wake_timeout: self.wake_timeout,
         })
     }

@@ -73,6 +73,11 @@ impl Worker {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The worker's shared HTTP/2 connection, for its other services (health).
+    pub(crate) fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// Counts one query against this worker until the guard drops.
     pub fn start_query(self: &Arc<Self>) -> WorkerLoad {
         self.in_flight.fetch_add(1, Ordering::AcqRel);

@@ -183,3 +183,67 @@ async fn follow_applies_complete_lists_and_updates() {
         set(&["http://10.0.0.1:50051", "http://10.0.0.2:50051"])
     );
 }
+
+#[tokio::test]
+async fn a_pool_added_while_running_gets_the_workers_already_listed() {
+    let pools = Pools::new(["a"]);
+    let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = tokio::spawn({
+        let pools = pools.clone();
+        async move {
+            follow(
+                tokio_stream::wrappers::UnboundedReceiverStream::new(rx),
+                &pools,
+            )
+            .await
+        }
+    });
+    let a = slice(
+        "a-1",
+        "a",
+        &[("flight", 50051)],
+        vec![endpoint("10.0.0.1", Some(true), None)],
+    );
+    let late = slice(
+        "late-1",
+        "late",
+        &[("flight", 50051)],
+        vec![endpoint("10.0.2.1", Some(true), None)],
+    );
+    for event in [
+        Event::Init,
+        Event::InitApply(a),
+        Event::InitApply(late.clone()),
+        Event::InitDone,
+    ] {
+        events.send(Ok(event)).unwrap();
+    }
+    let wait = |pool: Arc<super::super::pool::WorkerPool>| async move {
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            pool.wait_until(|p| !p.workers().is_empty()),
+        )
+        .await
+        .expect("workers applied")
+    };
+    wait(pools.get("a").unwrap()).await;
+    // The slice of a Service that is no pool (yet) was kept, not applied.
+    assert_eq!(pools.names(), ["a"]);
+    // Its QueryPool appears: the pool gets the workers listed before, with no slice event.
+    let added = pools.ensure("late");
+    wait(added.clone()).await;
+    assert_eq!(
+        endpoints_of(&pools, "late"),
+        set(&["http://10.0.2.1:50051"])
+    );
+    // Later slice events of the new pool apply as for any other.
+    events.send(Ok(Event::Delete(late))).unwrap();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        added.wait_until(|p| p.workers().is_empty()),
+    )
+    .await
+    .expect("the deleted slice's workers are gone");
+    drop(events);
+    follower.await.unwrap();
+}
