@@ -149,7 +149,9 @@ pub async fn run(
             .clone()
             .for_each(move |pool| track_capacity(pool, tracked.clone(), slots)),
     );
-    background.spawn(Claimer::new(config.pools.clone(), &config.key, config.metrics.clone()).run());
+    let counted = config.metrics.clone();
+    let record = Box::new(move |pool: &str, outcome| counted.claim(pool, outcome));
+    background.spawn(Claimer::new(config.pools.clone(), &config.key, record).run());
     if config.config.is_some() || config.tenants.is_some() {
         background.spawn(reload_on_change(
             config.config.clone(),

@@ -28,7 +28,6 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use super::pool::{Worker, WorkerPool};
 use super::registry::Pools;
 use super::{Failure, failure, granted};
-use crate::metrics::GatewayMetrics;
 use quiver_core::protocol::{CLAIM_ACTION, STANDBY_HEALTH_SERVICE, grant_header};
 use quiver_core::ticket::TicketSigner;
 
@@ -67,25 +66,37 @@ impl ClaimOutcome {
     }
 }
 
+/// Where a claim's end is counted: the pool and the outcome.
+pub type RecordClaim = Box<dyn Fn(&str, ClaimOutcome) + Send + Sync>;
+
 /// Claims the standby workers listed in the gateway's pools.
-#[derive(Debug)]
 pub struct Claimer {
     pools: Arc<Pools>,
     signer: TicketSigner,
-    metrics: Arc<GatewayMetrics>,
+    record: RecordClaim,
     timeout: Duration,
     /// Endpoints with a claim in flight: one each, even if the worker leaves its pool and is
     /// listed again meanwhile.
     in_flight: Mutex<HashSet<String>>,
 }
 
+impl std::fmt::Debug for Claimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimer")
+            .field("timeout", &self.timeout)
+            .field("in_flight", &self.in_flight)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Claimer {
-    /// A claimer for `pools`, granting its claims with `key` (the key shared with the workers).
-    pub fn new(pools: Arc<Pools>, key: &[u8], metrics: Arc<GatewayMetrics>) -> Arc<Self> {
+    /// A claimer for `pools`, granting its claims with `key` (the key shared with the workers)
+    /// and counting each with `record`.
+    pub fn new(pools: Arc<Pools>, key: &[u8], record: RecordClaim) -> Arc<Self> {
         Arc::new(Self {
             pools,
             signer: TicketSigner::new(key),
-            metrics,
+            record,
             timeout: CLAIM_TIMEOUT,
             in_flight: Mutex::default(),
         })
@@ -152,7 +163,7 @@ impl Claimer {
                     ClaimOutcome::Timeout
                 }
             };
-            claimer.metrics.claim(&pool, outcome);
+            (claimer.record)(&pool, outcome);
             claimer
                 .in_flight
                 .lock()
@@ -301,8 +312,10 @@ mod tests {
     #[tokio::test]
     async fn one_claim_per_endpoint_at_a_time() {
         let pools = Pools::new(["p"]);
-        let metrics = Arc::new(GatewayMetrics::default());
-        let claimer = Claimer::new(pools.clone(), b"k", metrics.clone());
+        let metrics = Arc::new(crate::metrics::GatewayMetrics::default());
+        let recorder = metrics.clone();
+        let record: RecordClaim = Box::new(move |pool, outcome| recorder.claim(pool, outcome));
+        let claimer = Claimer::new(pools.clone(), b"k", record);
         let worker = pools.get("p").unwrap().add("127.0.0.1:9").unwrap();
         claimer
             .in_flight
