@@ -170,7 +170,9 @@ impl Engine {
                 let df = ctx.table(&table.name).await.map_err(fail)?;
                 let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
                 let batches = df.collect().await.map_err(fail)?;
-                let mem = MemTable::try_new(schema, vec![batches]).map_err(fail)?;
+                let partitions = ctx.state().config().target_partitions();
+                let mem =
+                    MemTable::try_new(schema, split_in_order(batches, partitions)).map_err(fail)?;
                 ctx.deregister_table(&table.name).map_err(fail)?;
                 ctx.register_table(&table.name, Arc::new(mem))
                     .map_err(fail)?;
@@ -466,5 +468,72 @@ impl Stream for QueryStream {
             })));
         }
         Poll::Pending
+    }
+}
+
+/// Splits a hot table's batches into `partitions` runs of consecutive batches, so a scan of
+/// it uses every core (one partition is one thread) and each run keeps the file's order.
+fn split_in_order(batches: Vec<RecordBatch>, partitions: usize) -> Vec<Vec<RecordBatch>> {
+    let partitions = partitions.clamp(1, batches.len().max(1));
+    let per = batches.len().div_ceil(partitions).max(1);
+    let mut out: Vec<Vec<RecordBatch>> = Vec::with_capacity(partitions);
+    let mut batches = batches.into_iter().peekable();
+    while batches.peek().is_some() {
+        out.push(batches.by_ref().take(per).collect());
+    }
+    if out.is_empty() {
+        out.push(Vec::new());
+    }
+    out
+}
+
+#[cfg(test)]
+mod split_tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::record_batch::RecordBatch;
+
+    use super::split_in_order;
+
+    fn batch(first: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        RecordBatch::try_new(
+            schema,
+            vec![Arc::new(Int64Array::from(vec![first, first + 1]))],
+        )
+        .unwrap()
+    }
+
+    fn firsts(parts: &[Vec<RecordBatch>]) -> Vec<Vec<i64>> {
+        parts
+            .iter()
+            .map(|p| {
+                p.iter()
+                    .map(|b| {
+                        let col = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                        assert!(!col.is_empty());
+                        col.value(0)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hot_tables_split_into_ordered_runs_one_per_partition() {
+        let five: Vec<_> = (0..5).map(|i| batch(i * 10)).collect();
+        assert_eq!(
+            firsts(&split_in_order(five.clone(), 2)),
+            [vec![0, 10, 20], vec![30, 40]]
+        );
+        assert_eq!(firsts(&split_in_order(five.clone(), 1)).len(), 1);
+        // More partitions than batches: one batch each, none empty.
+        assert_eq!(firsts(&split_in_order(five, 8)).len(), 5);
+        // An empty table is one empty partition, which MemTable accepts.
+        let empty = split_in_order(Vec::new(), 4);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].is_empty());
     }
 }
