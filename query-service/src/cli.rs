@@ -283,6 +283,11 @@ pub struct GatewayArgs {
     /// Namespace of the pools' Services with kubernetes discovery (default: the gateway pod's).
     #[arg(long, env = "QUIVER_NAMESPACE")]
     pub namespace: Option<String>,
+    /// How long a query waits at the gateway for a pool with no ready worker to get one (a
+    /// pool at zero waking), at most its group's queue timeout; 0 fails it at once with
+    /// UNAVAILABLE. Default: 30s with kubernetes discovery, 0 with static.
+    #[arg(long, env = "QUIVER_WAKE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub wake_timeout: Option<Duration>,
     /// Key shared with the workers to sign query tickets.
     #[arg(long, env = "QUIVER_TICKET_KEY", hide_env_values = true)]
     pub ticket_key: String,
@@ -398,6 +403,22 @@ impl GatewayArgs {
         Ok(pools)
     }
 }
+
+impl GatewayArgs {
+    /// The wake timeout in force: a held call needs a scaler that wakes pools, which static
+    /// endpoints do not have.
+    pub fn wake_timeout(&self) -> Option<Duration> {
+        let default = match self.discovery {
+            Discovery::Kubernetes => DEFAULT_WAKE_TIMEOUT,
+            Discovery::Static => Duration::ZERO,
+        };
+        Some(self.wake_timeout.unwrap_or(default)).filter(|t| !t.is_zero())
+    }
+}
+
+/// How long a gateway with kubernetes discovery holds a call for a waking pool by default:
+/// a claimed standby serves within a second and a cold pod within tens of seconds.
+pub const DEFAULT_WAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `quiver worker`.
 #[derive(Debug, Args)]
@@ -563,6 +584,33 @@ mod tests {
             let e = gateway(args).unwrap_err();
             assert!(e.contains(words), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn gateway_wake_timeout_defaults_by_discovery() {
+        let wake = |args: &[&str]| {
+            let mut argv = vec!["quiver", "gateway", "--ticket-key", "k"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Gateway(g) => g.wake_timeout(),
+                _ => unreachable!(),
+            }
+        };
+        // Kubernetes pools can be at zero and are woken by the operator: hold by default.
+        assert_eq!(
+            wake(&["--discovery", "kubernetes"]),
+            Some(DEFAULT_WAKE_TIMEOUT)
+        );
+        assert_eq!(
+            wake(&["--discovery", "kubernetes", "--wake-timeout", "0s"]),
+            None
+        );
+        // Static endpoints have no scaler: fail fast unless asked.
+        assert_eq!(wake(&["--worker", "grpc://h:1"]), None);
+        assert_eq!(
+            wake(&["--worker", "grpc://h:1", "--wake-timeout", "5s"]),
+            Some(Duration::from_secs(5))
+        );
     }
 
     fn up(args: &[&str]) -> Result<(Option<Duration>, Option<Duration>), String> {

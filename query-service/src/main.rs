@@ -94,6 +94,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 let pools = pools.clone();
                 tokio::spawn(async move { discovery::run(client, &namespace, pools).await });
             }
+            let wake_timeout = args.wake_timeout();
             let config = quiver_gateway::GatewayConfig {
                 admin: Some(admin),
                 pools,
@@ -106,8 +107,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 tls: args.tls.files(),
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 query_timeout: args.query_timeout,
-                // Pools behind `quiver gateway` keep their workers (no scale to zero yet).
-                wake_timeout: None,
+                wake_timeout,
             };
             quiver_gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }

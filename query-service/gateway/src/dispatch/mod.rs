@@ -190,6 +190,13 @@ impl Dispatcher {
         })
     }
 
+    /// The same dispatcher, holding a call for a waking pool at most `limit` (the call's group
+    /// queue timeout: a held call is a queued call, and no group lets one queue longer).
+    pub fn holding_at_most(mut self, limit: Duration) -> Self {
+        self.wake_timeout = self.wake_timeout.map(|t| t.min(limit));
+        self
+    }
+
     /// The least-loaded ready worker other than `exclude`. With no worker ready at all and a
     /// wake timeout set, waits for one (bounded by the timeout), counted as waiting meanwhile;
     /// a worker that is ready but excluded or paused after a failure is no wake-up, so that
@@ -422,5 +429,25 @@ mod tests {
         let err = dispatcher.pick(None).await.unwrap_err();
         assert!(matches!(err, DispatchError::NoReadyWorker { .. }), "{err}");
         drop(held);
+
+        // A group with a shorter queue timeout holds its calls no longer than that.
+        let short = dispatcher.clone().holding_at_most(Duration::from_secs(2));
+        let err = short.pick(None).await.unwrap_err();
+        assert!(
+            matches!(&err, DispatchError::WakeTimeout { waited, .. }
+                if *waited >= Duration::from_secs(2) && *waited < Duration::from_secs(5)),
+            "{err}"
+        );
+        // A longer one does not lengthen the wake timeout; without one nothing is held.
+        let long = dispatcher.clone().holding_at_most(Duration::from_secs(60));
+        let err = long.pick(None).await.unwrap_err();
+        assert!(
+            matches!(&err, DispatchError::WakeTimeout { waited, .. }
+                if *waited < Duration::from_secs(6)),
+            "{err}"
+        );
+        let off = Dispatcher::new(Pools::new(["a"])).holding_at_most(Duration::from_secs(2));
+        let err = off.pick(None).await.unwrap_err();
+        assert!(matches!(err, DispatchError::NoReadyWorker { .. }), "{err}");
     }
 }

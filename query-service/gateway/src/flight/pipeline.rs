@@ -151,7 +151,10 @@ impl GatewayService {
         }
         let (signed, grant) = self.sign(&command, &admitted);
         let tracked = self.track(&command, &caller, admitted.permit.take());
-        let worker = self.dispatcher.on(&admitted.pool)?;
+        let mut worker = self.dispatcher.on(&admitted.pool)?;
+        if let Some((_, limits, _)) = admitted.checked().and_then(|c| c.placement.chain.last()) {
+            worker = worker.holding_at_most(limits.queue_timeout);
+        }
         let answer = match signed {
             Signed::Info(descriptor) => {
                 let info = worker.get_flight_info(descriptor, &grant).await?;
