@@ -106,6 +106,17 @@ where
         .is_some()
 }
 
+/// Whether an Event with `reason` was recorded in the test namespace.
+pub(super) async fn has_event(client: &Client, reason: &str) -> bool {
+    Api::<K8sEvent>::namespaced(client.clone(), NS)
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .any(|e| e.reason.as_deref() == Some(reason))
+}
+
 pub(super) fn replicas(d: &Deployment) -> i32 {
     d.spec.as_ref().unwrap().replicas.unwrap()
 }
@@ -224,16 +235,7 @@ async fn reconcile_creates_owned_objects() {
                "tables": [{"name": "lineitem", "location": "s3://tpch/lineitem/", "hot": true}]})
     );
 
-    let events = Api::<K8sEvent>::namespaced(client.clone(), NS)
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    assert!(
-        events
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Created"))
-    );
+    assert!(has_event(&client, "Created").await);
 }
 
 /// The pool's NetworkPolicy: its workers (the Deployment's selector) take Flight connections from

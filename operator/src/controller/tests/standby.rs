@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, PodCondition, PodStatus};
-use k8s_openapi::api::events::v1::Event as K8sEvent;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use super::reconcile::{deployment, exists, get_pool, pool, replicas, report, setup};
+use super::reconcile::{deployment, exists, get_pool, has_event, pool, replicas, report, setup};
 use crate::controller::resources::{self, CATALOG_HASH_ANNOTATION, CLAIMED_LABEL};
 use crate::controller::{claim, demand, reconcile};
 use crate::crd::{POOL_LABEL, QueryPool};
@@ -105,18 +104,22 @@ fn catalog_hash(d: &Deployment) -> String {
         .clone()
 }
 
+/// A standby pool with two ready pods and one still warming, and a pool pinned at 3 that
+/// claims from it.
+async fn two_ready_one_warming() -> (Client, std::sync::Arc<crate::controller::Context>) {
+    let (client, ctx) = setup(vec![standby_pool(1, 8), pinned_sales(3)]).await;
+    let pods = [
+        standby_pod("s-a", true),
+        standby_pod("s-b", true),
+        standby_pod("s-c", false),
+    ];
+    create_pods(&client, pods).await;
+    (client, ctx)
+}
+
 #[tokio::test]
 async fn a_pool_claims_ready_standby_workers_before_starting_pods() {
-    let (client, ctx) = setup(vec![standby_pool(1, 8), pinned_sales(3)]).await;
-    create_pods(
-        &client,
-        [
-            standby_pod("s-a", true),
-            standby_pod("s-b", true),
-            standby_pod("s-c", false),
-        ],
-    )
-    .await;
+    let (client, ctx) = two_ready_one_warming().await;
 
     // The standby pool: `quiver worker --standby`, probed on quiver.Ready, no catalog.
     reconcile_named(&client, &ctx, STANDBY).await;
@@ -195,16 +198,7 @@ async fn a_pool_claims_ready_standby_workers_before_starting_pods() {
     let status = get_pool(&client, "sales").await.status.clone().unwrap();
     assert_eq!(status.desired, 3);
     assert_eq!(status.ready, 2, "the claimed workers count as the pool's");
-    let events = Api::<K8sEvent>::namespaced(client.clone(), NS)
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    assert!(
-        events
-            .items
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Claimed"))
-    );
+    assert!(has_event(&client, "Claimed").await);
     assert!(
         ctx.metrics
             .encode()
@@ -221,16 +215,7 @@ async fn a_pool_claims_ready_standby_workers_before_starting_pods() {
 
 #[tokio::test]
 async fn claimed_workers_go_first_on_shrink_and_on_a_catalog_change() {
-    let (client, ctx) = setup(vec![standby_pool(1, 8), pinned_sales(3)]).await;
-    create_pods(
-        &client,
-        [
-            standby_pod("s-a", true),
-            standby_pod("s-b", true),
-            standby_pod("s-c", false),
-        ],
-    )
-    .await;
+    let (client, ctx) = two_ready_one_warming().await;
     reconcile_named(&client, &ctx, "sales").await;
     assert_eq!(claimed(&client, "sales").await, ["s-a", "s-b"]);
     // s-b is busier than s-a, as the demand loop marks it.
