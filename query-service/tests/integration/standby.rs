@@ -41,8 +41,12 @@ async fn run(
     Ok(())
 }
 
-#[tokio::test]
-async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
+/// A standby worker on loopback, its stop signal and its task.
+async fn start_standby() -> (
+    std::net::SocketAddr,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), quiver_worker::WorkerError>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -58,6 +62,12 @@ async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
             let _ = stopped.await;
         },
     ));
+    (addr, stop, task)
+}
+
+#[tokio::test]
+async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
+    let (addr, stop, task) = start_standby().await;
     // The body is the catalog document itself, as the supervisor and the gateway send it.
     let document = CatalogFile::document_of(&common::catalog_path()).unwrap();
     let catalog = document.as_str();
@@ -144,21 +154,7 @@ async fn next_claim(
 
 #[tokio::test]
 async fn a_gateway_claims_a_standby_worker_listed_in_its_pool_and_serves_through_it() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let worker = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let config = StandbyConfig {
-        limits: common::default_limits(),
-        drain_timeout: Duration::from_secs(10),
-    };
-    let task = tokio::spawn(quiver_worker::run_standby(
-        listener,
-        config,
-        TicketSigner::new(KEY),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let (worker, stop, task) = start_standby().await;
 
     // A gateway serving pool "p", whose QueryPool gives a catalog that cannot load.
     let pools = quiver_gateway::Pools::new(["p"]);
