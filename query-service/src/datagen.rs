@@ -233,6 +233,8 @@ mod tests {
         assert!(exists(dir.path()));
         let catalog = Catalog::load(&path).unwrap();
         assert_eq!(catalog.tables.len(), 8);
+        // Every table of a small scale factor fits in a worker's memory.
+        assert!(catalog.tables.iter().all(|t| t.hot), "{:?}", catalog.tables);
         let file = File::open(dir.path().join("nation.parquet")).unwrap();
         let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
         use parquet::file::reader::FileReader;
