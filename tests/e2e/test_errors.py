@@ -41,10 +41,14 @@ BAD_SQL = [
     ("SELECT * FROM no_such_table", {"INVALID_ARGUMENT", "NOT_FOUND"}, ["no_such_table", "not found"]),
     ("SELECT nope FROM nation", {"INVALID_ARGUMENT", "NOT_FOUND"}, ["nope"]),
     ("DROP TABLE lineitem", {"INVALID_ARGUMENT"}, ["are refused"]),
+    # Values the query asks the impossible of: the query's fault, not the worker's.
+    ("SELECT CAST('abc' AS INT)", {"INVALID_ARGUMENT"}, ["Cannot cast string 'abc'"]),
+    ("SELECT CAST(300 AS TINYINT)", {"INVALID_ARGUMENT"}, ["300"]),
+    ("SELECT 1/0", {"INVALID_ARGUMENT"}, ["Divide by zero"]),
 ]
 
 
-@pytest.mark.parametrize("sql,statuses,words", BAD_SQL, ids=["syntax", "table", "column", "ddl"])
+@pytest.mark.parametrize("sql,statuses,words", BAD_SQL, ids=["syntax", "table", "column", "ddl", "cast", "narrowing", "division"])
 def test_bad_sql_plain_ticket(quiver, sql, statuses, words):
     err = failure(lambda: run(quiver.endpoint, sql))
     assert status_of(err) in statuses, f"{status_of(err)}: {err}"
@@ -53,7 +57,7 @@ def test_bad_sql_plain_ticket(quiver, sql, statuses, words):
     assert_still_serving(quiver.endpoint)
 
 
-@pytest.mark.parametrize("sql,statuses,words", BAD_SQL, ids=["syntax", "table", "column", "ddl"])
+@pytest.mark.parametrize("sql,statuses,words", BAD_SQL, ids=["syntax", "table", "column", "ddl", "cast", "narrowing", "division"])
 def test_bad_sql_flight_sql_statement(quiver, sql, statuses, words):
     # Planning errors surface at GetFlightInfo, before any ticket exists.
     client = flight.connect(quiver.endpoint)
@@ -64,12 +68,14 @@ def test_bad_sql_flight_sql_statement(quiver, sql, statuses, words):
     assert_still_serving(quiver.endpoint)
 
 
-@pytest.mark.parametrize("sql,statuses,words", BAD_SQL, ids=["syntax", "table", "column", "ddl"])
+@pytest.mark.parametrize("sql,statuses,words", BAD_SQL, ids=["syntax", "table", "column", "ddl", "cast", "narrowing", "division"])
 def test_bad_sql_adbc(quiver, sql, statuses, words):
     codes = {getattr(adbc_driver_manager.AdbcStatusCode, s) for s in statuses}
     with flightsql.connect(quiver.endpoint, autocommit=True) as conn, conn.cursor() as cur:
         with pytest.raises(adbc_driver_manager.Error) as err:
+            # A value error may surface when the rows are read rather than at execute.
             cur.execute(sql)
+            cur.fetch_arrow_table()
         assert err.value.status_code in codes, err.value
         for w in words:
             assert w in str(err.value), err.value

@@ -100,8 +100,15 @@ impl EngineError {
                 limit_bytes: limits.memory_limit,
                 detail: m.clone(),
             },
+            // What the query asked of its values: fix the query, not the worker.
             DataFusionError::ArrowError(e, _)
-                if matches!(**e, arrow::error::ArrowError::DivideByZero) =>
+                if matches!(
+                    **e,
+                    arrow::error::ArrowError::DivideByZero
+                        | arrow::error::ArrowError::CastError(_)
+                        | arrow::error::ArrowError::ParseError(_)
+                        | arrow::error::ArrowError::ArithmeticOverflow(_)
+                ) =>
             {
                 EngineError::InvalidQuery(root.to_string())
             }
