@@ -107,6 +107,10 @@ pub struct GatewayArgs {
     /// Namespace of the gateway's pods (default: each pool's own namespace).
     #[arg(long, env = "QUIVER_GATEWAY_NAMESPACE")]
     pub gateway_namespace: Option<String>,
+    /// Give each pool a NetworkPolicy admitting only the gateway to its workers (default
+    /// true); false removes those the operator made, for clusters that manage their own.
+    #[arg(long, env = "QUIVER_WORKER_NETWORK_POLICIES", default_value_t = true, action = ArgAction::Set)]
+    pub worker_network_policies: bool,
 }
 
 /// Parses `key=value,...` into labels, refusing what the API server would (bad syntax) and an

@@ -16,7 +16,7 @@ OPERATOR_RULES = {
     ("", "services"): {"list", "watch", "create", "patch"},
     ("", "configmaps"): {"list", "watch", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"list", "watch", "create", "patch"},
-    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create", "patch"},
+    ("networking.k8s.io", "networkpolicies"): {"list", "watch", "create", "patch", "delete"},
     ("", "pods"): {"list", "watch", "patch", "delete"},
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},

@@ -110,9 +110,11 @@ def test_operator_may_manage_the_workers_network_policies(cluster_wide):
     kind = "ClusterRole" if cluster_wide else "Role"
     rules = rules_map(objects.one(kind, f"{RELEASE}-operator")["rules"])
     policies = rules[("networking.k8s.io", "networkpolicies")]
-    assert policies == {"list", "watch", "create", "patch"}, "apply (create, patch) and watch (list, watch)"
-    assert all(policies <= rules[child] for child in POOL_CHILDREN), "same verbs as the other owned kinds"
-    assert "delete" not in policies, "the garbage collector deletes them with their pool"
+    assert policies == {"list", "watch", "create", "patch", "delete"}, \
+        "apply (create, patch), watch (list, watch), and delete when networkPolicy.enabled is turned off"
+    others = [c for c in POOL_CHILDREN if c != ("networking.k8s.io", "networkpolicies")]
+    assert all(policies - {"delete"} <= rules[child] for child in others), "same verbs as the other owned kinds"
+    assert all("delete" not in rules[child] for child in others), "the garbage collector deletes them with their pool"
     # The policies admit this release's gateway pods, in the release namespace.
     gateway = objects.one("Deployment", f"{RELEASE}-gateway")
     e = env(container(objects.one("Deployment", f"{RELEASE}-operator"), "operator"))
@@ -301,6 +303,15 @@ def test_standby_pool_and_scale_to_zero(all_on_objects):
     spec = at_zero.one("QueryPool", "default")["spec"]
     assert spec["minReplicas"] == 0 and spec["autoscaling"] == {"scaleToZeroAfter": "10m"}
     assert at_zero.one("QueryPool", "standby")["spec"]["minReplicas"] == 2
+
+
+def test_operator_makes_pool_network_policies_only_when_enabled(default_objects):
+    def operator_env(objects):
+        return env(container(objects.one("Deployment", f"{RELEASE}-operator"), "operator"))
+    assert operator_env(default_objects)["QUIVER_WORKER_NETWORK_POLICIES"] == "true"
+    off = render_chart({"networkPolicy": {"enabled": False}})
+    assert operator_env(off)["QUIVER_WORKER_NETWORK_POLICIES"] == "false"
+    assert not off.of("NetworkPolicy")
 
 
 def test_network_policies(default_objects, all_on_objects):

@@ -88,6 +88,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Who the workers' NetworkPolicies admit.
     pub gateway: resources::GatewayPeer,
+    /// Whether each pool gets a NetworkPolicy (a platform without an enforcing CNI, or with
+    /// its own policies, turns them off).
+    pub network_policies: bool,
     /// Consecutive failed reconciles per pool, for the retry backoff.
     failures: std::sync::Mutex<std::collections::HashMap<PoolKey, u32>>,
     /// The policy's clock: time since this instant.
@@ -107,6 +110,7 @@ impl Context {
             scalers: Scalers::default(),
             metrics,
             gateway: resources::GatewayPeer::default(),
+            network_policies: true,
             failures: Default::default(),
             epoch: Instant::now(),
         }
@@ -116,6 +120,12 @@ impl Context {
     /// in each pool's namespace).
     pub fn with_gateway(mut self, gateway: resources::GatewayPeer) -> Self {
         self.gateway = gateway;
+        self
+    }
+
+    /// The same context making (`true`, the default) or not making the pools' NetworkPolicies.
+    pub fn with_network_policies(mut self, on: bool) -> Self {
+        self.network_policies = on;
         self
     }
 
@@ -280,11 +290,26 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
     )
     .await?;
     // Before the Deployment: no worker is ever up without its ingress locked down.
-    apply(
-        &Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns),
-        &resources::network_policy(pool, &ctx.gateway),
-    )
-    .await?;
+    let policies = Api::<NetworkPolicy>::namespaced(ctx.client.clone(), &ns);
+    if ctx.network_policies {
+        apply(&policies, &resources::network_policy(pool, &ctx.gateway)).await?;
+    } else if let Some(policy) = policies
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube(format!("get NetworkPolicy {name}")))?
+        .filter(|p| {
+            p.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == pool.uid().as_ref())
+        })
+    {
+        // Turned off after the pool was made: remove the one this pool owns, no other.
+        policies
+            .delete(&policy.name_any(), &Default::default())
+            .await
+            .map_err(Error::kube(format!("delete NetworkPolicy {name}")))?;
+        info!(namespace = %ns, pool = %name, "removed the workers' NetworkPolicy");
+    }
     let deployment = resources::deployment(pool, replicas, settings.drain_timeout, &catalog_hash);
     let applied = apply(&deployments, &deployment).await?;
     if current.is_none() {

@@ -71,7 +71,11 @@ pub async fn run(
         ?gateway,
         "workers admit Flight connections from the gateway pods only"
     );
-    let ctx = Arc::new(Context::new(client.clone(), Some(identity), metrics).with_gateway(gateway));
+    let ctx = Arc::new(
+        Context::new(client.clone(), Some(identity), metrics)
+            .with_gateway(gateway)
+            .with_network_policies(args.gateway.worker_network_policies),
+    );
     let (pools, owned) = match &args.watch_namespace {
         Some(ns) => (
             Api::<QueryPool>::namespaced(client.clone(), ns),

@@ -7,7 +7,8 @@ Exactly what quiver-operator calls (operator/src/controller), one rule per reaso
 - The objects a pool owns (Deployment of workers, headless Service, PDB, NetworkPolicy,
   catalog ConfigMap): list and watch (drift repair), create and patch (server-side apply).
   Deployments also get: the reconciler reads the current replicas. No delete: owner references
-  let the garbage collector remove them with their pool.
+  let the garbage collector remove them with their pool; the one exception is a pool's
+  NetworkPolicy, deleted when networkPolicy.enabled is turned off.
 - Pods: list a pool's pods and patch the pod-deletion-cost annotation before a scale-down;
   watch a pool's claimed pods, patch (relabel) a standby pod to claim it into a pool, and
   delete a claimed pod to release it (it drains on SIGTERM).
@@ -37,7 +38,7 @@ No access to Secrets: worker pods reference the ticket key Secret by name.
   verbs: ["list", "watch", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch", "delete"]

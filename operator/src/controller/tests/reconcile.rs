@@ -335,6 +335,47 @@ async fn network_policy_admits_only_the_gateway_on_the_flight_port() {
 }
 
 #[tokio::test]
+async fn network_policies_can_be_left_to_the_cluster() {
+    let (client, ctx) = setup(vec![pool("default", json!({}))]).await;
+    reconcile(get_pool(&client, "default").await, ctx)
+        .await
+        .unwrap();
+    assert!(exists::<NetworkPolicy>(&client, "default").await);
+
+    // Turned off: the pool's policy goes, its workers stay.
+    let off = |client: &Client| {
+        Arc::new(
+            Context::new(client.clone(), None, Arc::new(Metrics::default()))
+                .with_network_policies(false),
+        )
+    };
+    reconcile(get_pool(&client, "default").await, off(&client))
+        .await
+        .unwrap();
+    assert!(!exists::<NetworkPolicy>(&client, "default").await);
+    assert!(exists::<Deployment>(&client, "default").await);
+
+    // A new pool gets none, and a policy of its name that the cluster's owners wrote (not
+    // owned by the pool) is theirs: it stays.
+    let (client, _) = setup(vec![pool("fresh", json!({}))]).await;
+    let mut theirs = NetworkPolicy::default();
+    theirs.metadata.name = Some("fresh".into());
+    Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    reconcile(get_pool(&client, "fresh").await, off(&client))
+        .await
+        .unwrap();
+    let kept = Api::<NetworkPolicy>::namespaced(client.clone(), NS)
+        .get("fresh")
+        .await
+        .unwrap();
+    assert!(kept.owner_references().is_empty() && kept.spec.is_none());
+    assert!(exists::<Deployment>(&client, "fresh").await);
+}
+
+#[tokio::test]
 async fn reconcile_twice_changes_nothing() {
     let (client, ctx) = setup(vec![pool("default", json!({}))]).await;
     reconcile(get_pool(&client, "default").await, ctx.clone())
