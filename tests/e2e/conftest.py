@@ -173,6 +173,14 @@ class Quiver:
                 return line
 
     @property
+    def admin_url(self) -> str:
+        """The admin port's URL, from the `quiver admin:` line."""
+        for line in self.stdout:
+            if line.startswith("quiver admin: "):
+                return line.removeprefix("quiver admin: ").strip()
+        raise AssertionError(f"no `quiver admin:` line in {self.stdout}")
+
+    @property
     def worker_pids(self) -> list[int]:
         """Announced workers that are still running."""
         return [pid for pid, _ in self.started if alive(pid)]

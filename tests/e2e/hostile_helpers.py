@@ -329,10 +329,7 @@ class Deployment:
 
     @property
     def admin_url(self) -> str:
-        for line in self.q.stdout:
-            if line.startswith("quiver admin: "):
-                return line.split(": ", 1)[1]
-        raise AssertionError(f"no `quiver admin:` line in {self.q.stdout}")
+        return self.q.admin_url
 
     def pools(self) -> dict[str, dict]:
         with urllib.request.urlopen(self.admin_url + "/v1/pools", timeout=10) as r:

@@ -20,16 +20,9 @@ LONG = "SELECT value FROM generate_series(1, 100000000000)"
 FREED_WITHIN = 5.0
 
 
-def admin_url(q) -> str:
-    for line in q.stdout:
-        if line.startswith("quiver admin: "):
-            return line.split(": ", 1)[1]
-    raise AssertionError(f"no admin line in {q.stdout}")
-
-
 def gauge(q, name: str) -> int:
     """The largest value of a gateway gauge across its labels."""
-    text = urllib.request.urlopen(admin_url(q) + "/metrics", timeout=5).read().decode()
+    text = urllib.request.urlopen(q.admin_url + "/metrics", timeout=5).read().decode()
     values = [int(float(v)) for v in re.findall(rf"^{name}\{{[^}}]*\}} (\S+)$", text, re.M)]
     return max(values, default=0)
 

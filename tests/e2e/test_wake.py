@@ -33,15 +33,8 @@ def wait_count(q, prefix: str, n: int) -> list[str]:
         q.wait_for(prefix, TIMEOUT)
 
 
-def admin_url(q) -> str:
-    for line in q.stdout:
-        if line.startswith("quiver admin: "):
-            return line.removeprefix("quiver admin: ").strip()
-    raise AssertionError(f"no `quiver admin:` line in {q.stdout}")
-
-
 def pool_report(q) -> dict:
-    with urllib.request.urlopen(admin_url(q) + "/v1/pools", timeout=10) as r:
+    with urllib.request.urlopen(q.admin_url + "/v1/pools", timeout=10) as r:
         return json.load(r)["pools"][0]
 
 
