@@ -73,6 +73,29 @@ pub async fn start_gateway(workers: &[SocketAddr], ready: usize) -> (SocketAddr,
     start_gateway_with(workers, ready, None).await
 }
 
+/// A test gateway's settings: `pools`, `metrics` and an optional admission config file, with
+/// the shared key and default limits.
+pub fn gateway_config(
+    pools: Arc<quiver_gateway::Pools>,
+    metrics: Arc<GatewayMetrics>,
+    admission: Option<PathBuf>,
+) -> quiver_gateway::GatewayConfig {
+    quiver_gateway::GatewayConfig {
+        admin: None,
+        pools,
+        metrics,
+        key: KEY.to_vec(),
+        config: admission,
+        tenants: None,
+        replicas: 1,
+        worker_slots: 8,
+        tls: None,
+        max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
+        query_timeout: Duration::from_secs(30),
+        wake_timeout: None,
+    }
+}
+
 /// Like [`start_gateway`], with an admission config file.
 pub async fn start_gateway_with(
     workers: &[SocketAddr],
@@ -88,20 +111,11 @@ pub async fn start_gateway_with(
         .expect("workers ready in time");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = quiver_gateway::GatewayConfig {
-        admin: None,
-        pools: quiver_gateway::Pools::single(pool.clone()),
-        metrics: Arc::new(GatewayMetrics::default()),
-        key: KEY.to_vec(),
-        config: admission,
-        tenants: None,
-        replicas: 1,
-        worker_slots: 8,
-        tls: None,
-        max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
-        query_timeout: Duration::from_secs(30),
-        wake_timeout: None,
-    };
+    let config = gateway_config(
+        quiver_gateway::Pools::single(pool.clone()),
+        Arc::new(GatewayMetrics::default()),
+        admission,
+    );
     tokio::spawn(quiver_gateway::run(
         listener,
         config,

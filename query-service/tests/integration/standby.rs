@@ -41,6 +41,20 @@ async fn run(
     Ok(())
 }
 
+/// `SELECT count(*) FROM nation` through the gateway at `gateway`.
+async fn nations(gateway: std::net::SocketAddr) -> i64 {
+    let mut client = common::client(gateway).await;
+    let batches = quiver::client::query(&mut client, "SELECT count(*) FROM nation")
+        .await
+        .unwrap();
+    batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .unwrap()
+        .value(0)
+}
+
 /// A standby worker on loopback, its stop signal and its task.
 async fn start_standby() -> (
     std::net::SocketAddr,
@@ -116,17 +130,7 @@ async fn a_standby_worker_is_claimed_once_with_the_grant_and_then_serves() {
 
     // An ordinary worker now: a gateway dispatches to it.
     let (gateway, _) = common::start_gateway(&[addr], 1).await;
-    let mut client = common::client(gateway).await;
-    let batches = quiver::client::query(&mut client, "SELECT count(*) FROM nation")
-        .await
-        .unwrap();
-    let count = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0);
-    assert_eq!(count, 25);
+    assert_eq!(nations(gateway).await, 25);
 
     drop(stop);
     task.await.unwrap().unwrap();
@@ -166,20 +170,7 @@ async fn a_gateway_claims_a_standby_worker_listed_in_its_pool_and_serves_through
     let mut claims = metrics.subscribe_claims();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = listener.local_addr().unwrap();
-    let config = quiver_gateway::GatewayConfig {
-        admin: None,
-        pools: pools.clone(),
-        metrics: metrics.clone(),
-        key: KEY.to_vec(),
-        config: None,
-        tenants: None,
-        replicas: 1,
-        worker_slots: 8,
-        tls: None,
-        max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
-        query_timeout: Duration::from_secs(30),
-        wake_timeout: None,
-    };
+    let config = common::gateway_config(pools.clone(), metrics.clone(), None);
     tokio::spawn(quiver_gateway::run(
         listener,
         config,
@@ -206,17 +197,7 @@ async fn a_gateway_claims_a_standby_worker_listed_in_its_pool_and_serves_through
     tokio::time::timeout(Duration::from_secs(60), pool.wait_ready(1))
         .await
         .expect("the claimed worker reports SERVING");
-    let mut client = common::client(gateway).await;
-    let batches = quiver::client::query(&mut client, "SELECT count(*) FROM nation")
-        .await
-        .unwrap();
-    let count = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<arrow::array::Int64Array>()
-        .unwrap()
-        .value(0);
-    assert_eq!(count, 25);
+    assert_eq!(nations(gateway).await, 25);
     let text = metrics.encode(&pools.all(), &[]);
     assert!(
         text.contains(r#"quiver_claims_total{pool="p",outcome="claimed"} 1"#),
