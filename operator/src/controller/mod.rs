@@ -2,14 +2,17 @@
 //! scaling policy decides.
 //!
 //! ```text
-//!  watch QueryPools, owned Deployments/Services/PDBs/NetworkPolicies/ConfigMaps
+//!  watch QueryPools, owned Deployments/Services/PDBs/NetworkPolicies/ConfigMaps/claimed pods
 //!      │
 //!      ▼
 //!  reconcile(pool) ── validate spec ──✗──► Degraded condition + Warning event (objects kept)
 //!      │ ok
-//!      ├─ desired = pinned replicas, or the policy's size (scale.rs)
-//!      ├─ server-side apply: ConfigMap, Service, PDB, NetworkPolicy,
-//!      │                     Deployment(replicas = desired)
+//!      ├─ desired = pinned replicas, the policy's size (scale.rs), or for a Standby pool
+//!      │            its minimum raised by recent claims
+//!      ├─ claimed pods (claim.rs): release stale and surplus ones, claim ready standby pods
+//!      │                           while the pool needs more
+//!      ├─ server-side apply: ConfigMap, Service, PDB, NetworkPolicy (unless turned off),
+//!      │                     Deployment(replicas = desired − claimed)
 //!      └─ status (patched only when it changed)
 //!
 //!  demand loop (demand.rs), every poll: gateways' figures ─► policy ─► on a change:

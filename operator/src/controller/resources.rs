@@ -11,7 +11,9 @@
 //! ```
 //!
 //! Every object carries the pool's labels and a controller owner reference, so deleting the
-//! pool deletes them and the controller hears of their changes.
+//! pool deletes them and the controller hears of their changes. A `Standby` pool has no
+//! ConfigMap: its Deployment runs `quiver worker --standby`, probed on [`READY_HEALTH_SERVICE`];
+//! a pod claimed from it gets a pool's labels and owner through [`claim_patch`].
 
 use std::collections::BTreeMap;
 
