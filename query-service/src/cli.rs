@@ -432,7 +432,7 @@ pub struct WorkerArgs {
     /// Start as a standby worker of no pool: warm, NOT_SERVING, until a supervisor or gateway
     /// claims it with a catalog (a `quiver.Claim` Flight action carrying the gateway's grant and
     /// the catalog document; relative table locations resolve against the working directory).
-    /// Health service `quiver.Ready` is SERVING while it is warm and claimable, and once it serves.
+    /// Health service `quiver.Ready` is SERVING from warm until it stops, claim included.
     #[arg(long, env = "QUIVER_STANDBY", conflicts_with = "catalog")]
     pub standby: bool,
     /// Key shared with the gateway to sign query tickets.

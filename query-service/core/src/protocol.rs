@@ -24,9 +24,10 @@ pub const MAX_CLAIM_BYTES: usize = 1 << 20;
 /// with a catalog). The empty service name stays "serves queries".
 pub const STANDBY_HEALTH_SERVICE: &str = "quiver.Standby";
 /// gRPC health service a worker reports SERVING on while it is fit for its role: a warm
-/// claimable standby or a worker serving queries; NOT_SERVING while warming, while a claim
-/// loads and while draining. Standby pods use it as their readiness probe, so a pod moved into
-/// a pool is listed in the pool's endpoints before it serves queries, and the gateway claims it.
+/// claimable standby, a claimed standby loading its catalog, or a worker serving queries;
+/// NOT_SERVING while warming and while draining. Standby pods use it as their readiness probe,
+/// so a pod moved into a pool is listed in the pool's endpoints before it serves queries, the
+/// gateway claims it, and it stays listed while it loads.
 pub const READY_HEALTH_SERVICE: &str = "quiver.Ready";
 /// Response metadata a worker sets when it refuses a call because of its own state (warming
 /// up, draining): a fact about the worker the gateway may act on, unlike error text.

@@ -12,9 +12,9 @@
 //!  health       ""            quiver.Standby     quiver.Ready
 //!  prewarming   NOT_SERVING   NOT_SERVING        NOT_SERVING
 //!  warm         NOT_SERVING   SERVING            SERVING
-//!  claiming     NOT_SERVING   NOT_SERVING        NOT_SERVING
+//!  claiming     NOT_SERVING   NOT_SERVING        SERVING (listed, takes no query)
 //!  claimed      SERVING       NOT_SERVING        SERVING
-//!  (a worker started with a catalog: warming, then serving, as claiming, then claimed)
+//!  (a worker started with a catalog: warming, all NOT_SERVING, then serving, as claimed)
 //!  stopping     NOT_SERVING   NOT_SERVING        NOT_SERVING
 //! ```
 //!
@@ -67,13 +67,18 @@ enum State {
 }
 
 /// What each health service reports in a state: (`""`, standby, ready).
+/// A claim that is loading stays ready: on Kubernetes the pod is already in its pool's Service,
+/// and dropping out of its endpoints while it loads would only delay the first query (the
+/// probe must see it ready again, then the gateway must list it again); queries reach it only
+/// once `""` is SERVING.
 fn health_of(state: State) -> [(&'static str, bool); 3] {
     let serving = matches!(state, State::Serving | State::Claimed);
     let standby = state == State::Standby { warm: true };
+    let loading = state == State::Claiming { warm: true };
     [
         ("", serving),
         (STANDBY_HEALTH_SERVICE, standby),
-        (READY_HEALTH_SERVICE, serving || standby),
+        (READY_HEALTH_SERVICE, serving || standby || loading),
     ]
 }
 
@@ -337,6 +342,7 @@ mod tests {
     const NOT_SERVING: (bool, bool, bool) = (false, false, false);
     const WARM_STANDBY: (bool, bool, bool) = (false, true, true);
     const SERVING: (bool, bool, bool) = (true, false, true);
+    const LOADING: (bool, bool, bool) = (false, false, true);
 
     async fn probe(standby: bool) -> Probe {
         let (health, _) = tonic_health::server::health_reporter();
@@ -453,7 +459,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_claim_reports_not_ready_while_it_loads() {
+    async fn a_claim_serves_no_query_while_it_loads_but_stays_listed() {
         let dir = tempfile::tempdir().unwrap();
         let file = parquet(dir.path()).await;
         // JSON, as the gateway sends a QueryPool's catalog.
@@ -468,7 +474,8 @@ mod tests {
             async move { ready.claim(json.as_bytes()).await }
         });
         match past_standby(&p).await {
-            (State::Claiming { warm: true }, health) => assert_eq!(health, NOT_SERVING),
+            // Loading: not serving queries, no longer claimable, still ready (listed).
+            (State::Claiming { warm: true }, health) => assert_eq!(health, LOADING),
             (State::Claimed, health) => assert_eq!(health, SERVING),
             other => panic!("unexpected {other:?}"),
         }
@@ -552,13 +559,14 @@ mod tests {
             health_of(State::Standby { warm: true }).map(|h| h.1),
             [false, true, true]
         );
-        for loading in [
-            State::Claiming { warm: true },
-            State::Warming,
-            State::Stopping,
-        ] {
+        for loading in [State::Warming, State::Stopping] {
             assert_eq!(health_of(loading).map(|h| h.1), [false, false, false]);
         }
+        // A claim loading its catalog keeps the pod listed, taking no query yet.
+        assert_eq!(
+            health_of(State::Claiming { warm: true }).map(|h| h.1),
+            [false, false, true]
+        );
         for serving in [State::Claimed, State::Serving] {
             assert_eq!(health_of(serving).map(|h| h.1), [true, false, true]);
         }

@@ -12,8 +12,8 @@
 //! On Kubernetes the operator moves a standby pod into a pool by relabelling it; the pod is
 //! listed in the pool's EndpointSlices because its readiness probe is `quiver.Ready`. Only the
 //! gateway holds the grant key, so it claims. A claim runs in its own task: if the pod drops
-//! out of the endpoints while it loads (it reports not ready meanwhile), the claim still ends,
-//! so it is neither abandoned nor sent twice.
+//! out of the endpoints while it loads (it stays ready on `quiver.Ready` meanwhile, but its
+//! node may fail), the claim still ends, so it is neither abandoned nor sent twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
