@@ -56,20 +56,22 @@ pub async fn claimable(client: &Client, ns: &str, standby: &str) -> Result<Vec<P
     Ok(ready)
 }
 
-/// Moves up to `wanted` of `candidates` into `pool`; returns how many moved. A pod changed
-/// since it was listed (another pool took it, or it started terminating) is skipped.
+/// Moves up to `wanted` of `candidates` into `pool`; returns the moved pods as the relabel
+/// left them. A pod changed since it was listed (another pool took it, or it started
+/// terminating) is skipped.
 pub async fn claim(
     client: &Client,
     pool: &QueryPool,
     candidates: &[Pod],
     wanted: u32,
     catalog_hash: &str,
-) -> Result<u32, Error> {
+) -> Result<Vec<Pod>, Error> {
     let ns = pool.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    let mut moved = 0;
+    let wanted = usize::try_from(wanted).unwrap_or(usize::MAX);
+    let mut moved = Vec::new();
     for pod in candidates {
-        if moved >= wanted {
+        if moved.len() >= wanted {
             break;
         }
         let name = pod.name_any();
@@ -78,8 +80,8 @@ pub async fn claim(
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {
-                moved += 1;
+            Ok(pod) => {
+                moved.push(pod);
                 info!(namespace = %ns, pool = %pool.name_any(), pod = %name, "claimed a standby worker");
             }
             Err(kube::Error::Api(e)) if e.code == 409 || e.code == 404 => {

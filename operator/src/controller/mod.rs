@@ -230,7 +230,7 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
         .map_err(Error::kube(format!("get Deployment {name}")))?
         .and_then(|d| d.spec.and_then(|s| s.replicas))
         .map(|r| u32::try_from(r).unwrap_or(0));
-    let (_, catalog_hash) = resources::catalog_config_map(pool);
+    let (config_map, catalog_hash) = resources::catalog_config_map(pool);
     let mut claimed = match settings.role {
         Role::Pool => claim::claimed_pods(&ctx.client, &ns, &name).await?,
         Role::Standby => Vec::new(),
@@ -275,7 +275,6 @@ async fn reconcile_inner(pool: &QueryPool, ctx: &Context) -> Result<Action, Erro
     let replicas = desired.saturating_sub(claimed_count);
 
     if settings.role == Role::Pool {
-        let (config_map, _) = resources::catalog_config_map(pool);
         apply(
             &Api::<ConfigMap>::namespaced(ctx.client.clone(), &ns),
             &config_map,
@@ -403,7 +402,8 @@ async fn resize_claims(
         return Ok(kept);
     }
     let candidates = claim::claimable(&ctx.client, &ns, standby).await?;
-    let moved = claim::claim(&ctx.client, pool, &candidates, needed, catalog_hash).await?;
+    let taken = claim::claim(&ctx.client, pool, &candidates, needed, catalog_hash).await?;
+    let moved = u32::try_from(taken.len()).unwrap_or(u32::MAX);
     if moved > 0 {
         ctx.scalers.record_claims(
             &(ns.clone(), standby.to_owned()),
@@ -419,8 +419,8 @@ async fn resize_claims(
             format!("{moved} warm workers from standby pool {standby}"),
         )
         .await;
-        // The claimed pods, as they are now, count from here on.
-        *claimed = claim::claimed_pods(&ctx.client, &ns, &pool.name_any()).await?;
+        // The claimed pods as the relabels left them count from here on.
+        claimed.extend(taken);
     }
     Ok(u32::try_from(claimed.len()).unwrap_or(u32::MAX))
 }

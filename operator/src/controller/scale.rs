@@ -156,6 +156,23 @@ impl Scalers {
     /// The size a standby pool should have at `now`: its minimum, raised by the claims pools
     /// made from it over the claim window.
     pub fn standby_target(&self, key: &PoolKey, config: &StandbyConfig, now: Duration) -> u32 {
+        self.with_standby(key, config, |policy| policy.target(now))
+    }
+
+    /// Records `claims` workers claimed from the standby pool `key` at `now`.
+    pub fn record_claims(&self, key: &PoolKey, config: &StandbyConfig, now: Duration, claims: u32) {
+        self.with_standby(key, config, |policy| {
+            policy.claim(now, claims, claims);
+        });
+    }
+
+    /// Runs `f` on the standby pool's policy under `config`, made on first use.
+    fn with_standby<T>(
+        &self,
+        key: &PoolKey,
+        config: &StandbyConfig,
+        f: impl FnOnce(&mut StandbyPolicy) -> T,
+    ) -> T {
         let mut standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
         let policy = standby
             .entry(key.clone())
@@ -164,16 +181,7 @@ impl Scalers {
             // New bounds: the claim history is short (one window), so starting over is cheap.
             *policy = StandbyPolicy::new(config.clone()).expect("validated settings");
         }
-        policy.target(now)
-    }
-
-    /// Records `claims` workers claimed from the standby pool `key` at `now`.
-    pub fn record_claims(&self, key: &PoolKey, config: &StandbyConfig, now: Duration, claims: u32) {
-        let mut standby = self.standby.lock().unwrap_or_else(|e| e.into_inner());
-        standby
-            .entry(key.clone())
-            .or_insert_with(|| StandbyPolicy::new(config.clone()).expect("validated settings"))
-            .claim(now, claims, claims);
+        f(policy)
     }
 
     /// The gateways' last figures for a pool.
