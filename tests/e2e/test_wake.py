@@ -33,6 +33,23 @@ def wait_count(q, prefix: str, n: int) -> list[str]:
         q.wait_for(prefix, TIMEOUT)
 
 
+def counts(endpoint: str, table: str, n: int, answers: list[int], failures: list[str],
+           gate: threading.Barrier | None = None) -> None:
+    """Runs `SELECT count(*) FROM table` n times on one connection (after `gate`, if given),
+    appending each answer, or the failure that ended the run."""
+    client = flight.connect(endpoint)
+    try:
+        if gate:
+            gate.wait(TIMEOUT)
+        for _ in range(n):
+            result = client.do_get(flight.Ticket(f"SELECT count(*) FROM {table}".encode())).read_all()
+            answers.append(result.column(0)[0].as_py())
+    except Exception as e:  # noqa: BLE001 - every failure is reported by the caller
+        failures.append(repr(e))
+    finally:
+        client.close()
+
+
 def pool_report(q) -> dict:
     with urllib.request.urlopen(q.admin_url + "/v1/pools", timeout=10) as r:
         return json.load(r)["pools"][0]
@@ -84,19 +101,9 @@ def test_a_pool_at_zero_wakes_from_a_standby_and_a_burst_claims_another(start_qu
     failures: list[str] = []
     answers: list[int] = []
 
-    def burst(n: int) -> None:
-        client = flight.connect(q.endpoint)
-        try:
-            for _ in range(n):
-                table = client.do_get(flight.Ticket(b"SELECT count(*) FROM nation")).read_all()
-                answers.append(table.column(0)[0].as_py())
-        except Exception as e:  # noqa: BLE001 - every failure is reported below
-            failures.append(repr(e))
-        finally:
-            client.close()
-
     held = [hold(q.endpoint) for _ in range(3)]
-    threads = [threading.Thread(target=burst, args=(10,)) for _ in range(8)]
+    threads = [threading.Thread(target=counts, args=(q.endpoint, "nation", 10, answers, failures))
+               for _ in range(8)]
     for t in threads:
         t.start()
     second = CLAIMED.match(wait_count(q, "worker claimed:", 2)[1])
@@ -148,19 +155,9 @@ def test_bursts_at_zero_lose_no_query(start_quiver):
         results: list[int] = []
         failures: list[str] = []
         gate = threading.Barrier(16)
-
-        def one() -> None:
-            client = flight.connect(q.endpoint)
-            try:
-                gate.wait(TIMEOUT)
-                table = client.do_get(flight.Ticket(b"SELECT count(*) FROM supplier")).read_all()
-                results.append(table.column(0)[0].as_py())
-            except Exception as e:  # noqa: BLE001 - every failure is reported below
-                failures.append(repr(e))
-            finally:
-                client.close()
-
-        threads = [threading.Thread(target=one) for _ in range(16)]
+        threads = [threading.Thread(target=counts,
+                                    args=(q.endpoint, "supplier", 1, results, failures, gate))
+                   for _ in range(16)]
         for t in threads:
             t.start()
         for t in threads:
