@@ -28,7 +28,7 @@ pub use admission::DEFAULT_WORKER_SLOTS;
 pub use admission::classify::ClientHints;
 pub use admission::config::{ConfigError, DEFAULT_POOL, Policy};
 pub use auth::{Identity, hash_password};
-pub use dispatch::claim::{CLAIM_TIMEOUT, ClaimOutcome, Claimer, RecordClaim};
+pub use dispatch::claim::{CLAIM_TIMEOUT, ClaimOutcome, Claimer, RecordClaim, send_claim};
 pub use dispatch::discovery;
 pub use dispatch::pool::WorkerPool;
 pub use dispatch::querypools;

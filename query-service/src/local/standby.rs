@@ -17,7 +17,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use arrow_flight::Action;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Endpoint;
@@ -25,10 +24,9 @@ use tonic::transport::Endpoint;
 use super::process::{
     Launch, MAX_START_FAILURES, Started, SupervisorError, WorkerCommand, drain, launch, stopped,
 };
-use quiver_core::protocol::{GRANT_HEADER, grant_header};
+use quiver_core::protocol::grant_header;
 use quiver_core::ticket::TicketSigner;
 use quiver_worker::catalog::CatalogFile;
-use quiver_worker::claim::CLAIM_ACTION;
 
 /// Longest a claim may take: loading a catalog and warming it, on a loaded machine. A claim
 /// that takes longer is abandoned and its worker drained; the slot cold-starts instead.
@@ -150,16 +148,7 @@ pub async fn claim(addr: &str, catalog: &Path, signer: &TicketSigner) -> Result<
             .connect()
             .await?;
         let mut client = FlightServiceClient::new(channel);
-        let mut request = tonic::Request::new(Action {
-            r#type: CLAIM_ACTION.to_owned(),
-            body: body.into_bytes().into(),
-        });
-        let grant = grant_header(signer, &[])
-            .parse()
-            .map_err(|_| tonic::Status::internal("the grant is not a valid header"))?;
-        request.metadata_mut().insert(GRANT_HEADER, grant);
-        let mut answers = client.do_action(request).await?.into_inner();
-        while answers.message().await?.is_some() {}
+        quiver_gateway::send_claim(&mut client, &body, &grant_header(signer, &[])).await?;
         Ok(())
     };
     tokio::time::timeout(CLAIM_TIMEOUT, exchange)

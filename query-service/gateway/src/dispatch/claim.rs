@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arrow_flight::Action;
+use arrow_flight::flight_service_client::FlightServiceClient;
 use futures::StreamExt;
 use tonic::Code;
+use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -132,18 +134,7 @@ impl Claimer {
         let (claimer, pool) = (self.clone(), pool.to_owned());
         let task = tokio::spawn(async move {
             let started = tokio::time::Instant::now();
-            let exchange = async {
-                let action = Action {
-                    r#type: CLAIM_ACTION.to_owned(),
-                    body: document.as_bytes().to_vec().into(),
-                };
-                let mut answers = client
-                    .do_action(granted(action, &grant)?)
-                    .await?
-                    .into_inner();
-                while answers.message().await?.is_some() {}
-                Ok::<_, tonic::Status>(())
-            };
+            let exchange = send_claim(&mut client, &document, &grant);
             let outcome = match tokio::time::timeout(claimer.timeout, exchange).await {
                 Ok(Ok(())) => {
                     tracing::info!(%pool, worker = %endpoint, ms = started.elapsed().as_millis(), "standby worker claimed");
@@ -174,6 +165,26 @@ impl Claimer {
         // Ends with the claim even if the caller is dropped (a worker that left its pool).
         Some(task.await.unwrap_or(ClaimOutcome::Failed))
     }
+}
+
+/// Sends `quiver.Claim` with the catalog `document` and the gateway's `grant`, and returns once
+/// the worker serves it (its answer comes after its warm-up). The gateway's claims and the local
+/// supervisor's are this one exchange.
+pub async fn send_claim(
+    client: &mut FlightServiceClient<Channel>,
+    document: &str,
+    grant: &str,
+) -> Result<(), tonic::Status> {
+    let action = Action {
+        r#type: CLAIM_ACTION.to_owned(),
+        body: document.as_bytes().to_vec().into(),
+    };
+    let mut answers = client
+        .do_action(granted(action, grant)?)
+        .await?
+        .into_inner();
+    while answers.message().await?.is_some() {}
+    Ok(())
 }
 
 /// Keeps a watcher on every listed worker of `pool` that does not serve yet, while the pool has
