@@ -37,6 +37,30 @@ impl ProcessCpu {
     }
 }
 
+/// Every worker process together: the gateway spreads queries over all of them.
+#[derive(Debug, Clone)]
+pub struct WorkersCpu(Vec<ProcessCpu>);
+
+impl WorkersCpu {
+    /// The processes `pids` whose statistics can be read.
+    pub fn of(pids: impl IntoIterator<Item = u32>) -> Self {
+        Self(pids.into_iter().filter_map(ProcessCpu::of).collect())
+    }
+
+    /// Whether any worker's CPU time can be read.
+    pub fn readable(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    /// CPU time used so far by all of them.
+    pub fn total(&self) -> Option<Duration> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.iter().map(ProcessCpu::total).sum()
+    }
+}
+
 /// The first field of a `schedstat` line: nanoseconds spent on a CPU.
 fn first_field(schedstat: &str) -> Option<u64> {
     schedstat.split_whitespace().next()?.parse().ok()

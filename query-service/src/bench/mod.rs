@@ -4,17 +4,20 @@
 //! ```text
 //!  gateway     client ─Flight SQL─► gateway ─► worker ─► engine      (quiver up, a child)
 //!  worker      client ─Flight SQL─► worker ─► engine                 (same worker processes)
+//!  relay       client ─Flight SQL─► TCP relay ─► worker               (the floor of any proxy)
 //!  engine      the worker's Engine in this process, no Flight         (same files)
 //!  datafusion  a plain DataFusion SessionContext, same settings       (same files)
 //! ```
 //!
-//! Each iteration runs every path once, in turn, so drift during the run affects all alike. The
+//! Each iteration runs every path once, in turn, so drift during the run affects all alike, and
+//! starts one path later than the one before, so no path always follows the same other. The
 //! gateway's and the worker's CPU per query are read from their own scheduler statistics
 //! around each call ([`cpu`]). A throughput section then runs concurrent clients against the
 //! workers directly and through the gateway for the same time.
 
 mod cpu;
 mod paths;
+mod relay;
 mod throughput;
 
 use std::path::PathBuf;
@@ -26,7 +29,7 @@ use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use self::cpu::ProcessCpu;
+use self::cpu::{ProcessCpu, WorkersCpu};
 use self::paths::{Path as QueryPath, Paths};
 
 /// Runs per query and path before measuring: fills caches and settles connections.
@@ -129,11 +132,14 @@ struct QueryResult {
     rows: usize,
     gateway: Percentiles,
     worker: Percentiles,
+    relay: Percentiles,
     engine: Percentiles,
     datafusion: Percentiles,
     /// Gateway CPU per query through it, µs (None where it cannot be read).
     gateway_cpu_us: Option<f64>,
-    /// Worker CPU per direct query, µs.
+    /// Workers' CPU per query through the gateway, µs.
+    worker_cpu_via_gateway_us: Option<f64>,
+    /// Workers' CPU per direct query, µs.
     worker_cpu_us: Option<f64>,
 }
 
@@ -249,10 +255,10 @@ async fn measure(
     deployment: &Deployment,
 ) -> anyhow::Result<Report> {
     let catalog = config.data_dir.join(crate::datagen::CATALOG_FILE);
-    let (worker_pid, worker) = &deployment.workers[0];
+    let (_, worker) = &deployment.workers[0];
     let mut paths = Paths::connect(&deployment.gateway, worker, key, &catalog).await?;
     let gateway_cpu = deployment.child.id().and_then(ProcessCpu::of);
-    let worker_cpu = ProcessCpu::of(*worker_pid);
+    let worker_cpu = WorkersCpu::of(deployment.workers.iter().map(|(pid, _)| *pid));
     let mut queries = Vec::new();
     let chosen = QUERIES.iter().filter(|(name, _)| {
         config
@@ -270,39 +276,47 @@ async fn measure(
                 paths.run(path, sql).await?;
             }
         }
-        let mut samples: [Vec<Duration>; 4] = Default::default();
-        let mut cpu = [Duration::ZERO; 2];
-        for _ in 0..config.iterations {
-            for (i, path) in QueryPath::ALL.into_iter().enumerate() {
-                let process = match path {
-                    QueryPath::Gateway => gateway_cpu.as_ref().map(|c| (0, c)),
-                    QueryPath::Worker => worker_cpu.as_ref().map(|c| (1, c)),
+        let mut samples: [Vec<Duration>; 5] = Default::default();
+        // Gateway CPU and workers' CPU through the gateway; workers' CPU direct.
+        let mut cpu = [Duration::ZERO; 3];
+        let paths_n = QueryPath::ALL.len();
+        for iteration in 0..config.iterations {
+            // Each iteration starts one path later, so every path runs equally often in each
+            // position: the query after the in-process DataFusion run finds colder caches.
+            for step in 0..paths_n {
+                let i = (iteration + step) % paths_n;
+                let path = QueryPath::ALL[i];
+                let read = |slot: usize| match (slot, path) {
+                    (0, QueryPath::Gateway) => gateway_cpu.as_ref().and_then(ProcessCpu::total),
+                    (1, QueryPath::Gateway) | (2, QueryPath::Worker) => worker_cpu.total(),
                     _ => None,
                 };
-                let before = process.and_then(|(_, c)| c.total());
+                let before = [0, 1, 2].map(read);
                 let started = Instant::now();
                 paths.run(path, sql).await?;
                 samples[i].push(started.elapsed());
-                if let (Some((slot, c)), Some(before)) = (process, before)
-                    && let Some(after) = c.total()
-                {
-                    cpu[slot] += after.saturating_sub(before);
+                for (slot, before) in before.into_iter().enumerate() {
+                    if let (Some(before), Some(after)) = (before, read(slot)) {
+                        cpu[slot] += after.saturating_sub(before);
+                    }
                 }
             }
         }
         let per_query = |d: Duration, readable: bool| {
             readable.then(|| d.as_secs_f64() * 1e6 / config.iterations as f64)
         };
-        let [g, w, e, d] = samples.map(|mut s| Percentiles::of(&mut s));
+        let [g, w, r, e, d] = samples.map(|mut s| Percentiles::of(&mut s));
         queries.push(QueryResult {
             name,
             rows,
             gateway: g,
             worker: w,
+            relay: r,
             engine: e,
             datafusion: d,
             gateway_cpu_us: per_query(cpu[0], gateway_cpu.is_some()),
-            worker_cpu_us: per_query(cpu[1], worker_cpu.is_some()),
+            worker_cpu_via_gateway_us: per_query(cpu[1], worker_cpu.readable()),
+            worker_cpu_us: per_query(cpu[2], worker_cpu.readable()),
         });
     }
     let throughput = if config.clients > 0 {
@@ -351,46 +365,52 @@ fn print_report(report: &Report) {
         report.scale_factor, report.iterations, report.workers, report.machine
     );
     println!(
-        "{:<18} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10}",
+        "{:<18} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}",
         "p50 (µs)",
         "rows",
         "gateway",
         "worker",
+        "relay",
         "engine",
         "datafusn",
         "gw added",
+        "rl added",
         "eng/df",
         "gw cpu/q",
+        "wk via gw",
         "wk cpu/q"
     );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
     for q in &report.queries {
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
         let cpu = |c: Option<f64>| c.map_or("n/a".to_owned(), |c| format!("{c:.0}"));
         println!(
-            "{:<18} {:>6} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>9.0} {:>9.2} {:>10} {:>10}",
+            "{:<18} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>9} {:>9} {:>9}",
             q.name,
             q.rows,
             us(q.gateway.p50),
             us(q.worker.p50),
+            us(q.relay.p50),
             us(q.engine.p50),
             us(q.datafusion.p50),
             us(q.gateway.p50) - us(q.worker.p50),
+            us(q.relay.p50) - us(q.worker.p50),
             us(q.engine.p50) / us(q.datafusion.p50),
             cpu(q.gateway_cpu_us),
+            cpu(q.worker_cpu_via_gateway_us),
             cpu(q.worker_cpu_us),
         );
     }
     println!(
-        "\n{:<18} {:>10} {:>10} {:>10} {:>10}",
-        "p99 (µs)", "gateway", "worker", "engine", "datafusn"
+        "\n{:<18} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "p99 (µs)", "gateway", "worker", "relay", "engine", "datafusn"
     );
     for q in &report.queries {
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
-            "{:<18} {:>10.0} {:>10.0} {:>10.0} {:>10.0}",
+            "{:<18} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
             q.name,
             us(q.gateway.p99),
             us(q.worker.p99),
+            us(q.relay.p99),
             us(q.engine.p99),
             us(q.datafusion.p99)
         );

@@ -1,4 +1,4 @@
-//! The four ways the bench runs a query, each from this process.
+//! The five ways the bench runs a query, each from this process.
 
 use std::path::Path as FsPath;
 use std::sync::Arc;
@@ -22,6 +22,8 @@ pub enum Path {
     Gateway,
     /// Flight SQL straight to a worker, with the grant the gateway would send.
     Worker,
+    /// As `Worker`, through a bare TCP relay: what any proxy in between adds.
+    Relay,
     /// The worker's engine in this process.
     Engine,
     /// A plain DataFusion session in this process, with the worker's settings.
@@ -30,13 +32,20 @@ pub enum Path {
 
 impl Path {
     /// Every path, in the order each iteration runs them.
-    pub const ALL: [Path; 4] = [Path::Gateway, Path::Worker, Path::Engine, Path::DataFusion];
+    pub const ALL: [Path; 5] = [
+        Path::Gateway,
+        Path::Worker,
+        Path::Relay,
+        Path::Engine,
+        Path::DataFusion,
+    ];
 }
 
 /// What each path runs on.
 pub struct Paths {
     gateway: FlightSqlServiceClient<Channel>,
     worker: FlightSqlServiceClient<Channel>,
+    relay: FlightSqlServiceClient<Channel>,
     signer: TicketSigner,
     engine: Arc<Engine>,
     datafusion: SessionContext,
@@ -79,6 +88,7 @@ impl Paths {
         Ok(Self {
             gateway: client::connect(gateway).await?,
             worker: client::connect(worker).await?,
+            relay: client::connect(&super::relay::start(worker)?).await?,
             signer: TicketSigner::new(key.as_bytes()),
             engine: Arc::new(engine),
             datafusion,
@@ -90,6 +100,7 @@ impl Paths {
         Ok(match path {
             Path::Gateway => client::query(&mut self.gateway, sql).await?,
             Path::Worker => client::query_worker(&mut self.worker, &self.signer, sql).await?,
+            Path::Relay => client::query_worker(&mut self.relay, &self.signer, sql).await?,
             Path::Engine => {
                 self.engine
                     .execute(sql, None, None, &all_catalogs())
