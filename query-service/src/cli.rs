@@ -74,18 +74,28 @@ impl LimitArgs {
     }
 }
 
-/// The gateway's request limits, shared by `gateway` and `up`.
+/// The gateway's request limits and serving threads, shared by `gateway` and `up`.
 #[derive(Debug, Clone, Args)]
 pub struct RequestArgs {
     /// Longest SQL text a client may send, e.g. 1MiB; longer is refused with INVALID_ARGUMENT.
     #[arg(long, env = "QUIVER_MAX_SQL_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_sql_bytes: u64,
+    /// Threads serving client connections, each with its own connections to the workers
+    /// (default: one per core). Plain gRPC only; TLS connections are served on the main
+    /// runtime.
+    #[arg(long, env = "QUIVER_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub io_threads: Option<u16>,
 }
 
 impl RequestArgs {
     /// The SQL limit in bytes.
     pub fn max_sql_bytes(&self) -> usize {
         usize::try_from(self.max_sql_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The io threads asked for, if any.
+    pub fn io_threads(&self) -> Option<usize> {
+        self.io_threads.map(usize::from)
     }
 }
 

@@ -58,6 +58,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 query_timeout: humantime::format_duration(args.limits.query_timeout).to_string(),
                 drain_timeout: args.limits.drain_timeout(),
                 max_sql_bytes: args.requests.max_sql_bytes(),
+                io_threads: args.requests.io_threads(),
                 ticket_key: args.ticket_key,
                 config: args.config,
                 tenants: args.tenants_file,
@@ -108,6 +109,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 query_timeout: args.query_timeout,
                 wake_timeout,
+                io_threads: args.requests.io_threads(),
             };
             quiver_gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }

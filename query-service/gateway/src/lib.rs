@@ -18,6 +18,7 @@ mod admission;
 mod auth;
 mod dispatch;
 mod flight;
+mod io_threads;
 mod metrics;
 mod server;
 mod status;

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
@@ -58,6 +57,9 @@ pub struct GatewayConfig {
     /// For pools that may scale to zero: how long a call waits for a ready worker while the
     /// pool wakes. `None` (pools that always keep a worker) answers UNAVAILABLE at once.
     pub wake_timeout: Option<Duration>,
+    /// Threads serving client connections, each with its own connections to workers; `None`
+    /// is one per core. With TLS, connections are served on the process's runtime instead.
+    pub io_threads: Option<usize>,
 }
 
 /// HTTP/2 streams one client connection may have open at once: enough for a BI tool's
@@ -81,6 +83,9 @@ pub enum GatewayError {
     /// The gRPC server failed.
     #[error("gateway server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The io threads could not be started or failed.
+    #[error(transparent)]
+    Threads(#[from] crate::io_threads::ServeError),
     /// The TLS certificate, key or client CA is invalid.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -198,18 +203,19 @@ pub async fn run(
             router
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await
+                .map_err(GatewayError::from)
         }
         None => {
-            router
-                .serve_with_incoming_shutdown(
-                    TcpIncoming::from(listener).with_nodelay(Some(true)),
-                    shutdown,
-                )
+            let threads = config
+                .io_threads
+                .unwrap_or_else(crate::io_threads::default_count);
+            crate::io_threads::serve(listener, threads, router, shutdown)
                 .await
+                .map_err(GatewayError::from)
         }
     };
     background.shutdown().await;
-    Ok(result?)
+    result
 }
 
 /// Keeps a pool's capacity at ready workers × slots. With no worker ready, one worker's

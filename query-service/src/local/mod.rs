@@ -54,6 +54,8 @@ pub struct UpConfig {
     /// How long a query waits for a worker while the pool wakes; `None` (a pool that always
     /// keeps a worker) fails fast with UNAVAILABLE.
     pub wake_timeout: Option<Duration>,
+    /// The gateway's io threads; `None`: one per core.
+    pub io_threads: Option<usize>,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -185,6 +187,7 @@ pub async fn run(
         query_timeout: humantime::parse_duration(&config.query_timeout)
             .unwrap_or(quiver_worker::engine::DEFAULT_QUERY_TIMEOUT),
         wake_timeout: config.wake_timeout,
+        io_threads: config.io_threads,
     };
     let mut gateway = tokio::spawn(quiver_gateway::run(listener, gateway_config, async {
         let _ = gateway_stop_rx.await;

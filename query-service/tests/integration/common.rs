@@ -93,6 +93,7 @@ pub fn gateway_config(
         max_sql_bytes: quiver_core::sql::DEFAULT_MAX_SQL_BYTES,
         query_timeout: Duration::from_secs(30),
         wake_timeout: None,
+        io_threads: None,
     }
 }
 

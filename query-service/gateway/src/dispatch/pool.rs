@@ -1,8 +1,8 @@
 //! A pool of workers: who is ready (watched through each worker's gRPC health stream, not
 //! polled) and how many queries each is running, so dispatch can pick the least loaded.
 
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Worker {
     endpoint: String,
+    /// The connection's settings, for the io threads' own connections.
+    connection: Endpoint,
+    /// Names this worker in the io threads' connection maps.
+    id: u64,
+    /// Dropped with the worker, so io threads can drop their connections to it.
+    alive: Arc<()>,
     channel: Channel,
     ready: AtomicBool,
     in_flight: AtomicUsize,
@@ -38,6 +44,15 @@ pub struct Worker {
     suspect: std::sync::Mutex<Option<Suspect>>,
     health: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
+
+thread_local! {
+    /// Each io thread's connections to workers, by worker id.
+    static THREAD_CHANNELS: std::cell::RefCell<HashMap<u64, (Weak<()>, Channel)>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+/// Source of worker ids.
+static NEXT_WORKER_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A worker whose connection failed: skipped until `until`, then tried again.
 #[derive(Debug, Clone, Copy)]
@@ -66,11 +81,32 @@ impl Worker {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// A Flight client over the worker's shared HTTP/2 connection.
+    /// A Flight client to the worker: on a gateway io thread over that thread's own HTTP/2
+    /// connection (so a query never leaves its thread), elsewhere over the shared one.
     pub fn client(&self) -> FlightServiceClient<Channel> {
-        FlightServiceClient::new(self.channel.clone())
+        let channel = if crate::io_threads::is_current() {
+            self.thread_channel()
+        } else {
+            self.channel.clone()
+        };
+        FlightServiceClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    /// This io thread's connection to the worker, opened (lazily) on first use. Opening one
+    /// also drops the thread's connections to workers that are gone.
+    fn thread_channel(&self) -> Channel {
+        THREAD_CHANNELS.with(|channels| {
+            let mut channels = channels.borrow_mut();
+            if let Some((_, channel)) = channels.get(&self.id) {
+                return channel.clone();
+            }
+            channels.retain(|_, (alive, _)| alive.strong_count() > 0);
+            let channel = self.connection.connect_lazy();
+            channels.insert(self.id, (Arc::downgrade(&self.alive), channel.clone()));
+            channel
+        })
     }
 
     /// The worker's shared HTTP/2 connection, for its other services (health).
@@ -208,7 +244,7 @@ impl WorkerPool {
     /// Adds a worker and starts watching its health. It takes queries once it reports SERVING.
     pub fn add(self: &Arc<Self>, endpoint: &str) -> Result<Arc<Worker>, DispatchError> {
         let url = normalise_endpoint(endpoint);
-        let channel = Endpoint::from_shared(url.clone())
+        let connection = Endpoint::from_shared(url.clone())
             .map_err(|e| DispatchError::InvalidEndpoint {
                 endpoint: endpoint.to_owned(),
                 reason: e.to_string(),
@@ -221,11 +257,13 @@ impl WorkerPool {
             // (An adaptive window sets both to the same size, so one slow reader would block
             // every other query on the worker.)
             .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .connect_lazy();
+            .initial_connection_window_size(CONNECTION_WINDOW);
         let worker = Arc::new(Worker {
             endpoint: url,
-            channel,
+            channel: connection.connect_lazy(),
+            connection,
+            id: NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed),
+            alive: Arc::new(()),
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             suspect: std::sync::Mutex::new(None),
