@@ -5,7 +5,8 @@
 //! A query travels through the modules in this order:
 //!
 //! ```text
-//!  server (HTTP/2 limits, TLS, drain) ──► flight::authenticate ──► flight (the Flight SQL service)
+//!  server (HTTP/2 limits, TLS, drain) ──► io_threads (a connection's calls stay on one thread)
+//!      ──► flight::authenticate ──► flight (the Flight SQL service)
 //!      ──► admission (classify, rate limits, resource groups) ──► dispatch (pool, least-loaded
 //!          worker, retry before the first row) ──► flight::recorded (deadline, metrics)
 //! ```
