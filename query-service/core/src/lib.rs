@@ -21,6 +21,8 @@ pub mod units;
 #[cfg(feature = "query")]
 pub mod access;
 #[cfg(feature = "query")]
+pub mod fetch;
+#[cfg(feature = "query")]
 pub mod prepared;
 #[cfg(feature = "query")]
 pub mod protocol;

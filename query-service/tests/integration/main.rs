@@ -6,5 +6,6 @@ mod admission;
 mod common;
 mod differential;
 mod errors;
+mod fetch;
 mod queries;
 mod standby;

@@ -47,15 +47,22 @@ pub fn require_grant(
     signer: TicketSigner,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |request: Request<()>| {
-        let granted = request
+        let grant = request
             .metadata()
             .get(GRANT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|grant| protocol::is_granted(&signer, grant));
-        if !granted {
-            return Err(not_admitted());
-        }
+            .and_then(|v| v.to_str().ok());
+        check_grant(&signer, grant)?;
         Ok(request)
+    }
+}
+
+/// Whether `grant` (the grant header's value) is one a gateway signed with this deployment's
+/// key: every call to a worker, gRPC or fetch, passes this first.
+pub(crate) fn check_grant(signer: &TicketSigner, grant: Option<&str>) -> Result<(), Status> {
+    if grant.is_some_and(|grant| protocol::is_granted(signer, grant)) {
+        Ok(())
+    } else {
+        Err(not_admitted())
     }
 }
 

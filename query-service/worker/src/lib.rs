@@ -19,6 +19,7 @@ pub mod authorise;
 pub mod catalog;
 pub mod claim;
 pub mod engine;
+mod fetch;
 mod flight;
 mod metadata;
 mod status;
@@ -30,7 +31,6 @@ use std::time::Duration;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use self::catalog::Catalog;
 use self::engine::{Engine, QueryLimits};
@@ -176,10 +176,11 @@ async fn serve(
     let grant = flight::require_grant(signer.clone());
     let service = WorkerService::new(
         engine_cell.clone(),
-        signer,
+        signer.clone(),
         in_flight.clone(),
         readiness.clone(),
     );
+    let incoming = fetch::incoming(listener, service.clone(), signer);
     let flight = tonic::service::interceptor::InterceptedService::new(
         FlightServiceServer::new(service)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -209,12 +210,9 @@ async fn serve(
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(flight)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stop_rx.await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_rx.await;
+        });
     let server = tokio::spawn(server);
     let mut drain = tokio::spawn(drain);
 

@@ -17,6 +17,7 @@
 
 pub mod claim;
 pub mod discovery;
+mod fetch;
 pub mod pool;
 pub mod querypools;
 pub mod registry;
@@ -26,11 +27,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo, Ticket};
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use self::pool::{Worker, WorkerLoad, WorkerPool};
@@ -145,6 +144,54 @@ fn carries_rows(data: &FlightData) -> bool {
         .unwrap_or(true)
 }
 
+/// A worker's DoGet answer: over this io thread's fetch connection when there is one to use,
+/// else over the shared gRPC connection.
+enum Answer {
+    Fetch(fetch::Fetch),
+    Grpc(tonic::Streaming<FlightData>),
+}
+
+impl Answer {
+    async fn start(
+        worker: &Worker,
+        ticket: &[u8],
+        request: tonic::Request<Ticket>,
+    ) -> Result<Self, Status> {
+        if crate::io_threads::is_current() {
+            let grant = request
+                .metadata()
+                .get(GRANT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if let Some(started) = fetch::start(worker, ticket, grant).await {
+                return started.map(Answer::Fetch);
+            }
+        }
+        Ok(Answer::Grpc(
+            worker.client().do_get(request).await?.into_inner(),
+        ))
+    }
+
+    async fn message(&mut self) -> Result<Option<FlightData>, Status> {
+        match self {
+            Answer::Fetch(fetch) => fetch.message().await,
+            Answer::Grpc(stream) => stream.message().await,
+        }
+    }
+
+    /// The rest of the answer as a stream, which ends after its first error.
+    fn into_stream(self) -> impl Stream<Item = Result<FlightData, Status>> + Send {
+        futures::stream::unfold(Some(self), |answer| async move {
+            let mut answer = answer?;
+            match answer.message().await {
+                Ok(Some(message)) => Some((Ok(message), Some(answer))),
+                Ok(None) => None,
+                Err(status) => Some((Err(status), None)),
+            }
+        })
+    }
+}
+
 /// Sends calls to the workers of one of the gateway's pools.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
@@ -238,7 +285,7 @@ impl Dispatcher {
     /// worker fails as a process. The load guard is returned so streams can hold it.
     async fn with_retry<T, F, Fut>(&self, call: F) -> Result<(T, WorkerLoad), DispatchError>
     where
-        F: Fn(FlightServiceClient<Channel>) -> Fut,
+        F: Fn(Arc<Worker>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut failed: Option<Arc<Worker>> = None;
@@ -249,7 +296,7 @@ impl Dispatcher {
                 Err(no_worker) => return Err(last_error.unwrap_or(no_worker)),
             };
             let load = worker.start_query();
-            match call(worker.client()).await {
+            match call(worker.clone()).await {
                 Ok(value) => {
                     worker.answered();
                     return Ok((value, load));
@@ -284,9 +331,9 @@ impl Dispatcher {
         grant: &str,
     ) -> Result<FlightInfo, DispatchError> {
         let (response, _load) = self
-            .with_retry(|mut client| {
+            .with_retry(|worker| {
                 let request = granted(descriptor.clone(), grant);
-                async move { client.get_flight_info(request?).await }
+                async move { worker.client().get_flight_info(request?).await }
             })
             .await?;
         let mut info = response.into_inner();
@@ -303,10 +350,10 @@ impl Dispatcher {
         grant: &str,
     ) -> Result<Vec<arrow_flight::Result>, DispatchError> {
         let (results, _load) = self
-            .with_retry(|mut client| {
+            .with_retry(|worker| {
                 let request = granted(action.clone(), grant);
                 async move {
-                    let mut stream = client.do_action(request?).await?.into_inner();
+                    let mut stream = worker.client().do_action(request?).await?.into_inner();
                     let mut out = Vec::new();
                     while let Some(item) = stream.message().await? {
                         out.push(item);
@@ -327,10 +374,11 @@ impl Dispatcher {
         grant: &str,
     ) -> Result<FlightDataStream, DispatchError> {
         let ((held, rest), load) = self
-            .with_retry(|mut client| {
+            .with_retry(|worker| {
                 let request = granted(ticket.clone(), grant);
+                let ticket = ticket.ticket.clone();
                 async move {
-                    let mut stream = client.do_get(request?).await?.into_inner();
+                    let mut stream = Answer::start(&worker, &ticket, request?).await?;
                     let mut held = Vec::new();
                     while held.len() < HELD_MESSAGES {
                         match stream.message().await? {
@@ -344,7 +392,7 @@ impl Dispatcher {
                             None => break,
                         }
                     }
-                    Ok((held, stream))
+                    Ok((held, stream.into_stream()))
                 }
             })
             .await?;

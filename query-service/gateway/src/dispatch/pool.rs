@@ -71,6 +71,24 @@ impl Worker {
         &self.endpoint
     }
 
+    /// Names this worker in the io threads' connection maps.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Gone once the worker is dropped: io threads drop their connections to it then.
+    pub(crate) fn alive(&self) -> Weak<()> {
+        Arc::downgrade(&self.alive)
+    }
+
+    /// `host:port` of the worker's Flight port.
+    pub(crate) fn authority(&self) -> &str {
+        self.endpoint
+            .strip_prefix("http://")
+            .unwrap_or(&self.endpoint)
+            .trim_end_matches('/')
+    }
+
     /// Whether the worker last reported SERVING.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

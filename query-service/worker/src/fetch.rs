@@ -1,0 +1,263 @@
+//! The worker's end of the fetch exchange (`quiver_core::fetch`), on the Flight port: each
+//! accepted connection is told apart by its first four bytes, fetch connections are served here
+//! and the rest (HTTP/2) handed to tonic.
+//!
+//! A fetch runs as the Flight service's own DoGet, after the same grant check the gRPC path's
+//! interceptor makes, so authority is checked the same way whichever way a query arrives.
+//! Everything a peer can make the worker hold is bounded: connections still being told apart
+//! (and how long each may take), a request's size and how long it may take to arrive, and how
+//! long a connection may sit idle. A peer that closes its connection mid-fetch ends the query.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::{FlightData, Ticket};
+use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tonic::{Request, Status};
+
+use crate::flight::{WorkerService, check_grant};
+use quiver_core::fetch;
+use quiver_core::protocol::{GRANT_HEADER, MAX_MESSAGE_BYTES, WORKER_STATE_HEADER};
+use quiver_core::ticket::TicketSigner;
+
+/// Connections whose first bytes are still awaited, at most; further ones wait in the backlog.
+const MAX_SNIFFING: usize = 1024;
+/// A connection that has not sent its first four bytes by then is dropped.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before peeking again at a connection that has sent part of the magic.
+const PARTIAL_MAGIC_RETRY: Duration = Duration::from_millis(5);
+/// A request whose length has arrived must arrive whole within this.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A fetch connection idle this long between requests is closed (the gateway reopens one).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Frames gathered into one write at most, when several are ready at once.
+const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+/// HTTP/2 connections accepted on `listener`, for tonic; fetch connections are served on the
+/// way. The accept task and every fetch connection end when the returned stream is dropped.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    service: WorkerService,
+    signer: TicketSigner,
+) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static {
+    let (http2, rx) = mpsc::channel::<TcpStream>(128);
+    let (closed_tx, closed) = watch::channel(false);
+    let sniffing = Arc::new(Semaphore::new(MAX_SNIFFING));
+    let accept = tokio::spawn(async move {
+        loop {
+            let Ok(slot) = sniffing.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (http2, service, signer, closed) = (
+                http2.clone(),
+                service.clone(),
+                signer.clone(),
+                closed.clone(),
+            );
+            tokio::spawn(async move {
+                let is_fetch =
+                    match tokio::time::timeout(SNIFF_TIMEOUT, starts_with_magic(&stream)).await {
+                        Ok(Ok(is_fetch)) => is_fetch,
+                        _ => return,
+                    };
+                drop(slot);
+                if is_fetch {
+                    serve(stream, service, signer, closed).await;
+                } else {
+                    let _ = http2.send(stream).await;
+                }
+            });
+        }
+    });
+    let guard = Closing {
+        accept,
+        closed: closed_tx,
+    };
+    futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        rx.recv().await.map(|stream| (Ok(stream), (rx, guard)))
+    })
+}
+
+/// Stops accepting and ends the fetch connections when tonic drops its incoming stream.
+struct Closing {
+    accept: tokio::task::JoinHandle<()>,
+    closed: watch::Sender<bool>,
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        self.accept.abort();
+        let _ = self.closed.send(true);
+    }
+}
+
+/// Whether the connection's first four bytes are the fetch magic; they are left unread.
+async fn starts_with_magic(stream: &TcpStream) -> io::Result<bool> {
+    let mut first = [0u8; 4];
+    loop {
+        let seen = stream.peek(&mut first).await?;
+        if seen == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        if first[..seen] != fetch::MAGIC[..seen] {
+            return Ok(false);
+        }
+        if seen == first.len() {
+            return Ok(true);
+        }
+        // Part of the magic so far (peers send it in one write, so this is rare): look again
+        // shortly rather than spin on what is already buffered.
+        tokio::time::sleep(PARTIAL_MAGIC_RETRY).await;
+    }
+}
+
+/// Serves fetches on one connection, one after another, until the peer closes it, it idles too
+/// long, a request is malformed, or the worker stops.
+async fn serve(
+    stream: TcpStream,
+    service: WorkerService,
+    signer: TicketSigner,
+    mut closed: watch::Receiver<bool>,
+) {
+    let (mut reader, mut writer) = stream.into_split();
+    let mut magic = [0u8; 4];
+    if reader.read_exact(&mut magic).await.is_err() {
+        return;
+    }
+    // A peer that has not sent a request yet has shown nothing: it gets as long as a sniff.
+    let mut wait = SNIFF_TIMEOUT;
+    loop {
+        let len = tokio::select! {
+            len = tokio::time::timeout(wait, reader.read_u32()) => match len {
+                Ok(Ok(len)) => len as usize,
+                _ => return,
+            },
+            _ = closed.wait_for(|closed| *closed) => return,
+        };
+        if len > MAX_MESSAGE_BYTES {
+            let _ = send_error(
+                &mut writer,
+                &Status::invalid_argument("fetch request too large"),
+            )
+            .await;
+            return;
+        }
+        // Memory follows the bytes that arrive, not the length a peer claims.
+        let mut body = Vec::new();
+        let mut request = (&mut reader).take(len as u64);
+        match tokio::time::timeout(REQUEST_TIMEOUT, request.read_to_end(&mut body)).await {
+            Ok(Ok(n)) if n == len => {}
+            _ => return,
+        }
+        let Ok((ticket, grant_value)) = fetch::decode_request(&body) else {
+            let _ = send_error(
+                &mut writer,
+                &Status::invalid_argument("malformed fetch request"),
+            )
+            .await;
+            return;
+        };
+        let answered = tokio::select! {
+            answered = run(&service, &signer, ticket, grant_value, &mut reader, &mut writer) => answered,
+            _ = closed.wait_for(|closed| *closed) => return,
+        };
+        if answered.is_err() {
+            return;
+        }
+        wait = IDLE_TIMEOUT;
+    }
+}
+
+/// Runs one fetch and writes its frames. An error means the connection is unusable.
+async fn run(
+    service: &WorkerService,
+    signer: &TicketSigner,
+    ticket: &[u8],
+    grant: &str,
+    reader: &mut OwnedReadHalf,
+    writer: &mut OwnedWriteHalf,
+) -> io::Result<()> {
+    if let Err(status) = check_grant(signer, Some(grant)) {
+        return send_error(writer, &status).await;
+    }
+    let mut request = Request::new(Ticket::new(ticket.to_vec()));
+    match grant.parse() {
+        Ok(value) => {
+            request.metadata_mut().insert(GRANT_HEADER, value);
+        }
+        Err(_) => return send_error(writer, &Status::unauthenticated("invalid grant")).await,
+    }
+    let mut results = match FlightService::do_get(service, request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return send_error(writer, &status).await,
+    };
+    let mut out = Vec::new();
+    let mut probe = [0u8; 1];
+    loop {
+        // The peer sends nothing while a fetch streams: a read that returns means it closed
+        // the connection (or broke the protocol), and the query ends here.
+        let next = tokio::select! {
+            next = results.next() => next,
+            _ = reader.read(&mut probe) => return Err(io::ErrorKind::ConnectionAborted.into()),
+        };
+        let mut next = Some(next);
+        // Gather what is ready now into one write.
+        while let Some(item) = next.take() {
+            match item {
+                Some(Ok(data)) => {
+                    push_data(&mut out, &data);
+                    if out.len() < WRITE_BATCH_BYTES {
+                        next = results.next().now_or_never();
+                    }
+                }
+                Some(Err(status)) => {
+                    out.extend_from_slice(&error_frame(&status));
+                    writer.write_all(&out).await?;
+                    return Ok(());
+                }
+                None => {
+                    out.extend_from_slice(&fetch::frame_header(fetch::FRAME_END, 0));
+                    writer.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        writer.write_all(&out).await?;
+        out.clear();
+    }
+}
+
+fn push_data(out: &mut Vec<u8>, data: &FlightData) {
+    out.extend_from_slice(&fetch::frame_header(fetch::FRAME_DATA, data.encoded_len()));
+    data.encode(out).expect("a Vec grows as needed");
+}
+
+fn error_frame(status: &Status) -> Vec<u8> {
+    let state = status
+        .metadata()
+        .get(WORKER_STATE_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let payload = fetch::encode_error(status.code() as i32, state, status.message());
+    let mut frame = fetch::frame_header(fetch::FRAME_ERROR, payload.len()).to_vec();
+    frame.extend_from_slice(&payload);
+    frame
+}
+
+async fn send_error(writer: &mut OwnedWriteHalf, status: &Status) -> io::Result<()> {
+    writer.write_all(&error_frame(status)).await
+}
