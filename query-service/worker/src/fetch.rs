@@ -31,6 +31,8 @@ use quiver_core::ticket::TicketSigner;
 const MAX_SNIFFING: usize = 1024;
 /// A connection that has not sent its first four bytes by then is dropped.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Pause before peeking again at a connection that has sent part of the magic.
 const PARTIAL_MAGIC_RETRY: Duration = Duration::from_millis(5);
 /// A request whose length has arrived must arrive whole within this.
@@ -58,7 +60,9 @@ pub(crate) fn incoming(
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
+                    // E.g. out of file descriptors: pause rather than spin.
                     tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };

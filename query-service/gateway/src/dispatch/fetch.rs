@@ -126,8 +126,12 @@ pub struct Fetch {
 }
 
 /// Starts a fetch of `ticket` on `worker` with `grant`, over this thread's connections to it.
-/// `None` when this thread has too many open to it already: use gRPC instead.
+/// `None` when gRPC should carry it instead: the worker does not speak the exchange, or this
+/// thread has too many connections open to it already.
 pub async fn start(worker: &Worker, ticket: &[u8], grant: &str) -> Option<Result<Fetch, Status>> {
+    if worker.fetch_refused() {
+        return None;
+    }
     let reused = reserve(worker)?;
     let request = fetch::encode_request(ticket, grant);
     let mut taken = Taken {
@@ -167,6 +171,20 @@ pub async fn start(worker: &Worker, ticket: &[u8], grant: &str) -> Option<Result
             // A kept connection the worker had closed: open a new one in its place.
             Err(_) if was_reused => {
                 taken.connection = None;
+            }
+            // A new connection closed before any answer: a worker that does not speak the
+            // exchange (an older version) hangs up on its first bytes. Use gRPC for it; a
+            // worker that is really gone fails that call as well.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                worker.refuse_fetch();
+                return None;
             }
             Err(e) => return Some(Err(transport(worker, e))),
         }
@@ -267,5 +285,51 @@ impl Fetch {
         ));
         status.set_source(Arc::new(e));
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::pool::WorkerPool;
+
+    /// A worker that hangs up on the exchange's first bytes (one that does not speak it) gets
+    /// its DoGets over gRPC, and no connection stays counted against it.
+    #[tokio::test]
+    async fn a_worker_that_hangs_up_on_the_exchange_gets_grpc() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut magic = [0u8; 4];
+                let _ = stream.read_exact(&mut magic).await;
+                drop(stream);
+            }
+        });
+        let pool = WorkerPool::new("p");
+        let worker = pool.add(&format!("grpc://{addr}")).unwrap();
+        assert!(!worker.fetch_refused());
+        assert!(start(&worker, b"ticket", "grant").await.is_none());
+        assert!(worker.fetch_refused());
+        // Refused for a while: not even tried again.
+        assert!(start(&worker, b"ticket", "grant").await.is_none());
+        CONNECTIONS.with(|all| assert_eq!(all.borrow()[&worker.id()].open, 0));
+    }
+
+    /// A worker that is not there is a transport failure (retried elsewhere), not a refusal.
+    #[tokio::test]
+    async fn a_worker_that_is_gone_is_a_transport_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let pool = WorkerPool::new("p");
+        let worker = pool.add(&format!("grpc://{addr}")).unwrap();
+        let Some(Err(status)) = start(&worker, b"ticket", "grant").await else {
+            panic!("connecting to a closed port succeeded");
+        };
+        assert!(std::error::Error::source(&status).is_some(), "{status:?}");
+        assert!(!worker.fetch_refused());
+        CONNECTIONS.with(|all| assert_eq!(all.borrow()[&worker.id()].open, 0));
     }
 }

@@ -37,6 +37,9 @@ pub struct Worker {
     id: u64,
     /// Dropped with the worker, so io threads can drop their connections to it.
     alive: Arc<()>,
+    /// Set when the worker closed a new fetch connection without answering (a worker that does
+    /// not speak the exchange, or one that died): its DoGets go over gRPC until then.
+    fetch_refused: std::sync::Mutex<Option<Instant>>,
     channel: Channel,
     ready: AtomicBool,
     in_flight: AtomicUsize,
@@ -61,6 +64,9 @@ struct Suspect {
     backoff: Duration,
 }
 
+/// How long a worker that refused the fetch exchange gets its DoGets over gRPC.
+const FETCH_REFUSED_FOR: Duration = Duration::from_secs(60);
+
 /// First pause after a transport failure; it doubles on each further failure up to the maximum.
 const SUSPECT_MIN: Duration = Duration::from_millis(250);
 const SUSPECT_MAX: Duration = Duration::from_secs(5);
@@ -79,6 +85,26 @@ impl Worker {
     /// Gone once the worker is dropped: io threads drop their connections to it then.
     pub(crate) fn alive(&self) -> Weak<()> {
         Arc::downgrade(&self.alive)
+    }
+
+    /// Whether DoGets to this worker go over gRPC for now because it refused the fetch
+    /// exchange.
+    pub(crate) fn fetch_refused(&self) -> bool {
+        self.fetch_refused
+            .lock()
+            .expect("fetch refused")
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Records that the worker closed a new fetch connection unanswered: gRPC carries its
+    /// DoGets for a while, then the exchange is tried again (the worker may have been
+    /// restarting, or replaced by a newer version).
+    pub(crate) fn refuse_fetch(&self) {
+        let mut until = self.fetch_refused.lock().expect("fetch refused");
+        if until.is_none_or(|u| u <= Instant::now()) {
+            tracing::warn!(worker = %self.endpoint, "worker closed a fetch connection unanswered; using gRPC for its queries for a while");
+        }
+        *until = Some(Instant::now() + FETCH_REFUSED_FOR);
     }
 
     /// `host:port` of the worker's Flight port.
@@ -282,6 +308,7 @@ impl WorkerPool {
             connection,
             id: NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
+            fetch_refused: std::sync::Mutex::new(None),
             ready: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             suspect: std::sync::Mutex::new(None),
