@@ -212,6 +212,9 @@ async fn run(
     };
     let mut out = Vec::new();
     let mut probe = [0u8; 1];
+    // Messages before the first batch (the schema, dictionaries) wait for it: the gateway holds
+    // them until rows arrive anyway, so sending them alone costs both sides a wake-up.
+    let mut rows_seen = false;
     loop {
         // The peer sends nothing while a fetch streams: a read that returns means it closed
         // the connection (or broke the protocol), and the query ends here.
@@ -224,6 +227,7 @@ async fn run(
         while let Some(item) = next.take() {
             match item {
                 Some(Ok(data)) => {
+                    rows_seen |= carries_rows(&data);
                     push_data(&mut out, &data);
                     if out.len() < WRITE_BATCH_BYTES {
                         next = results.next().now_or_never();
@@ -241,9 +245,18 @@ async fn run(
                 }
             }
         }
-        writer.write_all(&out).await?;
-        out.clear();
+        if rows_seen || out.len() >= WRITE_BATCH_BYTES {
+            writer.write_all(&out).await?;
+            out.clear();
+        }
     }
+}
+
+/// True for a Flight message that carries rows (an IPC record batch).
+fn carries_rows(data: &FlightData) -> bool {
+    arrow::ipc::root_as_message(&data.data_header)
+        .map(|m| m.header_type() == arrow::ipc::MessageHeader::RecordBatch)
+        .unwrap_or(true)
 }
 
 fn push_data(out: &mut Vec<u8>, data: &FlightData) {
