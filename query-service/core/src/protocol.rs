@@ -10,6 +10,15 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::ticket::{QueryTicket, TicketKind, TicketSigner};
 
+/// True for a Flight message whose IPC header (`FlightData::data_header`) is a record batch,
+/// the first message of an answer that carries rows (schema and dictionaries come before).
+/// Unreadable headers count as rows, so nothing waits on them.
+pub fn carries_rows(data_header: &[u8]) -> bool {
+    arrow::ipc::root_as_message(data_header)
+        .map(|m| m.header_type() == arrow::ipc::MessageHeader::RecordBatch)
+        .unwrap_or(true)
+}
+
 /// Header of the gateway's grant on every call to a worker.
 pub const GRANT_HEADER: &str = "x-quiver-grant";
 /// Action the gateway sends to create a prepared statement: its body is an admitted ticket.

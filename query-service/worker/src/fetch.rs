@@ -24,7 +24,7 @@ use tonic::{Request, Status};
 
 use crate::flight::{WorkerService, check_grant};
 use quiver_core::fetch;
-use quiver_core::protocol::{GRANT_HEADER, MAX_MESSAGE_BYTES, WORKER_STATE_HEADER};
+use quiver_core::protocol::{GRANT_HEADER, MAX_MESSAGE_BYTES, WORKER_STATE_HEADER, carries_rows};
 use quiver_core::ticket::TicketSigner;
 
 /// Connections whose first bytes are still awaited, at most; further ones wait in the backlog.
@@ -227,7 +227,7 @@ async fn run(
         while let Some(item) = next.take() {
             match item {
                 Some(Ok(data)) => {
-                    rows_seen |= carries_rows(&data);
+                    rows_seen |= carries_rows(&data.data_header);
                     push_data(&mut out, &data);
                     if out.len() < WRITE_BATCH_BYTES {
                         next = results.next().now_or_never();
@@ -250,13 +250,6 @@ async fn run(
             out.clear();
         }
     }
-}
-
-/// True for a Flight message that carries rows (an IPC record batch).
-fn carries_rows(data: &FlightData) -> bool {
-    arrow::ipc::root_as_message(&data.data_header)
-        .map(|m| m.header_type() == arrow::ipc::MessageHeader::RecordBatch)
-        .unwrap_or(true)
 }
 
 fn push_data(out: &mut Vec<u8>, data: &FlightData) {

@@ -109,11 +109,8 @@ fn reserve(worker: &Worker) -> Option<Option<Connection>> {
 
 /// A failure of the connection, not of the query: the dispatcher treats it as the worker
 /// failing (a status with a source, as the gRPC stack makes them).
-fn transport(worker: &Worker, e: io::Error) -> Status {
-    let mut status = Status::unavailable(format!(
-        "connection to worker {} failed: {e}",
-        worker.endpoint()
-    ));
+fn transport(endpoint: &str, e: io::Error) -> Status {
+    let mut status = Status::unavailable(format!("connection to worker {endpoint} failed: {e}"));
     status.set_source(Arc::new(e));
     status
 }
@@ -148,7 +145,7 @@ pub async fn start(worker: &Worker, ticket: &[u8], grant: &str) -> Option<Result
                 Err(e) => {
                     // The slot reserved for it is released.
                     with_worker_entry(worker.id(), |c| c.open = c.open.saturating_sub(1));
-                    return Some(Err(transport(worker, e)));
+                    return Some(Err(transport(worker.endpoint(), e)));
                 }
             },
         };
@@ -186,7 +183,7 @@ pub async fn start(worker: &Worker, ticket: &[u8], grant: &str) -> Option<Result
                 worker.refuse_fetch();
                 return None;
             }
-            Err(e) => return Some(Err(transport(worker, e))),
+            Err(e) => return Some(Err(transport(worker.endpoint(), e))),
         }
     }
 }
@@ -279,12 +276,7 @@ impl Fetch {
     fn broken(&mut self, e: io::Error) -> Status {
         self.taken.connection = None;
         with_worker_entry(self.taken.worker, |c| c.open = c.open.saturating_sub(1));
-        let mut status = Status::unavailable(format!(
-            "connection to worker {} failed: {e}",
-            self.endpoint
-        ));
-        status.set_source(Arc::new(e));
-        status
+        transport(&self.endpoint, e)
     }
 }
 

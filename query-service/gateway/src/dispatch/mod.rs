@@ -5,10 +5,11 @@
 //! is held back until the first batch so a worker dying while it plans is retried too. Once
 //! batches have flowed, a failure is reported as `UNAVAILABLE` so the client knows a retry is
 //! safe. A worker is judged failed on transport facts only (a connection or stream error from
-//! the HTTP/2 stack, or the worker's own state metadata), never on an error's text, which a
-//! query can write.
-//! Flight data is relayed message by message, never decoded or collected, so the gateway's
-//! memory does not grow with the result.
+//! the HTTP/2 stack or the fetch connection, or the worker's own state metadata), never on an
+//! error's text, which a query can write.
+//! Flight data is relayed message by message, never decoded into Arrow or collected, so the
+//! gateway's memory does not grow with the result. On an io thread a DoGet goes to the worker
+//! by the fetch exchange ([`fetch`]) rather than as a gRPC call.
 //!
 //! A pool that may sit at zero workers (a wake timeout is set) holds a call that finds no ready
 //! worker instead of refusing it: the call waits, counted in the pool's demand as waiting for
@@ -34,8 +35,8 @@ use tonic::{Code, Status};
 
 use self::pool::{Worker, WorkerLoad, WorkerPool};
 use self::registry::Pools;
-use quiver_core::protocol::GRANT_HEADER;
 use quiver_core::protocol::WORKER_STATE_HEADER;
+use quiver_core::protocol::{GRANT_HEADER, carries_rows};
 
 /// A relayed stream of Flight data.
 pub type FlightDataStream = Pin<Box<dyn Stream<Item = Result<FlightData, Status>> + Send>>;
@@ -137,13 +138,6 @@ const MAX_WAITING: usize = 1024;
 /// result with that many dictionaries is already streaming).
 const HELD_MESSAGES: usize = 64;
 
-/// True for a Flight message that carries rows (an IPC record batch).
-fn carries_rows(data: &FlightData) -> bool {
-    arrow::ipc::root_as_message(&data.data_header)
-        .map(|m| m.header_type() == arrow::ipc::MessageHeader::RecordBatch)
-        .unwrap_or(true)
-}
-
 /// A worker's DoGet answer: over this io thread's fetch connection when there is one to use,
 /// else over the shared gRPC connection.
 enum Answer {
@@ -152,21 +146,14 @@ enum Answer {
 }
 
 impl Answer {
-    async fn start(
-        worker: &Worker,
-        ticket: &[u8],
-        request: tonic::Request<Ticket>,
-    ) -> Result<Self, Status> {
-        if crate::io_threads::is_current() {
-            let grant = request
-                .metadata()
-                .get(GRANT_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            if let Some(started) = fetch::start(worker, ticket, grant).await {
-                return started.map(Answer::Fetch);
-            }
+    /// Sends `ticket` with `grant` to `worker`.
+    async fn start(worker: &Worker, ticket: &Ticket, grant: &str) -> Result<Self, Status> {
+        if crate::io_threads::is_current()
+            && let Some(started) = fetch::start(worker, &ticket.ticket, grant).await
+        {
+            return started.map(Answer::Fetch);
         }
+        let request = granted(ticket.clone(), grant)?;
         Ok(Answer::Grpc(
             worker.client().do_get(request).await?.into_inner(),
         ))
@@ -375,15 +362,14 @@ impl Dispatcher {
     ) -> Result<FlightDataStream, DispatchError> {
         let ((held, rest), load) = self
             .with_retry(|worker| {
-                let request = granted(ticket.clone(), grant);
-                let ticket = ticket.ticket.clone();
+                let ticket = &ticket;
                 async move {
-                    let mut stream = Answer::start(&worker, &ticket, request?).await?;
+                    let mut stream = Answer::start(&worker, ticket, grant).await?;
                     let mut held = Vec::new();
                     while held.len() < HELD_MESSAGES {
                         match stream.message().await? {
                             Some(message) => {
-                                let rows = carries_rows(&message);
+                                let rows = carries_rows(&message.data_header);
                                 held.push(message);
                                 if rows {
                                     break;
