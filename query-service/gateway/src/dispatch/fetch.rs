@@ -43,34 +43,12 @@ struct Connections {
     /// Dropped with the worker.
     alive: Weak<()>,
     idle: Vec<(Instant, Connection)>,
-    /// Open now, busy or idle.
-    open: usize,
+    /// Connections carrying a fetch now (each has a [`Busy`] guard).
+    busy: usize,
 }
 
 thread_local! {
     static CONNECTIONS: RefCell<HashMap<u64, Connections>> = RefCell::new(HashMap::new());
-}
-
-/// A connection taken for one fetch: counted as open until it is returned or dropped.
-struct Taken {
-    worker: u64,
-    connection: Option<Connection>,
-}
-
-impl Taken {
-    fn give_back(mut self) {
-        if let Some(connection) = self.connection.take() {
-            with_worker_entry(self.worker, |c| c.idle.push((Instant::now(), connection)));
-        }
-    }
-}
-
-impl Drop for Taken {
-    fn drop(&mut self) {
-        if self.connection.is_some() {
-            with_worker_entry(self.worker, |c| c.open = c.open.saturating_sub(1));
-        }
-    }
 }
 
 fn with_worker_entry(worker: u64, f: impl FnOnce(&mut Connections)) {
@@ -81,9 +59,21 @@ fn with_worker_entry(worker: u64, f: impl FnOnce(&mut Connections)) {
     });
 }
 
-/// An idle connection to `worker` if there is one, else a slot for a new one; `None` when this
-/// thread already has [`MAX_CONNECTIONS`] open to it.
-fn reserve(worker: &Worker) -> Option<Option<Connection>> {
+/// One busy connection's place in its thread's count, given back when dropped, however the
+/// fetch ends.
+struct Busy {
+    worker: u64,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        with_worker_entry(self.worker, |c| c.busy -= 1);
+    }
+}
+
+/// A place for one fetch to `worker`, with an idle connection if there is one; `None` when
+/// this thread already has [`MAX_CONNECTIONS`] open to it, busy or idle.
+fn reserve(worker: &Worker) -> Option<(Busy, Option<Connection>)> {
     CONNECTIONS.with(|all| {
         let mut all = all.borrow_mut();
         if !all.contains_key(&worker.id()) {
@@ -92,18 +82,19 @@ fn reserve(worker: &Worker) -> Option<Option<Connection>> {
         let entry = all.entry(worker.id()).or_insert_with(|| Connections {
             alive: worker.alive(),
             idle: Vec::new(),
-            open: 0,
+            busy: 0,
         });
-        while let Some((since, connection)) = entry.idle.pop() {
-            if since.elapsed() < IDLE_FOR {
-                return Some(Some(connection));
-            }
-            entry.open = entry.open.saturating_sub(1);
+        // Connections idle too long are closed: the worker may have closed its side.
+        entry.idle.retain(|(since, _)| since.elapsed() < IDLE_FOR);
+        let idle = entry.idle.pop().map(|(_, connection)| connection);
+        if idle.is_none() && entry.busy + entry.idle.len() >= MAX_CONNECTIONS {
+            return None;
         }
-        (entry.open < MAX_CONNECTIONS).then(|| {
-            entry.open += 1;
-            None
-        })
+        entry.busy += 1;
+        let busy = Busy {
+            worker: worker.id(),
+        };
+        Some((busy, idle))
     })
 }
 
@@ -115,38 +106,35 @@ fn transport(endpoint: &str, e: io::Error) -> Status {
     status
 }
 
-/// A fetch under way: its connection and the first frame's header, already read.
+/// A fetch under way: its connection and the first frame's header, already read. The
+/// connection is `None` once the fetch has ended (returned to the idle list, or closed).
 pub struct Fetch {
-    taken: Taken,
+    busy: Option<Busy>,
+    connection: Option<Connection>,
     pending: Option<[u8; fetch::FRAME_HEADER_BYTES]>,
-    endpoint: String,
+    worker: Arc<Worker>,
 }
 
 /// Starts a fetch of `ticket` on `worker` with `grant`, over this thread's connections to it.
 /// `None` when gRPC should carry it instead: the worker does not speak the exchange, or this
 /// thread has too many connections open to it already.
-pub async fn start(worker: &Worker, ticket: &[u8], grant: &str) -> Option<Result<Fetch, Status>> {
+pub async fn start(
+    worker: &Arc<Worker>,
+    ticket: &[u8],
+    grant: &str,
+) -> Option<Result<Fetch, Status>> {
     if worker.fetch_refused() {
         return None;
     }
-    let reused = reserve(worker)?;
+    let (busy, mut reused) = reserve(worker)?;
     let request = fetch::encode_request(ticket, grant);
-    let mut taken = Taken {
-        worker: worker.id(),
-        connection: None,
-    };
-    let mut reused = reused;
     loop {
         let was_reused = reused.is_some();
         let mut connection = match reused.take() {
             Some(connection) => connection,
             None => match connect(worker).await {
                 Ok(connection) => connection,
-                Err(e) => {
-                    // The slot reserved for it is released.
-                    with_worker_entry(worker.id(), |c| c.open = c.open.saturating_sub(1));
-                    return Some(Err(transport(worker.endpoint(), e)));
-                }
+                Err(e) => return Some(Err(transport(worker.endpoint(), e))),
             },
         };
         let sent = async {
@@ -156,19 +144,17 @@ pub async fn start(worker: &Worker, ticket: &[u8], grant: &str) -> Option<Result
             io::Result::Ok(header)
         }
         .await;
-        taken.connection = Some(connection);
         match sent {
             Ok(header) => {
                 return Some(Ok(Fetch {
-                    taken,
+                    busy: Some(busy),
+                    connection: Some(connection),
                     pending: Some(header),
-                    endpoint: worker.endpoint().to_owned(),
+                    worker: worker.clone(),
                 }));
             }
             // A kept connection the worker had closed: open a new one in its place.
-            Err(_) if was_reused => {
-                taken.connection = None;
-            }
+            Err(_) if was_reused => {}
             // A new connection closed before any answer: a worker that does not speak the
             // exchange (an older version) hangs up on its first bytes. Use gRPC for it; a
             // worker that is really gone fails that call as well.
@@ -202,7 +188,7 @@ impl Fetch {
     /// The next Flight message, `None` at the end. A failed query comes back as the worker's
     /// status; a broken connection as a transport failure.
     pub async fn message(&mut self) -> Result<Option<FlightData>, Status> {
-        let Some(connection) = self.taken.connection.as_mut() else {
+        let Some(connection) = self.connection.as_mut() else {
             return Ok(None);
         };
         let header = match self.pending.take() {
@@ -264,20 +250,31 @@ impl Fetch {
 
     /// The fetch ended as the exchange says: the connection takes the next one.
     fn finish(&mut self) {
-        let connection = self.taken.connection.take();
-        Taken {
-            worker: self.taken.worker,
-            connection,
+        if let Some(connection) = self.connection.take() {
+            // Idle from now, no longer busy.
+            drop(self.busy.take());
+            with_worker_entry(self.worker.id(), |c| {
+                c.idle.push((Instant::now(), connection))
+            });
         }
-        .give_back();
     }
 
     /// The connection cannot be trusted any further: it is closed.
     fn broken(&mut self, e: io::Error) -> Status {
-        self.taken.connection = None;
-        with_worker_entry(self.taken.worker, |c| c.open = c.open.saturating_sub(1));
-        transport(&self.endpoint, e)
+        self.connection = None;
+        self.busy = None;
+        transport(self.worker.endpoint(), e)
     }
+}
+
+/// Connections this thread has open to `worker`, busy or idle.
+#[cfg(test)]
+fn open(worker: &Worker) -> usize {
+    CONNECTIONS.with(|all| {
+        all.borrow()
+            .get(&worker.id())
+            .map_or(0, |c| c.busy + c.idle.len())
+    })
 }
 
 #[cfg(test)]
@@ -306,7 +303,7 @@ mod tests {
         assert!(worker.fetch_refused());
         // Refused for a while: not even tried again.
         assert!(start(&worker, b"ticket", "grant").await.is_none());
-        CONNECTIONS.with(|all| assert_eq!(all.borrow()[&worker.id()].open, 0));
+        assert_eq!(open(&worker), 0);
     }
 
     /// A worker that is not there is a transport failure (retried elsewhere), not a refusal.
@@ -322,6 +319,6 @@ mod tests {
         };
         assert!(std::error::Error::source(&status).is_some(), "{status:?}");
         assert!(!worker.fetch_refused());
-        CONNECTIONS.with(|all| assert_eq!(all.borrow()[&worker.id()].open, 0));
+        assert_eq!(open(&worker), 0);
     }
 }

@@ -147,7 +147,7 @@ enum Answer {
 
 impl Answer {
     /// Sends `ticket` with `grant` to `worker`.
-    async fn start(worker: &Worker, ticket: &Ticket, grant: &str) -> Result<Self, Status> {
+    async fn start(worker: &Arc<Worker>, ticket: &Ticket, grant: &str) -> Result<Self, Status> {
         if crate::io_threads::is_current()
             && let Some(started) = fetch::start(worker, &ticket.ticket, grant).await
         {
