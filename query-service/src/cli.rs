@@ -508,6 +508,10 @@ pub struct BenchArgs {
     /// Measure only the queries whose name contains this text (e.g. "point"), for profiling.
     #[arg(long)]
     pub only: Option<String>,
+    /// Give the gateway a core of its own and the workers (and this client) the others, as
+    /// when the gateway runs in a pod of its own. Needs at least two cores; Linux only.
+    #[arg(long)]
+    pub pin_gateway: bool,
     /// Print the benchmark's queries as JSON (name and SQL) and exit, for other tools to run
     /// the same statements.
     #[arg(long)]

@@ -17,6 +17,7 @@
 
 mod cpu;
 mod paths;
+mod pin;
 mod relay;
 mod throughput;
 
@@ -31,6 +32,7 @@ use tokio::process::{Child, Command};
 
 use self::cpu::{ProcessCpu, WorkersCpu};
 use self::paths::{Path as QueryPath, Paths};
+use self::pin::Pinning;
 
 /// Runs per query and path before measuring: fills caches and settles connections.
 const WARMUP: usize = 20;
@@ -93,6 +95,8 @@ pub struct BenchConfig {
     pub json: Option<PathBuf>,
     /// Only the queries whose name contains this.
     pub only: Option<String>,
+    /// Give the gateway a core of its own ([`pin`]).
+    pub pin_gateway: bool,
 }
 
 /// Latency percentiles of one query on one path.
@@ -150,6 +154,8 @@ struct Report {
     scale_factor: f64,
     iterations: usize,
     workers: usize,
+    /// Set when the gateway had a core of its own.
+    pinning: Option<Pinning>,
     queries: Vec<QueryResult>,
     throughput: Option<throughput::Throughput>,
 }
@@ -235,12 +241,36 @@ pub async fn run(config: BenchConfig) -> anyhow::Result<()> {
     if config.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    let machine = machine();
+    // Pinned: this process (and so `quiver up` and its workers) first takes every core but the
+    // gateway's, so workers size their threads and partitions to those; then the gateway,
+    // which runs in the `quiver up` process, moves to its own.
+    let pinning = config.pin_gateway.then(Pinning::split).transpose()?;
+    if let Some(pinning) = &pinning {
+        pin::pin_process(std::process::id(), &pinning.others)
+            .context("cannot pin the bench to the workers' cores")?;
+    }
     // The bench knows the deployment's key, so it can call a worker as the gateway does.
     let key = quiver_core::ticket::TicketSigner::random_key();
     let deployment = Deployment::start(&config, &key).await?;
+    if let (Some(pinning), Some(pid)) = (&pinning, deployment.child.id())
+        && let Err(e) = pin::pin_process(pid, &pinning.gateway)
+    {
+        deployment.stop().await;
+        return Err(anyhow::Error::new(e).context("cannot pin the gateway to its core"));
+    }
     let result = measure(&config, &key, &deployment).await;
     deployment.stop().await;
-    let report = result?;
+    let (queries, throughput) = result?;
+    let report = Report {
+        machine,
+        scale_factor: config.scale_factor,
+        iterations: config.iterations,
+        workers: config.workers,
+        pinning,
+        queries,
+        throughput,
+    };
     print_report(&report);
     if let Some(path) = &config.json {
         let text = serde_json::to_string_pretty(&report)?;
@@ -253,7 +283,7 @@ async fn measure(
     config: &BenchConfig,
     key: &str,
     deployment: &Deployment,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<(Vec<QueryResult>, Option<throughput::Throughput>)> {
     let catalog = config.data_dir.join(crate::datagen::CATALOG_FILE);
     let (_, worker) = &deployment.workers[0];
     let mut paths = Paths::connect(&deployment.gateway, worker, key, &catalog).await?;
@@ -335,14 +365,7 @@ async fn measure(
     } else {
         None
     };
-    Ok(Report {
-        machine: machine(),
-        scale_factor: config.scale_factor,
-        iterations: config.iterations,
-        workers: config.workers,
-        queries,
-        throughput,
-    })
+    Ok((queries, throughput))
 }
 
 /// The machine, as the tables should name it: cores and CPU model.
@@ -364,8 +387,11 @@ fn print_report(report: &Report) {
         "quiver bench: TPC-H SF {}, {} runs per query and path, {} worker(s); {}\n",
         report.scale_factor, report.iterations, report.workers, report.machine
     );
+    if let Some(pinning) = &report.pinning {
+        println!("pinned: {pinning}\n");
+    }
     println!(
-        "{:<18} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}",
+        "{:<18} {:>6} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>9} {:>7} {:>9} {:>9} {:>9}",
         "p50 (µs)",
         "rows",
         "gateway",
@@ -374,6 +400,7 @@ fn print_report(report: &Report) {
         "engine",
         "datafusn",
         "gw added",
+        "gw +%",
         "rl added",
         "eng/df",
         "gw cpu/q",
@@ -384,7 +411,7 @@ fn print_report(report: &Report) {
     for q in &report.queries {
         let cpu = |c: Option<f64>| c.map_or("n/a".to_owned(), |c| format!("{c:.0}"));
         println!(
-            "{:<18} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>7.2} {:>9} {:>9} {:>9}",
+            "{:<18} {:>6} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>9.0} {:>6.1} {:>9.0} {:>7.2} {:>9} {:>9} {:>9}",
             q.name,
             q.rows,
             us(q.gateway.p50),
@@ -393,6 +420,7 @@ fn print_report(report: &Report) {
             us(q.engine.p50),
             us(q.datafusion.p50),
             us(q.gateway.p50) - us(q.worker.p50),
+            100.0 * (us(q.gateway.p50) / us(q.worker.p50) - 1.0),
             us(q.relay.p50) - us(q.worker.p50),
             us(q.engine.p50) / us(q.datafusion.p50),
             cpu(q.gateway_cpu_us),
