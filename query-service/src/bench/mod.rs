@@ -13,7 +13,8 @@
 //! starts one path later than the one before, so no path always follows the same other. The
 //! gateway's and the worker's CPU per query are read from their own scheduler statistics
 //! around each call ([`cpu`]). A throughput section then runs concurrent clients against the
-//! workers directly and through the gateway for the same time.
+//! workers directly and through the gateway for the same time. With `--pin-gateway` the
+//! gateway gets a core of its own ([`pin`]).
 
 mod cpu;
 mod paths;
