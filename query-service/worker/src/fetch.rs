@@ -5,8 +5,8 @@
 //! A fetch runs as the Flight service's own DoGet, after the same grant check the gRPC path's
 //! interceptor makes, so authority is checked the same way whichever way a query arrives.
 //! Everything a peer can make the worker hold is bounded: connections still being told apart
-//! (and how long each may take), a request's size and how long it may take to arrive, and how
-//! long a connection may sit idle. A peer that closes its connection mid-fetch ends the query.
+//! (and how long each may take), fetch connections open at once, a request's size and how long
+//! it may take to arrive, and how long a connection may sit idle. A peer that closes its connection mid-fetch ends the query.
 
 use std::io;
 use std::sync::Arc;
@@ -29,6 +29,10 @@ use quiver_core::ticket::TicketSigner;
 
 /// Connections whose first bytes are still awaited, at most; further ones wait in the backlog.
 const MAX_SNIFFING: usize = 1024;
+/// Fetch connections open at once, at most (a gateway keeps at most 128 per io thread): past
+/// it a new one is closed unanswered, and a gateway that sees that sends this worker its
+/// DoGets over gRPC for a while.
+const MAX_FETCH_CONNECTIONS: usize = 4096;
 /// A connection that has not sent its first four bytes by then is dropped.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept before the next.
@@ -49,9 +53,26 @@ pub(crate) fn incoming(
     service: WorkerService,
     signer: TicketSigner,
 ) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static {
+    accept(listener, MAX_FETCH_CONNECTIONS, move |stream, closed| {
+        serve(stream, service.clone(), signer.clone(), closed)
+    })
+}
+
+/// [`incoming`] with fetch connections served by `serve_fetch`, at most `max_fetch` at once.
+fn accept<F, Fut>(
+    listener: TcpListener,
+    max_fetch: usize,
+    serve_fetch: F,
+) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static
+where
+    F: Fn(TcpStream, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let serve_fetch = Arc::new(serve_fetch);
     let (http2, rx) = mpsc::channel::<TcpStream>(128);
     let (closed_tx, closed) = watch::channel(false);
     let sniffing = Arc::new(Semaphore::new(MAX_SNIFFING));
+    let fetching = Arc::new(Semaphore::new(max_fetch));
     let accept = tokio::spawn(async move {
         loop {
             let Ok(slot) = sniffing.clone().acquire_owned().await else {
@@ -67,10 +88,10 @@ pub(crate) fn incoming(
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (http2, service, signer, closed) = (
+            let (http2, serve_fetch, fetching, closed) = (
                 http2.clone(),
-                service.clone(),
-                signer.clone(),
+                serve_fetch.clone(),
+                fetching.clone(),
                 closed.clone(),
             );
             tokio::spawn(async move {
@@ -81,7 +102,11 @@ pub(crate) fn incoming(
                     };
                 drop(slot);
                 if is_fetch {
-                    serve(stream, service, signer, closed).await;
+                    let Ok(_open) = fetching.try_acquire_owned() else {
+                        tracing::debug!("too many fetch connections; closing a new one");
+                        return;
+                    };
+                    serve_fetch(stream, closed).await;
                 } else {
                     let _ = http2.send(stream).await;
                 }
@@ -270,4 +295,54 @@ fn error_frame(status: &Status) -> Vec<u8> {
 
 async fn send_error(writer: &mut OwnedWriteHalf, status: &Status) -> io::Result<()> {
     writer.write_all(&error_frame(status)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the cap a new fetch connection is closed unserved; one that ends frees its place.
+    #[tokio::test]
+    async fn fetch_connections_past_the_cap_are_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (opened_tx, mut opened) = mpsc::unbounded_channel::<()>();
+        let (ended_tx, mut ended) = mpsc::unbounded_channel::<()>();
+        let _incoming = accept(listener, 2, move |mut stream, _closed| {
+            let (opened, ended) = (opened_tx.clone(), ended_tx.clone());
+            async move {
+                let _ = opened.send(());
+                // Held until the peer closes it.
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+                let _ = ended.send(());
+            }
+        });
+        let fetch = || async {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(fetch::MAGIC).await.unwrap();
+            stream
+        };
+        let first = fetch().await;
+        let _second = fetch().await;
+        opened.recv().await.unwrap();
+        opened.recv().await.unwrap();
+
+        let mut third = fetch().await;
+        let mut byte = [0u8; 1];
+        // The timeout only turns a regression (the third served and held open) into a failure.
+        let read = tokio::time::timeout(Duration::from_secs(30), third.read(&mut byte))
+            .await
+            .expect("the third connection was held open");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+        drop(first);
+        ended.recv().await.unwrap();
+        let _fourth = fetch().await;
+        opened.recv().await.unwrap();
+        assert!(
+            opened.try_recv().is_err(),
+            "only the first, second and fourth were served"
+        );
+    }
 }
