@@ -4,6 +4,7 @@ client without a certificate, and a certificate replaced on disk taking effect w
 import datetime
 import ipaddress
 import time
+import urllib.request
 from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -98,6 +99,24 @@ def adbc_query(endpoint: str, **options: str) -> int:
         return cur.fetchone()[0]
 
 
+def do_gets_by_transport(admin_url: str) -> dict[str, float]:
+    """`quiver_dispatch_do_get_total` by transport, from the gateway's metrics."""
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("quiver_dispatch_do_get_total{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels.split('transport="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
+
+
+def test_plain_clients_reach_workers_by_fetch(start_quiver):
+    q = start_quiver()
+    assert query(q.endpoint) == 25
+    assert do_gets_by_transport(q.admin_url) == {"fetch": 1.0}
+
+
 def test_tls_with_own_ca(tmp_path, data_dir, logs):
     ca = CA("quiver test CA")
     cert, key = write_server(tmp_path, ca)
@@ -105,6 +124,10 @@ def test_tls_with_own_ca(tmp_path, data_dir, logs):
     try:
         assert query(q.endpoint, tls_root_certs=ca.pem) == 25
         assert adbc_query(q.endpoint, tls_root_certs=ca.pem.decode()) == 25
+        # TLS connections are served on the main runtime, which sends DoGets over gRPC (ADBC
+        # adds DoGets of its own, for metadata).
+        by_transport = do_gets_by_transport(q.admin_url)
+        assert set(by_transport) == {"grpc"} and by_transport["grpc"] >= 2, by_transport
         # The system roots do not know the test CA: the handshake fails.
         with pytest.raises(flight.FlightUnavailableError):
             query(q.endpoint)

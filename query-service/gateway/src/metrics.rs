@@ -16,6 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tonic::Code;
 
+use crate::dispatch::Transport;
 use crate::dispatch::claim::ClaimOutcome;
 use crate::dispatch::pool::WorkerPool;
 
@@ -114,8 +115,15 @@ pub struct GatewayMetrics {
     group_running: Family<GroupLabels, Gauge>,
     group_queued: Family<GroupLabels, Gauge>,
     claims: Family<ClaimLabels, Counter>,
+    dispatched: Family<TransportLabels, Counter>,
     /// Bumped after each claim is counted, for whoever waits on claims.
     claims_counted: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransportLabels {
+    pool: String,
+    transport: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,6 +158,7 @@ impl Default for GatewayMetrics {
         let group_running = Family::<GroupLabels, Gauge>::default();
         let group_queued = Family::<GroupLabels, Gauge>::default();
         let claims = Family::<ClaimLabels, Counter>::default();
+        let dispatched = Family::<TransportLabels, Counter>::default();
         let mut registry = Registry::with_prefix("quiver");
         registry.register(
             "admission_admitted",
@@ -203,6 +212,12 @@ impl Default for GatewayMetrics {
             "Claims of standby workers into a pool, by pool and outcome",
             claims.clone(),
         );
+        registry.register(
+            "dispatch_do_get",
+            "DoGets sent to workers, by pool and transport (fetch or grpc); grpc from an io \
+             thread means a worker refused the fetch exchange or a connection cap was reached",
+            dispatched.clone(),
+        );
         Self {
             registry,
             queries,
@@ -218,6 +233,7 @@ impl Default for GatewayMetrics {
             group_running,
             group_queued,
             claims,
+            dispatched,
             claims_counted: tokio::sync::watch::channel(0).0,
         }
     }
@@ -256,6 +272,16 @@ impl GatewayMetrics {
         self.rejected
             .get_or_create(&ReasonLabels {
                 policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a DoGet sent to a worker of `pool` over `transport`.
+    pub fn dispatched(&self, pool: &str, transport: Transport) {
+        self.dispatched
+            .get_or_create(&TransportLabels {
+                pool: pool.to_owned(),
+                transport: transport.as_str(),
             })
             .inc();
     }

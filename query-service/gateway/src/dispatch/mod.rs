@@ -138,6 +138,26 @@ const MAX_WAITING: usize = 1024;
 /// result with that many dictionaries is already streaming).
 const HELD_MESSAGES: usize = 64;
 
+/// How a DoGet reached its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// The fetch exchange, on an io thread's own connection.
+    Fetch,
+    /// A gRPC call: from the main runtime (TLS clients), past an io thread's connection cap,
+    /// or to a worker that refused the exchange.
+    Grpc,
+}
+
+impl Transport {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Fetch => "fetch",
+            Transport::Grpc => "grpc",
+        }
+    }
+}
+
 /// A worker's DoGet answer: over this io thread's fetch connection when there is one to use,
 /// else over the shared gRPC connection.
 enum Answer {
@@ -157,6 +177,13 @@ impl Answer {
         Ok(Answer::Grpc(
             worker.client().do_get(request).await?.into_inner(),
         ))
+    }
+
+    fn transport(&self) -> Transport {
+        match self {
+            Answer::Fetch(_) => Transport::Fetch,
+            Answer::Grpc(_) => Transport::Grpc,
+        }
     }
 
     async fn message(&mut self) -> Result<Option<FlightData>, Status> {
@@ -354,17 +381,18 @@ impl Dispatcher {
 
     /// `DoGet` on a worker, relaying its Flight data as it arrives. Messages are held until the
     /// first one with rows (or the end), so a worker that dies before the client has seen a row
-    /// is retried on another.
+    /// is retried on another. Also says which transport carried it.
     pub async fn do_get(
         &self,
         ticket: Ticket,
         grant: &str,
-    ) -> Result<FlightDataStream, DispatchError> {
-        let ((held, rest), load) = self
+    ) -> Result<(FlightDataStream, Transport), DispatchError> {
+        let ((held, transport, rest), load) = self
             .with_retry(|worker| {
                 let ticket = &ticket;
                 async move {
                     let mut stream = Answer::start(&worker, ticket, grant).await?;
+                    let transport = stream.transport();
                     let mut held = Vec::new();
                     while held.len() < HELD_MESSAGES {
                         match stream.message().await? {
@@ -378,7 +406,7 @@ impl Dispatcher {
                             None => break,
                         }
                     }
-                    Ok((held, stream.into_stream()))
+                    Ok((held, transport, stream.into_stream()))
                 }
             })
             .await?;
@@ -398,7 +426,7 @@ impl Dispatcher {
                 }
             })
         });
-        Ok(Box::pin(head.chain(tail)))
+        Ok((Box::pin(head.chain(tail)), transport))
     }
 }
 

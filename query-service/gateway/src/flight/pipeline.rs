@@ -163,7 +163,11 @@ impl GatewayService {
                 }
                 Answer::Info(info)
             }
-            Signed::Get(ticket) => Answer::Stream(worker.do_get(ticket, &grant).await?),
+            Signed::Get(ticket) => {
+                let (stream, transport) = worker.do_get(ticket, &grant).await?;
+                self.metrics.dispatched(&admitted.pool, transport);
+                Answer::Stream(stream)
+            }
             Signed::Action(action) => Answer::Results(worker.do_action(action, &grant).await?),
         };
         Ok(self.record(command, &caller, admitted, tracked, answer, record))
