@@ -155,3 +155,20 @@ def test_error_text_does_not_take_workers_out_of_rotation(dep):
         out = run_doget(dep.endpoint, "SELECT 1 AS one", TOKENS["full"])
         assert succeeded(dep, out, f"SELECT 1 #{i}").column(0).to_pylist() == [1]
     assert all(w["ready"] for w in dep.pools()["default"]["worker_loads"]), dep.pools()
+
+
+AMPLIFIED = {
+    # Short statements whose functions would return gigabytes: refused before they allocate.
+    "repeat": "SELECT length(repeat('x', 1000000000)) AS n",
+    "repeat_rows": "SELECT length(repeat(r_name, 100000000)) AS n FROM region",
+    "lpad": "SELECT length(lpad('x', 1000000000)) AS n",
+    "array_repeat": "SELECT cardinality(array_repeat(1, 1000000000)) AS n",
+}
+
+
+@pytest.mark.parametrize("case", list(AMPLIFIED))
+@pytest.mark.parametrize("via", ["flight_sql", "doget"])
+def test_functions_that_would_return_gigabytes_are_refused(dep, via, case):
+    out = VIA[via](dep.endpoint, AMPLIFIED[case], TOKENS["full"])
+    refused(dep, out, "RESOURCE_EXHAUSTED", words=r"memory limit")
+    assert dep.processes_problem() is None, dep.processes_problem()

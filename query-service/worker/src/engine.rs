@@ -200,7 +200,9 @@ impl Engine {
 
     /// An engine over a session built elsewhere (tests, embedders, benchmarks): queries run
     /// on `base`, each with its own memory pool as usual.
-    pub fn from_state(base: SessionState, limits: QueryLimits) -> Self {
+    pub fn from_state(mut base: SessionState, limits: QueryLimits) -> Self {
+        crate::output_bounds::register(&mut base, limits.memory_limit)
+            .expect("replacing built-in functions by name cannot fail");
         Self {
             base,
             limits,

@@ -22,6 +22,7 @@ pub mod engine;
 mod fetch;
 mod flight;
 mod metadata;
+mod output_bounds;
 mod status;
 
 use std::future::Future;
