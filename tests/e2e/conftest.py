@@ -12,6 +12,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -264,3 +265,16 @@ def start_quiver(data_dir, logs):
             if code != 0:
                 failures.append(f"{q.args}: exit {code}\n{q.log_tail()}")
     assert not failures, failures
+
+
+def metric_samples(admin_url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric `name` on the admin port's `/metrics`, as (labels, value)."""
+    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    samples = []
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            pairs = re.findall(r'(\w+)="([^"]*)"', labels)
+            samples.append((dict(pairs), float(value)))
+    return samples

@@ -16,7 +16,7 @@ import pyarrow.flight as flight
 import pytest
 
 import flight_sql
-from conftest import QUIVER_BIN, START_TIMEOUT, STOP_TIMEOUT, free_port, quiver_env
+from conftest import QUIVER_BIN, START_TIMEOUT, STOP_TIMEOUT, free_port, metric_samples, quiver_env
 from flight_sql import server_message, status_of
 
 TICKET_KEY = "e2e-pools-key"
@@ -105,16 +105,8 @@ def run(client, options) -> int:
 
 
 def queries_by_pool(admin_port: int) -> dict[tuple[str, str], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("quiver_queries_total{"):
-            labels, value = line.rsplit(" ", 1)
-            pool = labels.split('pool="', 1)[1].split('"', 1)[0]
-            outcome = labels.split('outcome="', 1)[1].split('"', 1)[0]
-            out[(pool, outcome)] = float(value)
-    return out
+    samples = metric_samples(f"http://127.0.0.1:{admin_port}", "quiver_queries_total")
+    return {(labels["pool"], labels["outcome"]): value for labels, value in samples}
 
 
 @pytest.fixture()

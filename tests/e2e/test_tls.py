@@ -4,7 +4,6 @@ client without a certificate, and a certificate replaced on disk taking effect w
 import datetime
 import ipaddress
 import time
-import urllib.request
 from pathlib import Path
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from conftest import READY_LINE, Quiver
+from conftest import READY_LINE, Quiver, metric_samples
 
 QUERY = b"SELECT count(*) AS n FROM nation"
 
@@ -101,14 +100,8 @@ def adbc_query(endpoint: str, **options: str) -> int:
 
 def do_gets_by_transport(admin_url: str) -> dict[str, float]:
     """`quiver_dispatch_do_get_total` by transport, from the gateway's metrics."""
-    with urllib.request.urlopen(f"{admin_url}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("quiver_dispatch_do_get_total{"):
-            labels, value = line.rsplit(" ", 1)
-            out[labels.split('transport="', 1)[1].split('"', 1)[0]] = float(value)
-    return out
+    return {labels["transport"]: value
+            for labels, value in metric_samples(admin_url, "quiver_dispatch_do_get_total")}
 
 
 def test_plain_clients_reach_workers_by_fetch(start_quiver):
