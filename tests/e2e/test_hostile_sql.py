@@ -163,6 +163,9 @@ AMPLIFIED = {
     "repeat_rows": "SELECT length(repeat(r_name, 100000000)) AS n FROM region",
     "lpad": "SELECT length(lpad('x', 1000000000)) AS n",
     "array_repeat": "SELECT cardinality(array_repeat(1, 1000000000)) AS n",
+    "range": "SELECT cardinality(range(1000000000)) AS n",
+    "generate_series_timestamps": "SELECT cardinality(generate_series(TIMESTAMP '2020-01-01 00:00:00', "
+                                  "TIMESTAMP '2030-01-01 00:00:00', INTERVAL '1 second')) AS n",
 }
 
 
@@ -171,4 +174,24 @@ AMPLIFIED = {
 def test_functions_that_would_return_gigabytes_are_refused(dep, via, case):
     out = VIA[via](dep.endpoint, AMPLIFIED[case], TOKENS["full"])
     refused(dep, out, "RESOURCE_EXHAUSTED", words=r"memory limit")
+    assert dep.processes_problem() is None, dep.processes_problem()
+
+
+# Function arguments DataFusion refuses while running the query: the query's fault, so
+# INVALID_ARGUMENT with the engine's reason, not an internal error of the worker.
+BAD_ARGUMENTS = {
+    "arrow_cast_unknown_type": ("SELECT arrow_cast(1, 'Foo') AS x", r"Foo"),
+    "range_step_zero": ("SELECT range(1, 5, 0) AS r", r"step"),
+    # A date step whose month and days could cancel out: the built-in would loop for ever.
+    "range_date_step_could_be_zero": (
+        "SELECT range(DATE '2020-03-01', DATE '2020-01-01', INTERVAL '1 month -29 days') AS r",
+        r"same sign"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ARGUMENTS))
+@pytest.mark.parametrize("via", ["flight_sql", "doget"])
+def test_bad_function_arguments_are_invalid(dep, via, case):
+    sql, words = BAD_ARGUMENTS[case]
+    refused(dep, VIA[via](dep.endpoint, sql, TOKENS["full"]), IA, words=words)
     assert dep.processes_problem() is None, dep.processes_problem()

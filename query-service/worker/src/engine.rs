@@ -92,9 +92,13 @@ impl EngineError {
     fn classify(err: DataFusionError, limits: &QueryLimits) -> Self {
         let root = err.find_root();
         match root {
+            // `Execution` is what DataFusion raises for bad arguments to a function
+            // (`arrow_cast(1, 'Foo')`, a zero step); the files are the operator's, so a broken
+            // one surfaces as a Parquet or I/O error, not this.
             DataFusionError::SQL(..)
             | DataFusionError::Plan(_)
-            | DataFusionError::SchemaError(..) => EngineError::InvalidQuery(root.to_string()),
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::Execution(_) => EngineError::InvalidQuery(root.to_string()),
             DataFusionError::NotImplemented(m) => EngineError::NotSupported(m.clone()),
             DataFusionError::ResourcesExhausted(m) => EngineError::MemoryLimit {
                 limit_bytes: limits.memory_limit,

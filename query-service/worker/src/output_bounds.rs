@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, FieldRef, Int64Type};
+use datafusion::arrow::datatypes::{
+    DataType, FieldRef, Int64Type, IntervalMonthDayNano, IntervalMonthDayNanoType, IntervalUnit,
+    TimeUnit,
+};
 use datafusion::common::{DataFusionError, Result, ScalarValue};
 use datafusion::execution::FunctionRegistry;
 use datafusion::execution::context::SessionState;
@@ -30,13 +33,18 @@ enum Growth {
     Pad,
     /// `array_repeat(element, n)`: the element's size times `n`, per row.
     ArrayRepeat,
+    /// `range`/`generate_series([start,] stop[, step])` as array functions: the elements
+    /// between start and stop, per row.
+    Series,
 }
 
 /// Copies of a function's output a query holds at once, counted against its memory limit.
 const COPIES: usize = 4;
 
-/// Replaces the built-in `repeat`, `lpad`, `rpad` and `array_repeat` in `state` with guarded
-/// ones that refuse an output estimated above a quarter of `memory_limit`.
+/// Replaces the built-in `repeat`, `lpad`, `rpad`, `array_repeat`, `range` and
+/// `generate_series` in `state` with guarded ones that refuse an output estimated above a
+/// quarter of `memory_limit`. (The table functions of the last two stream in batches and need
+/// no guard.)
 pub fn register(state: &mut SessionState, memory_limit: usize) -> Result<()> {
     let max_bytes = memory_limit / COPIES;
     let functions = [
@@ -46,6 +54,14 @@ pub fn register(state: &mut SessionState, memory_limit: usize) -> Result<()> {
         (
             datafusion::functions_nested::repeat::array_repeat_udf(),
             Growth::ArrayRepeat,
+        ),
+        (
+            datafusion::functions_nested::range::range_udf(),
+            Growth::Series,
+        ),
+        (
+            datafusion::functions_nested::range::gen_series_udf(),
+            Growth::Series,
         ),
     ];
     for (inner, growth) in functions {
@@ -68,11 +84,8 @@ struct Bounded {
 
 impl Bounded {
     fn check(&self, args: &[ColumnarValue], rows: usize) -> Result<()> {
-        let counts = args.get(1).map(|n| counts(n, rows)).transpose()?;
-        let Some(counts) = counts else {
-            return Ok(());
-        };
         let per_row: Box<dyn Fn(usize) -> u128> = match self.growth {
+            Growth::Series => return self.check_series(args, rows),
             Growth::Repeat => text_lengths(&args[0], rows),
             Growth::Pad => Box::new(|_| 4),
             Growth::ArrayRepeat => {
@@ -80,10 +93,102 @@ impl Bounded {
                 Box::new(move |_| size)
             }
         };
-        let mut total: u128 = 0;
+        let Some(counts) = args.get(1).map(|n| counts(n, rows)).transpose()? else {
+            return Ok(());
+        };
+        self.within_limit(
+            (0..rows).map(|row| (counts(row).max(0) as u128).saturating_mul(per_row(row))),
+        )
+    }
+
+    /// `range` and `generate_series`: element counts from the bounds and the step, each row's
+    /// at least what the built-in makes. A date or time step whose months, days and nanoseconds
+    /// could add up to nothing on some calendar day is refused: the built-in would loop on it.
+    fn check_series(&self, args: &[ColumnarValue], rows: usize) -> Result<()> {
+        let Some(first) = args.first() else {
+            return Ok(());
+        };
+        let (width, unit): (u128, i128) = match first.data_type() {
+            DataType::Int64 => (8, 0),
+            DataType::Date32 | DataType::Date64 => (4, NANOS_PER_DAY),
+            DataType::Timestamp(..) => (8, 1),
+            // Nulls and anything the signature did not coerce: the built-in answers.
+            _ => return Ok(()),
+        };
+        if unit == 0 {
+            let (start, stop, step) = match args {
+                [stop] => (None, counts(stop, rows)?, None),
+                [start, stop] => (Some(counts(start, rows)?), counts(stop, rows)?, None),
+                [start, stop, step] => (
+                    Some(counts(start, rows)?),
+                    counts(stop, rows)?,
+                    Some(counts(step, rows)?),
+                ),
+                _ => return Ok(()),
+            };
+            return self.within_limit((0..rows).map(|row| {
+                let (start, stop) = (start.as_ref().map_or(0, |s| s(row)), stop(row));
+                let step = step.as_ref().map_or(1, |s| s(row));
+                if (stop > start && step < 0) || (stop < start && step > 0) {
+                    return 0;
+                }
+                let span = start.abs_diff(stop) as u128;
+                (span / step.unsigned_abs().max(1) as u128 + 1).saturating_mul(width)
+            }));
+        }
+        let [start, stop, step] = args else {
+            return Ok(());
+        };
+        let start = instants(start, unit, rows)?;
+        let stop = instants(stop, unit, rows)?;
+        let step = steps(step, rows)?;
+        let mut bytes = Vec::with_capacity(rows);
         for row in 0..rows {
-            let n = counts(row).max(0) as u128;
-            total = total.saturating_add(n.saturating_mul(per_row(row)));
+            let (Some(start), Some(stop), Some(step)) = (start[row], stop[row], step[row]) else {
+                bytes.push(0);
+                continue;
+            };
+            let (months, days, nanos) = (step.months, step.days, step.nanoseconds);
+            if months == 0 && days == 0 && (unit == NANOS_PER_DAY || nanos == 0) {
+                // The built-in refuses a step that is no step.
+                bytes.push(0);
+                continue;
+            }
+            let smallest = if unit == 1 {
+                smallest_step(
+                    months,
+                    days,
+                    nanos,
+                    23 * NANOS_PER_HOUR,
+                    25 * NANOS_PER_HOUR,
+                )
+            } else {
+                // A date moves by whole days: the time of a step counts only as whole days, and
+                // the built-in takes its direction from the signs of the months and days.
+                let whole_days = nanos / NANOS_PER_DAY as i64;
+                let parts = [months as i64, days as i64, whole_days];
+                let mixed = parts.iter().any(|&p| p > 0) && parts.iter().any(|&p| p < 0);
+                let nanos = (whole_days as i128 * NANOS_PER_DAY) as i64;
+                smallest_step(months, days, nanos, NANOS_PER_DAY, NANOS_PER_DAY).filter(|_| !mixed)
+            };
+            let Some(smallest) = smallest else {
+                return Err(DataFusionError::Execution(format!(
+                    "{}() step {months} months {days} days {nanos} ns could be zero on some \
+                     dates; give the months, days and time of a step the same sign",
+                    self.inner.name()
+                )));
+            };
+            let span = (start - stop).unsigned_abs();
+            bytes.push((span / smallest + 1).saturating_mul(width));
+        }
+        self.within_limit(bytes.into_iter())
+    }
+
+    /// Refuses once the per-row output sizes add up past the limit.
+    fn within_limit(&self, mut bytes: impl Iterator<Item = u128>) -> Result<()> {
+        let mut total: u128 = 0;
+        bytes.try_for_each(|b| {
+            total = total.saturating_add(b);
             if total > self.max_bytes as u128 {
                 return Err(DataFusionError::ResourcesExhausted(format!(
                     "{}() would return more than {} bytes, a quarter of a query's memory limit",
@@ -91,9 +196,73 @@ impl Bounded {
                     self.max_bytes
                 )));
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
+}
+
+const NANOS_PER_HOUR: i128 = 3_600_000_000_000;
+const NANOS_PER_DAY: i128 = 24 * NANOS_PER_HOUR;
+
+/// The smallest distance a step of `months`, `days` and `nanos` can cover, in nanoseconds, over
+/// months of 28 to 31 days and days of `day_low` to `day_high` nanoseconds (23 to 25 hours
+/// where daylight saving applies); `None` when some combination could make it zero or turn it
+/// around.
+fn smallest_step(
+    months: i32,
+    days: i32,
+    nanos: i64,
+    day_low: i128,
+    day_high: i128,
+) -> Option<u128> {
+    let (months, days, nanos) = (months as i128, days as i128, nanos as i128);
+    let range = |n: i128, low: i128, high: i128| {
+        if n >= 0 {
+            (n * low, n * high)
+        } else {
+            (n * high, n * low)
+        }
+    };
+    let (m_low, m_high) = range(months, 28 * day_low, 31 * day_high);
+    let (d_low, d_high) = range(days, day_low, day_high);
+    let (low, high) = (m_low + d_low + nanos, m_high + d_high + nanos);
+    if low > 0 {
+        Some(low as u128)
+    } else if high < 0 {
+        Some(high.unsigned_abs())
+    } else {
+        None
+    }
+}
+
+/// A date or timestamp argument per row, in nanoseconds (`unit` per stored unit for dates;
+/// timestamps are cast to nanoseconds first).
+fn instants(value: &ColumnarValue, unit: i128, rows: usize) -> Result<Vec<Option<i128>>> {
+    let array = value.to_array(rows)?;
+    let array = match array.data_type() {
+        DataType::Date32 | DataType::Date64 => cast(&array, &DataType::Date32)?,
+        DataType::Timestamp(_, tz) => cast(
+            &array,
+            &DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
+        )?,
+        _ => return Ok(vec![None; rows]),
+    };
+    let array = cast(&array, &DataType::Int64)?;
+    Ok(array
+        .as_primitive::<Int64Type>()
+        .iter()
+        .map(|v| v.map(|v| v as i128 * unit))
+        .collect())
+}
+
+/// The interval argument per row, as months, days and nanoseconds.
+fn steps(value: &ColumnarValue, rows: usize) -> Result<Vec<Option<IntervalMonthDayNano>>> {
+    let array = value.to_array(rows)?;
+    let array = cast(&array, &DataType::Interval(IntervalUnit::MonthDayNano))?;
+    Ok(array
+        .as_primitive::<IntervalMonthDayNanoType>()
+        .iter()
+        .collect())
 }
 
 /// The count argument per row (a null counts as 0).
@@ -252,6 +421,26 @@ mod tests {
         .await
         .unwrap();
         assert!(out.contains("abab"), "{out}");
+        let out = run(
+            &ctx,
+            "SELECT range(3) AS a, generate_series(1, 3) AS b, range(5, 0, -2) AS c, \
+             cardinality(range(0, 1000000000, -1)) AS empty, \
+             range(DATE '2020-01-30', DATE '2020-04-01', INTERVAL '1 month') AS d, \
+             generate_series(TIMESTAMP '2020-01-01 00:00:00', TIMESTAMP '2020-01-01 02:00:00', \
+                             INTERVAL '1 hour') AS t",
+        )
+        .await
+        .unwrap();
+        for expected in [
+            "[0, 1, 2]",
+            "[1, 2, 3]",
+            "[5, 3, 1]",
+            "| 0 ",
+            "[2020-01-30, 2020-02-29]",
+            "2020-01-01T02:00:00]",
+        ] {
+            assert!(out.contains(expected), "{expected} in {out}");
+        }
     }
 
     #[tokio::test]
@@ -271,7 +460,40 @@ mod tests {
             run(&ctx, "SELECT array_repeat(1, 1000000000)").await,
             "array_repeat",
         );
+        for sql in [
+            "SELECT cardinality(range(1000000000))",
+            "SELECT cardinality(generate_series(-500000000, 500000000, 3))",
+            "SELECT cardinality(range(DATE '1900-01-01', DATE '9999-01-01', INTERVAL '1 day'))",
+            "SELECT cardinality(generate_series(TIMESTAMP '2020-01-01', \
+             TIMESTAMP '2021-01-01', INTERVAL '1 second'))",
+        ] {
+            let name = if sql.contains("range(") {
+                "range"
+            } else {
+                "generate_series"
+            };
+            refused(run(&ctx, sql).await, name);
+        }
+        // A step that could be zero on some day (the built-in would loop): refused as invalid.
+        let err = run(
+            &ctx,
+            "SELECT range(DATE '2020-03-01', DATE '2020-01-01', INTERVAL '1 month -29 days')",
+        )
+        .await
+        .expect_err("refused");
+        assert!(
+            matches!(err.find_root(), DataFusionError::Execution(m) if m.contains("same sign")),
+            "{err}"
+        );
         // Column arguments: refused at run time, by the sum over the batch's rows.
+        refused(
+            run(
+                &ctx,
+                "SELECT cardinality(range(n)) FROM (VALUES (100000), (100000)) t(n)",
+            )
+            .await,
+            "range",
+        );
         refused(
             run(
                 &ctx,
