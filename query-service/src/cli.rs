@@ -80,9 +80,8 @@ pub struct RequestArgs {
     /// Longest SQL text a client may send, e.g. 1MiB; longer is refused with INVALID_ARGUMENT.
     #[arg(long, env = "QUIVER_MAX_SQL_BYTES", default_value = "1MiB", value_parser = parse_bytes)]
     pub max_sql_bytes: u64,
-    /// Threads serving client connections, each with its own connections to the workers
-    /// (default: one per core). Plain gRPC only; TLS connections are served on the main
-    /// runtime.
+    /// Threads serving client connections, plain or TLS, each with its own connections to the
+    /// workers (default: one per core).
     #[arg(long, env = "QUIVER_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub io_threads: Option<u16>,
 }

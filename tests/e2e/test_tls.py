@@ -3,6 +3,7 @@ client without a certificate, and a certificate replaced on disk taking effect w
 
 import datetime
 import ipaddress
+import socket
 import time
 from pathlib import Path
 
@@ -117,10 +118,10 @@ def test_tls_with_own_ca(tmp_path, data_dir, logs):
     try:
         assert query(q.endpoint, tls_root_certs=ca.pem) == 25
         assert adbc_query(q.endpoint, tls_root_certs=ca.pem.decode()) == 25
-        # TLS connections are served on the main runtime, which sends DoGets over gRPC (ADBC
-        # adds DoGets of its own, for metadata).
+        # TLS connections are served on the io threads like plain ones, so their DoGets reach
+        # workers by the fetch exchange (ADBC adds DoGets of its own, for metadata).
         by_transport = do_gets_by_transport(q.admin_url)
-        assert set(by_transport) == {"grpc"} and by_transport["grpc"] >= 2, by_transport
+        assert set(by_transport) == {"fetch"} and by_transport["fetch"] >= 2, by_transport
         # The system roots do not know the test CA: the handshake fails.
         with pytest.raises(flight.FlightUnavailableError):
             query(q.endpoint)
@@ -128,6 +129,32 @@ def test_tls_with_own_ca(tmp_path, data_dir, logs):
         with pytest.raises(flight.FlightUnavailableError):
             query(q.endpoint.replace("grpc+tls://", "grpc://"))
     finally:
+        assert q.stop() == 0
+
+
+def test_silent_and_garbled_handshakes_hold_up_no_other_client(tmp_path, data_dir, logs):
+    """Each handshake runs in its own task on the io thread given the connection: clients that
+    connect and say nothing, or stop halfway through a ClientHello, on every io thread, do not
+    delay a client that completes its handshake."""
+    ca = CA("quiver test CA")
+    cert, key = write_server(tmp_path, ca)
+    q = TlsQuiver(data_dir, 0.01, 1, ["--tls-cert", str(cert), "--tls-key", str(key),
+                                      "--io-threads", "2"], logs)
+    stalled = []
+    try:
+        for i in range(16):
+            s = socket.create_connection(("127.0.0.1", q.port))
+            if i % 2:
+                s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello cut short
+            stalled.append(s)
+        for _ in range(4):  # new connections, dealt over both io threads
+            started = time.monotonic()
+            assert query(q.endpoint, tls_root_certs=ca.pem) == 25
+            # The handshake timeout is 10 s: a client queued behind a stalled one would wait it out.
+            assert time.monotonic() - started < 5, "a complete handshake waited on stalled ones"
+    finally:
+        for s in stalled:
+            s.close()
         assert q.stop() == 0
 
 

@@ -20,15 +20,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::server::Router;
+
+use crate::tls::Handshakes;
 
 /// Stack of each io thread: as large as the main runtime's, since statements are classified
 /// (parsed) on it.
 const STACK_BYTES: usize = 8 << 20;
 /// Pause after a failed accept (e.g. out of file descriptors) before the next try.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// An accepted connection on its way to an io thread, with its handshake slot under TLS.
+type Accepted = (std::net::TcpStream, Option<OwnedSemaphorePermit>);
 
 thread_local! {
     static ON_IO_THREAD: Cell<bool> = const { Cell::new(false) };
@@ -46,38 +51,64 @@ pub fn default_count() -> usize {
 }
 
 /// Serves `router` on `listener` with `threads` io threads until `shutdown` resolves, then
-/// stops accepting and returns once every thread has let its running streams finish.
+/// stops accepting and returns once every thread has let its running streams finish. With
+/// `tls`, each io thread runs the handshakes of its own connections.
 pub async fn serve(
     listener: TcpListener,
     threads: usize,
     router: Router,
+    tls: Option<Handshakes>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let mut connections = Vec::new();
     let mut finished = Vec::new();
     for index in 0..threads.max(1) {
-        let (tx, rx) = mpsc::unbounded_channel::<std::net::TcpStream>();
+        let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
         let (done, result) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ServeError::Thread)?;
         let router = router.clone();
+        let tls = tls.clone();
         std::thread::Builder::new()
             .name(format!("gateway-io-{index}"))
             .stack_size(STACK_BYTES)
             .spawn(move || {
                 ON_IO_THREAD.with(|on| on.set(true));
-                let incoming = UnboundedReceiverStream::new(rx).map(|std| {
-                    let stream = TcpStream::from_std(std)?;
-                    stream.set_nodelay(true)?;
-                    io::Result::Ok(stream)
-                });
                 // The incoming stream ends when the acceptor stops; the server then drains its
                 // connections (a shutdown signal, even one that never fires, makes it wait).
-                let served = runtime.block_on(
-                    router.serve_with_incoming_shutdown(incoming, std::future::pending()),
-                );
+                let served = runtime.block_on(async move {
+                    let accepted = UnboundedReceiverStream::new(rx).filter_map(|(std, slot)| {
+                        let stream = TcpStream::from_std(std).and_then(|stream| {
+                            stream.set_nodelay(true)?;
+                            Ok(stream)
+                        });
+                        std::future::ready(match stream {
+                            Ok(stream) => Some((stream, slot)),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "taking a connection failed");
+                                None
+                            }
+                        })
+                    });
+                    match tls {
+                        None => {
+                            let plain = accepted.map(|(stream, _)| io::Result::Ok(stream));
+                            router
+                                .serve_with_incoming_shutdown(plain, std::future::pending())
+                                .await
+                        }
+                        Some(tls) => {
+                            let encrypted = tls.complete(accepted.filter_map(|(stream, slot)| {
+                                std::future::ready(slot.map(|slot| (stream, slot)))
+                            }));
+                            router
+                                .serve_with_incoming_shutdown(encrypted, std::future::pending())
+                                .await
+                        }
+                    }
+                });
                 let _ = done.send(served);
             })
             .map_err(ServeError::Thread)?;
@@ -87,17 +118,24 @@ pub async fn serve(
     let accept = async {
         let mut next = 0usize;
         loop {
+            let slot = match &tls {
+                Some(tls) => Some(tls.slot().await),
+                None => None,
+            };
             match listener.accept().await {
                 Ok((stream, _)) => {
                     let Ok(stream) = stream.into_std() else {
                         continue;
                     };
                     // A thread that has gone (it failed) is skipped.
+                    let mut accepted = Some((stream, slot));
                     for _ in 0..connections.len() {
                         let thread = &connections[next % connections.len()];
                         next = next.wrapping_add(1);
-                        if !thread.is_closed() {
-                            let _ = thread.send(stream);
+                        if !thread.is_closed()
+                            && let Some(conn) = accepted.take()
+                        {
+                            let _ = thread.send(conn);
                             break;
                         }
                     }
@@ -156,7 +194,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, 2, router, async {
+        let server = tokio::spawn(serve(listener, 2, router, None, async {
             let _ = stopped.await;
         }));
         for _ in 0..3 {

@@ -58,7 +58,7 @@ pub struct GatewayConfig {
     /// pool wakes. `None` (pools that always keep a worker) answers UNAVAILABLE at once.
     pub wake_timeout: Option<Duration>,
     /// Threads serving client connections, each with its own connections to workers; `None`
-    /// is one per core. With TLS, connections are served on the process's runtime instead.
+    /// is one per core. TLS connections are served (and their handshakes run) there too.
     pub io_threads: Option<usize>,
 }
 
@@ -197,23 +197,19 @@ pub async fn run(
         .max_connection_age_grace(config.query_timeout + Duration::from_secs(5))
         .add_service(health_service)
         .add_service(service.into_server());
-    let result = match config.tls {
+    let (tls, _reload) = match config.tls {
         Some(files) => {
-            let incoming = crate::tls::incoming(listener, files)?;
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-                .map_err(GatewayError::from)
+            let (handshakes, reload) = crate::tls::Handshakes::start(files)?;
+            (Some(handshakes), Some(reload))
         }
-        None => {
-            let threads = config
-                .io_threads
-                .unwrap_or_else(crate::io_threads::default_count);
-            crate::io_threads::serve(listener, threads, router, shutdown)
-                .await
-                .map_err(GatewayError::from)
-        }
+        None => (None, None),
     };
+    let threads = config
+        .io_threads
+        .unwrap_or_else(crate::io_threads::default_count);
+    let result = crate::io_threads::serve(listener, threads, router, tls, shutdown)
+        .await
+        .map_err(GatewayError::from);
     background.shutdown().await;
     result
 }

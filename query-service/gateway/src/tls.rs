@@ -3,15 +3,16 @@
 //! change.
 //!
 //! ```text
-//!  TcpListener ──► accept ──► handshake task (current ServerConfig) ──► channel ──► tonic
-//!                                    ▲
-//!  watch files (mtime poll) ──► load ┘ swap; a bad file keeps the running config
+//!  TcpListener ──► accept (slot) ──► io thread: handshake task (current ServerConfig) ──► tonic
+//!                                                      ▲
+//!  watch files (mtime poll) ──► load ──────────────────┘ swap; a bad file keeps the running config
 //! ```
 //!
 //! Each connection takes the config current when it arrives, so a renewed certificate (e.g. a
 //! cert-manager Secret update) applies to new connections without a restart, while established
-//! ones keep theirs. Handshakes run in their own tasks, so a slow or silent client cannot hold
-//! up others.
+//! ones keep theirs. Handshakes run in their own tasks on the io thread that will serve the
+//! connection, so a slow or silent client cannot hold up others, and a TLS client's queries take
+//! the same path through the gateway as a plain one's (its io thread, the fetch exchange).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,12 +21,12 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
@@ -183,59 +184,80 @@ impl AsyncWrite for TlsConnection {
 /// TLS handshakes in progress at most.
 const MAX_HANDSHAKES: usize = 256;
 
-/// TLS connections accepted on `listener`, with the config reloaded from `files` as they change.
-/// Fails at once if the files are not a valid configuration; a later bad file is logged and the
-/// running config kept. The stream ends when it is dropped (the accept task stops with it).
-pub fn incoming(
-    listener: TcpListener,
-    files: TlsFiles,
-) -> Result<impl Stream<Item = Result<TlsConnection, io::Error>> + Send + 'static, TlsError> {
-    let current = Arc::new(RwLock::new(files.load()?));
-    let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
-    let accept_current = current.clone();
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
-    let accept = tokio::spawn(async move {
-        loop {
-            // A handshake costs CPU and memory before the peer has proved anything: at most
-            // MAX_HANDSHAKES run at once; further connections wait in the kernel's backlog.
-            let Ok(slot) = handshakes.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, peer) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
-                    continue;
-                }
-            };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(accept_current.read().expect("tls config").clone());
-            let ready = tx.clone();
-            tokio::spawn(async move {
-                let _slot = slot;
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = ready.send(TlsConnection(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
-                }
-            });
-            if tx.is_closed() {
-                return;
-            }
-        }
-    });
-    let reload = tokio::spawn(reload_on_change(files, current));
-    let guard = AbortOnDrop(vec![accept, reload]);
-    Ok(futures::stream::unfold(
-        (rx, guard),
-        |(mut rx, guard)| async move { rx.recv().await.map(|c| (Ok(c), (rx, guard))) },
-    ))
+/// The server side of TLS: the config current now (reloaded as its files change) and the bound
+/// on handshakes in progress, shared by the io threads ([`crate::io_threads`]), which each run
+/// the handshakes of the connections they are given.
+#[derive(Clone)]
+pub struct Handshakes {
+    current: Arc<RwLock<Arc<ServerConfig>>>,
+    slots: Arc<Semaphore>,
 }
 
-/// Stops the accept and reload tasks when the server drops its incoming stream.
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+impl Handshakes {
+    /// Loads `files` (failing at once if they are not a valid configuration) and watches them
+    /// until the returned guard drops; a later bad file is logged and the running config kept.
+    pub fn start(files: TlsFiles) -> Result<(Self, AbortOnDrop), TlsError> {
+        let current = Arc::new(RwLock::new(files.load()?));
+        let reload = tokio::spawn(reload_on_change(files, current.clone()));
+        let handshakes = Self {
+            current,
+            slots: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+        };
+        Ok((handshakes, AbortOnDrop(vec![reload])))
+    }
+
+    /// A place for one more handshake, to take before accepting the connection: a handshake
+    /// costs CPU and memory before the peer has proved anything, so past [`MAX_HANDSHAKES`]
+    /// further connections wait in the kernel's backlog.
+    pub async fn slot(&self) -> OwnedSemaphorePermit {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the handshake semaphore is never closed")
+    }
+
+    /// Runs the handshakes of `connections` on the current runtime, each in its own task with
+    /// the config current when it arrived, so a slow or silent client holds up no other, and
+    /// yields the completed connections. The stream ends once `connections` has ended and the
+    /// handshakes under way are done.
+    pub fn complete<S>(
+        &self,
+        connections: S,
+    ) -> impl Stream<Item = io::Result<TlsConnection>> + Send + 'static
+    where
+        S: Stream<Item = (TcpStream, OwnedSemaphorePermit)> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+        let current = self.current.clone();
+        let start = tokio::spawn(async move {
+            let mut connections = std::pin::pin!(connections);
+            while let Some((tcp, slot)) = connections.next().await {
+                let acceptor = TlsAcceptor::from(current.read().expect("tls config").clone());
+                let ready = tx.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let peer = tcp.peer_addr().ok();
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = ready.send(TlsConnection(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::info!(?peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(?peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        let guard = AbortOnDrop(vec![start]);
+        futures::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+            rx.recv().await.map(|c| (Ok(c), (rx, guard)))
+        })
+    }
+}
+
+/// Stops the tasks it holds when dropped: the reload task with the server, the handshake
+/// starter with its connection stream.
+pub struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
