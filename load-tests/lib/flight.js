@@ -92,6 +92,7 @@ const OUTCOMES = {
   [grpc.StatusDeadlineExceeded]: 'timeout',
   [grpc.StatusCanceled]: 'cancelled',
   [grpc.StatusInternal]: 'internal',
+  [grpc.StatusFailedPrecondition]: 'held_back',
 };
 
 export function outcomeOf(code) {

@@ -31,6 +31,7 @@ OUTCOME_COLOURS = {
     "invalid": "#1565c0",
     "unauthenticated": "#37474f",
     "denied": "#455a64",
+    "held_back": "#ff6f00",
     "connect_error": "#000000",
     "error": "#d81b60",
 }

@@ -43,6 +43,8 @@ pub enum Outcome {
     Cancelled,
     /// Credentials or ticket refused.
     Unauthenticated,
+    /// Held back after workers failed while running it (`dispatch::suspects`).
+    HeldBack,
     /// Anything else.
     Error,
 }
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::Unavailable => "unavailable",
             Outcome::Cancelled => "cancelled",
             Outcome::Unauthenticated => "unauthenticated",
+            Outcome::HeldBack => "held_back",
             Outcome::Error => "error",
         }
     }
@@ -72,6 +75,7 @@ impl Outcome {
             Code::Unavailable => Outcome::Unavailable,
             Code::Cancelled => Outcome::Cancelled,
             Code::Unauthenticated | Code::PermissionDenied => Outcome::Unauthenticated,
+            Code::FailedPrecondition => Outcome::HeldBack,
             _ => Outcome::Error,
         }
     }

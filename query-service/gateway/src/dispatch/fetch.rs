@@ -4,9 +4,9 @@
 //! Each io thread keeps its own idle connections per worker, so a fetch never leaves its
 //! thread; a connection runs one fetch at a time and goes back to the idle list when the fetch
 //! ends cleanly. One dropped mid-stream (the client went away, the deadline passed) is closed,
-//! which ends the query on the worker. A reused connection that turns out closed (the worker
-//! idled it out or restarted) is replaced once, transparently; any other failure is a transport
-//! failure, judged like gRPC's.
+//! which ends the query on the worker. A kept connection the worker has closed since (it idled
+//! it out or restarted) is found closed before use and replaced; any other failure is a
+//! transport failure, judged like gRPC's.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -126,52 +126,62 @@ pub async fn start(
     if worker.fetch_refused() {
         return None;
     }
-    let (busy, mut reused) = reserve(worker)?;
+    let (busy, reused) = reserve(worker)?;
     let request = fetch::encode_request(ticket, grant);
-    loop {
-        let was_reused = reused.is_some();
-        let mut connection = match reused.take() {
-            Some(connection) => connection,
-            None => match connect(worker).await {
-                Ok(connection) => connection,
-                Err(e) => return Some(Err(transport(worker.endpoint(), e))),
-            },
-        };
-        let sent = async {
-            connection.get_mut().write_all(&request).await?;
-            let mut header = [0u8; fetch::FRAME_HEADER_BYTES];
-            connection.read_exact(&mut header).await?;
-            io::Result::Ok(header)
-        }
-        .await;
-        match sent {
-            Ok(header) => {
-                return Some(Ok(Fetch {
-                    busy: Some(busy),
-                    connection: Some(connection),
-                    pending: Some(header),
-                    worker: worker.clone(),
-                }));
-            }
-            // A kept connection the worker had closed: open a new one in its place.
-            Err(_) if was_reused => {}
-            // A new connection closed before any answer: a worker that does not speak the
-            // exchange (an older version) hangs up on its first bytes. Use gRPC for it; a
-            // worker that is really gone fails that call as well.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::UnexpectedEof
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::ConnectionAborted
-                ) =>
-            {
-                worker.refuse_fetch();
-                return None;
-            }
+    // A kept connection the worker has closed since (it restarted, or idled it out) is
+    // replaced before use, so a failure after the request is sent on a kept connection means
+    // the worker failed with the request in hand.
+    let reused = reused.filter(is_open);
+    let was_reused = reused.is_some();
+    let mut connection = match reused {
+        Some(connection) => connection,
+        None => match connect(worker).await {
+            Ok(connection) => connection,
             Err(e) => return Some(Err(transport(worker.endpoint(), e))),
-        }
+        },
+    };
+    let sent = async {
+        connection.get_mut().write_all(&request).await?;
+        let mut header = [0u8; fetch::FRAME_HEADER_BYTES];
+        connection.read_exact(&mut header).await?;
+        io::Result::Ok(header)
     }
+    .await;
+    match sent {
+        Ok(header) => Some(Ok(Fetch {
+            busy: Some(busy),
+            connection: Some(connection),
+            pending: Some(header),
+            worker: worker.clone(),
+        })),
+        Err(e) if was_reused => Some(Err(transport(worker.endpoint(), e))),
+        // A new connection closed before any answer: a worker that does not speak the
+        // exchange (an older version) hangs up on its first bytes. Use gRPC for it; a worker
+        // that is really gone fails that call as well.
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            ) =>
+        {
+            worker.refuse_fetch();
+            None
+        }
+        Err(e) => Some(Err(transport(worker.endpoint(), e))),
+    }
+}
+
+/// Whether a kept connection is still open: an idle connection receives nothing, so bytes or
+/// an end waiting on it mean the worker closed it. Costs no system call while the runtime has
+/// seen nothing arrive on it.
+fn is_open(connection: &Connection) -> bool {
+    if !connection.buffer().is_empty() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    matches!(connection.get_ref().try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
 async fn connect(worker: &Worker) -> io::Result<Connection> {
@@ -306,6 +316,85 @@ mod tests {
         assert_eq!(open(&worker), 0);
     }
 
+    /// A worker speaking the exchange that answers `answered` requests on each connection with
+    /// an empty result, then hangs up, having read one more request if `read_the_next`.
+    /// Counts its fetch connections.
+    async fn worker_that_hangs_up_after(
+        answered: usize,
+        read_the_next: bool,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("grpc://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    // Only fetch connections count (the pool's health watch connects too).
+                    let mut magic = [0u8; 4];
+                    if stream.read_exact(&mut magic).await.is_err() || &magic != fetch::MAGIC {
+                        return;
+                    }
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    for _ in 0..answered {
+                        if read_request(&mut stream).await.is_err() {
+                            return;
+                        }
+                        let end = fetch::frame_header(fetch::FRAME_END, 0);
+                        stream.write_all(&end).await.unwrap();
+                    }
+                    if read_the_next {
+                        let _ = read_request(&mut stream).await;
+                    }
+                });
+            }
+        });
+        (endpoint, accepted)
+    }
+
+    async fn read_request(stream: &mut TcpStream) -> io::Result<usize> {
+        let mut len = [0u8; 4];
+        stream.read_exact(&mut len).await?;
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        stream.read_exact(&mut body).await
+    }
+
+    async fn run_to_end(worker: &Arc<Worker>) -> Result<(), Status> {
+        let mut fetch = start(worker, b"ticket", "grant").await.unwrap()?;
+        while fetch.message().await?.is_some() {}
+        Ok(())
+    }
+
+    /// A kept connection the worker closed after its last answer (it idled it out or
+    /// restarted) is replaced before use, so the next fetch succeeds on a new connection.
+    #[tokio::test]
+    async fn a_kept_connection_the_worker_closed_is_replaced() {
+        let (endpoint, accepted) = worker_that_hangs_up_after(1, false).await;
+        let pool = WorkerPool::new("p");
+        let worker = pool.add(&endpoint).unwrap();
+        for round in 1..=3 {
+            run_to_end(&worker).await.unwrap();
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), round);
+        }
+    }
+
+    /// A worker that fails with the request in hand on a kept connection is a transport
+    /// failure that reached it (it may have failed because of the query), not one to paper
+    /// over with a new connection.
+    #[tokio::test]
+    async fn a_worker_failing_with_the_request_in_hand_reached_it() {
+        let (endpoint, accepted) = worker_that_hangs_up_after(1, true).await;
+        let pool = WorkerPool::new("p");
+        let worker = pool.add(&endpoint).unwrap();
+        run_to_end(&worker).await.unwrap();
+        let status = run_to_end(&worker).await.unwrap_err();
+        assert!(std::error::Error::source(&status).is_some(), "{status:?}");
+        assert!(super::super::reached_worker(&status), "{status:?}");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!worker.fetch_refused());
+    }
+
     /// A worker that is not there is a transport failure (retried elsewhere), not a refusal.
     #[tokio::test]
     async fn a_worker_that_is_gone_is_a_transport_failure() {
@@ -318,6 +407,7 @@ mod tests {
             panic!("connecting to a closed port succeeded");
         };
         assert!(std::error::Error::source(&status).is_some(), "{status:?}");
+        assert!(!super::super::reached_worker(&status), "{status:?}");
         assert!(!worker.fetch_refused());
         assert_eq!(open(&worker), 0);
     }

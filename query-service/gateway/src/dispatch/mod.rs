@@ -22,6 +22,7 @@ mod fetch;
 pub mod pool;
 pub mod querypools;
 pub mod registry;
+pub mod suspects;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,6 +36,7 @@ use tonic::{Code, Status};
 
 use self::pool::{Worker, WorkerLoad, WorkerPool};
 use self::registry::Pools;
+use self::suspects::{HELD_BACK_AFTER, StatementKey, Suspects, WINDOW};
 use quiver_core::protocol::WORKER_STATE_HEADER;
 use quiver_core::protocol::{GRANT_HEADER, carries_rows};
 
@@ -83,6 +85,18 @@ pub enum DispatchError {
         /// The pools served, comma-separated.
         known: String,
     },
+    /// The statement was running on workers that failed as processes, twice within
+    /// [`WINDOW`]: it is not sent to another ([`suspects`]).
+    #[error(
+        "this statement was running on {HELD_BACK_AFTER} workers that failed within {}; it is \
+         held back for {} so it cannot stop more",
+        humantime::format_duration(WINDOW),
+        humantime::format_duration(*.left)
+    )]
+    HeldBack {
+        /// How much longer it is held back.
+        left: Duration,
+    },
     /// A worker address that is not a valid URL.
     #[error("invalid worker endpoint {endpoint:?}: {reason}")]
     InvalidEndpoint {
@@ -117,6 +131,30 @@ fn failure(status: &Status) -> Failure {
     } else {
         Failure::Query
     }
+}
+
+/// Whether a transport failure happened after the call reached the worker: a worker that was
+/// gone before it (connection refused or never made, as when it died idle and its health
+/// stream has not told yet) cannot have failed because of the call.
+fn reached_worker(status: &Status) -> bool {
+    use std::io::ErrorKind;
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                ErrorKind::ConnectionRefused
+                    | ErrorKind::TimedOut
+                    | ErrorKind::HostUnreachable
+                    | ErrorKind::NetworkUnreachable
+                    | ErrorKind::AddrNotAvailable
+            )
+        {
+            return false;
+        }
+        source = err.source();
+    }
+    true
 }
 
 /// A call's request with the gateway's grant header.
@@ -213,6 +251,10 @@ pub struct Dispatcher {
     pool: Arc<WorkerPool>,
     /// How long a call waits for a pool with no ready worker to wake; `None` fails fast.
     wake_timeout: Option<Duration>,
+    /// Statements that were running on failed workers, shared by every dispatcher.
+    suspects: Arc<Suspects>,
+    /// The call's statement, when it plans or runs one.
+    statement: Option<StatementKey>,
 }
 
 impl Dispatcher {
@@ -223,6 +265,8 @@ impl Dispatcher {
             pools,
             pool,
             wake_timeout: None,
+            suspects: Arc::default(),
+            statement: None,
         }
     }
 
@@ -248,6 +292,8 @@ impl Dispatcher {
             pools: self.pools.clone(),
             pool: self.pools.get(pool)?,
             wake_timeout: self.wake_timeout,
+            suspects: self.suspects.clone(),
+            statement: self.statement,
         })
     }
 
@@ -256,6 +302,21 @@ impl Dispatcher {
     pub fn holding_at_most(mut self, limit: Duration) -> Self {
         self.wake_timeout = self.wake_timeout.map(|t| t.min(limit));
         self
+    }
+
+    /// The same dispatcher, for a call that plans or runs `sql` for `tenant`: a worker failing
+    /// under it counts against the statement ([`suspects`]).
+    pub fn for_statement(mut self, tenant: &str, sql: &str) -> Self {
+        self.statement = Some(self.suspects.key(tenant, sql));
+        self
+    }
+
+    /// Records that `worker` failed as a process (`status`) under the call's statement, if the
+    /// call had reached it; true when the statement is now held back.
+    fn failed_under_statement(&self, worker: &Worker, status: &Status) -> bool {
+        self.statement.is_some_and(|key| {
+            reached_worker(status) && self.suspects.record(key, worker.id()) >= HELD_BACK_AFTER
+        })
     }
 
     /// The least-loaded ready worker other than `exclude`. With no worker ready at all and a
@@ -296,12 +357,16 @@ impl Dispatcher {
     }
 
     /// Runs `call` on the least-loaded ready worker, and once more on another if the first
-    /// worker fails as a process. The load guard is returned so streams can hold it.
+    /// worker fails as a process, unless the statement is held back. The load guard is
+    /// returned so streams can hold it.
     async fn with_retry<T, F, Fut>(&self, call: F) -> Result<(T, WorkerLoad), DispatchError>
     where
         F: Fn(Arc<Worker>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
+        if let Some(left) = self.statement.and_then(|key| self.suspects.held_back(key)) {
+            return Err(DispatchError::HeldBack { left });
+        }
         let mut failed: Option<Arc<Worker>> = None;
         let mut last_error = None;
         for _attempt in 0..2 {
@@ -324,6 +389,9 @@ impl Dispatcher {
                         tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
                         if kind == Failure::Transport {
                             worker.mark_failed();
+                            if self.failed_under_statement(&worker, &status) {
+                                return Err(DispatchError::HeldBack { left: WINDOW });
+                            }
                         }
                         last_error = Some(DispatchError::WorkerFailed {
                             endpoint: worker.endpoint().to_owned(),
@@ -412,11 +480,13 @@ impl Dispatcher {
             .await?;
         let endpoint = load.worker().endpoint().to_owned();
         let head = futures::stream::iter(held.into_iter().map(Ok));
+        let this = self.clone();
         let tail = rest.map(move |item| {
             // The load guard lives as long as the relayed stream.
             let _held = &load;
             item.map_err(|status| {
                 if failure(&status) == Failure::Transport {
+                    this.failed_under_statement(load.worker(), &status);
                     Status::unavailable(format!(
                         "worker {endpoint} failed while streaming results: {}; the query can be retried",
                         status.message()
@@ -456,6 +526,89 @@ mod tests {
             dispatcher.on("c"),
             Err(DispatchError::UnknownPool { .. })
         ));
+    }
+
+    /// What the connection to a worker that died under a call reports.
+    fn died() -> Status {
+        let mut status = Status::unavailable("connection reset");
+        status.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        status
+    }
+
+    #[tokio::test]
+    async fn a_refused_grpc_connection_never_reached_the_worker() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let channel = tonic::transport::Endpoint::from_shared(endpoint)
+            .unwrap()
+            .connect_lazy();
+        let status = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(failure(&status), Failure::Transport, "{status:?}");
+        assert!(!reached_worker(&status), "{status:?}");
+        assert!(reached_worker(&died()));
+    }
+
+    #[tokio::test]
+    async fn a_statement_under_which_two_workers_fail_is_held_back() {
+        let pools = Pools::new(["a"]);
+        let pool = pools.get("a").unwrap().clone();
+        for port in 1..=3 {
+            let worker = pool.add(&format!("127.0.0.1:{port}")).unwrap();
+            pool.set_ready_for_test(&worker);
+        }
+        let tried = std::sync::Mutex::new(Vec::new());
+        let dying = |worker: Arc<Worker>| {
+            tried.lock().unwrap().push(worker.endpoint().to_owned());
+            async { Err::<(), _>(died()) }
+        };
+        let plain = Dispatcher::new(pools);
+        let boom = plain.clone().for_statement("t", "SELECT boom()");
+        // The first failure may be a coincidence: retried on another worker. The second is
+        // not: held back, and not sent to the third worker.
+        let err = boom.with_retry(dying).await.err().unwrap();
+        assert!(matches!(err, DispatchError::HeldBack { .. }), "{err}");
+        let first = tried.lock().unwrap().clone();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert_ne!(first[0], first[1]);
+        // Sent again (every worker available again), it reaches none.
+        for worker in pool.workers() {
+            worker.answered();
+        }
+        let err = boom.with_retry(dying).await.err().unwrap();
+        assert!(matches!(err, DispatchError::HeldBack { .. }), "{err}");
+        assert_eq!(tried.lock().unwrap().len(), 2);
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(status.message().contains("held back"), "{status}");
+        // Workers that were gone before a call reached them (connection refused) do not count.
+        let gone = |worker: Arc<Worker>| async move {
+            let _ = worker;
+            let mut status = Status::unavailable("connection refused");
+            status.set_source(Arc::new(std::io::Error::from(
+                std::io::ErrorKind::ConnectionRefused,
+            )));
+            Err::<(), _>(status)
+        };
+        for worker in pool.workers() {
+            worker.answered();
+        }
+        let other = plain.clone().for_statement("t", "SELECT 2");
+        for _ in 0..3 {
+            let err = other.with_retry(gone).await.err().unwrap();
+            assert!(matches!(err, DispatchError::WorkerFailed { .. }), "{err}");
+            for worker in pool.workers() {
+                worker.answered();
+            }
+        }
+        // The same failures under calls without a statement hold nothing back.
+        let err = plain.with_retry(dying).await.err().unwrap();
+        assert!(matches!(err, DispatchError::WorkerFailed { .. }), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

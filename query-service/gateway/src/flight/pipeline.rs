@@ -152,8 +152,11 @@ impl GatewayService {
         let (signed, grant) = self.sign(&command, &admitted);
         let tracked = self.track(&command, &caller, admitted.permit.take());
         let mut worker = self.dispatcher.on(&admitted.pool)?;
-        if let Some((_, limits, _)) = admitted.checked().and_then(|c| c.placement.chain.last()) {
-            worker = worker.holding_at_most(limits.queue_timeout);
+        if let Some(checked) = admitted.checked() {
+            worker = worker.for_statement(&caller.identity.tenant, &checked.sql);
+            if let Some((_, limits, _)) = checked.placement.chain.last() {
+                worker = worker.holding_at_most(limits.queue_timeout);
+            }
         }
         let answer = match signed {
             Signed::Info(descriptor) => {
