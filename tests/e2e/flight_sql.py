@@ -233,6 +233,8 @@ def status_of(exc: BaseException) -> str:
             return "RESOURCE_EXHAUSTED"
         if msg.startswith("Flight returned invalid argument error"):
             return "INVALID_ARGUMENT"
+        if "precondition" in msg.split(",", 1)[0]:
+            return "FAILED_PRECONDITION"
         return "INVALID_ARGUMENT?"  # an Invalid raised on the client side, not by the server
     if isinstance(exc, pa.ArrowKeyError) and msg.startswith("Flight returned not found error"):
         return "NOT_FOUND"

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 import flight_sql
-from conftest import alive, children_of
+from conftest import _stat, alive, children_of
 from flight_sql import status_of
 
 QUERIES = {
@@ -144,3 +144,86 @@ def test_kill_worker_mid_run(start_quiver):
         assert read(client, "agg").equals(expected["agg"]), i
     q.wait_for("worker started:", 120)
     assert len(q.worker_pids) == 2, q.started
+
+
+# Runs for minutes before its one row: long enough to find the worker running it and kill it.
+SLOW = "SELECT sum(a.l_quantity * b.l_quantity) AS s FROM lineitem a CROSS JOIN lineitem b"
+
+
+def cpu_ticks(pid: int) -> int:
+    """User and system CPU time of `pid` so far, in clock ticks."""
+    fields = _stat(pid)
+    assert fields is not None, f"worker {pid} is gone"
+    return int(fields[11]) + int(fields[12])
+
+
+def running_on(q, pids_by_endpoint: dict[str, int], exclude: set[int]) -> int:
+    """The pid of the worker (not in `exclude`) running the query: the gateway counts it in
+    flight there, and the worker has since burnt a fifth of a second of CPU (an idle worker
+    burns none), so the query has reached it."""
+    deadline = time.monotonic() + 60
+    chosen, since = None, 0
+    while True:
+        if chosen is None:
+            pools = json.loads(urllib.request.urlopen(f"{q.admin_url}/v1/pools", timeout=5).read())
+            for pool in pools["pools"]:
+                for w in pool["worker_loads"]:
+                    pid = pids_by_endpoint.get(w["endpoint"])
+                    if w["in_flight"] > 0 and pid is not None and pid not in exclude:
+                        chosen, since = pid, cpu_ticks(pid)
+        elif cpu_ticks(chosen) - since >= os.sysconf("SC_CLK_TCK") // 5:
+            return chosen
+        assert time.monotonic() < deadline, f"no worker ran the query (chosen: {chosen})"
+        time.sleep(0.02)
+
+
+def test_a_statement_that_two_workers_die_under_is_held_back(start_quiver):
+    """A query of death: the worker running it dies, the gateway retries it on the other, that
+    one dies too, and the statement is then held back (FAILED_PRECONDITION) instead of being
+    sent to the replacements. Other statements run as before."""
+    q = start_quiver(workers=2)
+    pids = {endpoint.replace("grpc://", "http://"): pid for pid, endpoint in q.started}
+    client = flight.connect(q.endpoint)
+    outcome: list[BaseException | None] = []
+
+    def run():
+        try:
+            client.do_get(flight.Ticket(SLOW.encode())).read_all()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001
+            outcome.append(e)
+
+    caller = threading.Thread(target=run)
+    caller.start()
+    first = running_on(q, pids, set())
+    os.kill(first, signal.SIGKILL)
+    second = running_on(q, pids, {first})  # retried on the other worker
+    os.kill(second, signal.SIGKILL)
+    caller.join(timeout=120)
+    assert not caller.is_alive(), "the call never ended"
+    (err,) = outcome
+    assert err is not None and status_of(err) == "FAILED_PRECONDITION", f"{err!r}"
+    assert "held back" in str(err), str(err)
+
+    # The supervisor replaces both workers; once one serves, other statements run...
+    q.wait_for("worker started:", 120)
+    q.wait_for("worker started:", 120)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            assert client.do_get(flight.Ticket(b"SELECT 1 AS one")).read_all().num_rows == 1
+            break
+        except flight.FlightUnavailableError:
+            assert time.monotonic() < deadline, "no replacement worker served"
+            time.sleep(0.2)
+    # ...and the held-back statement is refused at once, reaching no worker.
+    started = time.monotonic()
+    try:
+        client.do_get(flight.Ticket(SLOW.encode())).read_all()
+        raise AssertionError("the held-back statement ran")
+    except flight.FlightError as e:
+        assert status_of(e) == "FAILED_PRECONDITION", f"{e!r}"
+    except pa.ArrowInvalid as e:
+        assert status_of(e) == "FAILED_PRECONDITION", f"{e!r}"
+    assert time.monotonic() - started < 5, "the held-back statement was not refused at once"
+    assert len(q.worker_pids) == 2

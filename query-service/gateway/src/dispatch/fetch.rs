@@ -156,8 +156,10 @@ pub async fn start(
         })),
         Err(e) if was_reused => Some(Err(transport(worker.endpoint(), e))),
         // A new connection closed before any answer: a worker that does not speak the
-        // exchange (an older version) hangs up on its first bytes. Use gRPC for it; a worker
-        // that is really gone fails that call as well.
+        // exchange (an older version) hangs up on its first bytes, and a worker that died with
+        // the request in hand closes it too. One more connection tells them apart: the first
+        // still listens, and gets its DoGets over gRPC; the second is a transport failure that
+        // reached it.
         Err(e)
             if matches!(
                 e.kind(),
@@ -166,8 +168,12 @@ pub async fn start(
                     | io::ErrorKind::ConnectionAborted
             ) =>
         {
-            worker.refuse_fetch();
-            None
+            if connect(worker).await.is_ok() {
+                worker.refuse_fetch();
+                None
+            } else {
+                Some(Err(transport(worker.endpoint(), e)))
+            }
         }
         Err(e) => Some(Err(transport(worker.endpoint(), e))),
     }
@@ -393,6 +399,33 @@ mod tests {
         assert!(super::super::reached_worker(&status), "{status:?}");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(!worker.fetch_refused());
+    }
+
+    /// A worker that dies with the request in hand on a new connection (it stops listening)
+    /// is a transport failure that reached it, not a worker that does not speak the exchange.
+    #[tokio::test]
+    async fn a_worker_dying_on_a_new_connection_reached_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Takes one fetch, reads its request, and dies: its port closes with it.
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut magic = [0u8; 4];
+                if stream.read_exact(&mut magic).await.is_ok() && &magic == fetch::MAGIC {
+                    let _ = read_request(&mut stream).await;
+                    return;
+                }
+            }
+        });
+        let pool = WorkerPool::new("p");
+        let worker = pool.add(&format!("grpc://{addr}")).unwrap();
+        let Some(Err(status)) = start(&worker, b"ticket", "grant").await else {
+            panic!("a dead worker answered, or was taken for one that does not speak the exchange");
+        };
+        assert!(super::super::reached_worker(&status), "{status:?}");
+        assert!(!worker.fetch_refused());
+        assert_eq!(open(&worker), 0);
     }
 
     /// A worker that is not there is a transport failure (retried elsewhere), not a refusal.

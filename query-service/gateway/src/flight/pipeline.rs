@@ -150,7 +150,7 @@ impl GatewayService {
             return Ok(self.record(command, &caller, admitted, tracked, answer, record));
         }
         let (signed, grant) = self.sign(&command, &admitted);
-        let tracked = self.track(&command, &caller, admitted.permit.take());
+        // Before the permit (which holds a run's checked statement) goes to the tracker.
         let mut worker = self.dispatcher.on(&admitted.pool)?;
         if let Some(checked) = admitted.checked() {
             worker = worker.for_statement(&caller.identity.tenant, &checked.sql);
@@ -158,6 +158,7 @@ impl GatewayService {
                 worker = worker.holding_at_most(limits.queue_timeout);
             }
         }
+        let tracked = self.track(&command, &caller, admitted.permit.take());
         let answer = match signed {
             Signed::Info(descriptor) => {
                 let info = worker.get_flight_info(descriptor, &grant).await?;
