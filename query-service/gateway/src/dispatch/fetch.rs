@@ -298,65 +298,25 @@ mod tests {
     use super::*;
     use crate::dispatch::pool::WorkerPool;
 
-    /// A worker that hangs up on the exchange's first bytes (one that does not speak it) gets
-    /// its DoGets over gRPC, and no connection stays counted against it.
-    #[tokio::test]
-    async fn a_worker_that_hangs_up_on_the_exchange_gets_grpc() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut magic = [0u8; 4];
-                let _ = stream.read_exact(&mut magic).await;
-                drop(stream);
-            }
-        });
-        let pool = WorkerPool::new("p");
-        let worker = pool.add(&format!("grpc://{addr}")).unwrap();
-        assert!(!worker.fetch_refused());
-        assert!(start(&worker, b"ticket", "grant").await.is_none());
-        assert!(worker.fetch_refused());
-        // Refused for a while: not even tried again.
-        assert!(start(&worker, b"ticket", "grant").await.is_none());
-        assert_eq!(open(&worker), 0);
-    }
-
-    /// A worker speaking the exchange that answers `answered` requests on each connection with
-    /// an empty result, then hangs up, having read one more request if `read_the_next`.
-    /// Counts its fetch connections.
-    async fn worker_that_hangs_up_after(
-        answered: usize,
-        read_the_next: bool,
-    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    /// A fake worker on a local port, added to a pool: each connection is handed to `serve`
+    /// once its first four bytes have arrived (the pool's health watch connects too). The port
+    /// closes, as when a worker dies, once `serve` returns false.
+    async fn fake_worker<F, Fut>(serve: F) -> Arc<Worker>
+    where
+        F: Fn(TcpStream, [u8; 4]) -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("grpc://{}", listener.local_addr().unwrap());
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let count = count.clone();
-                tokio::spawn(async move {
-                    // Only fetch connections count (the pool's health watch connects too).
-                    let mut magic = [0u8; 4];
-                    if stream.read_exact(&mut magic).await.is_err() || &magic != fetch::MAGIC {
-                        return;
-                    }
-                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    for _ in 0..answered {
-                        if read_request(&mut stream).await.is_err() {
-                            return;
-                        }
-                        let end = fetch::frame_header(fetch::FRAME_END, 0);
-                        stream.write_all(&end).await.unwrap();
-                    }
-                    if read_the_next {
-                        let _ = read_request(&mut stream).await;
-                    }
-                });
+                let mut magic = [0u8; 4];
+                if stream.read_exact(&mut magic).await.is_ok() && !serve(stream, magic).await {
+                    return;
+                }
             }
         });
-        (endpoint, accepted)
+        WorkerPool::new("p").add(&endpoint).unwrap()
     }
 
     async fn read_request(stream: &mut TcpStream) -> io::Result<usize> {
@@ -366,19 +326,63 @@ mod tests {
         stream.read_exact(&mut body).await
     }
 
+    /// A worker speaking the exchange that answers `answered` requests on each connection with
+    /// an empty result, then hangs up, having read one more request if `read_the_next`; with
+    /// the fetch connections it took.
+    async fn worker_that_hangs_up_after(
+        answered: usize,
+        read_the_next: bool,
+    ) -> (Arc<Worker>, Arc<std::sync::atomic::AtomicUsize>) {
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        let worker = fake_worker(move |mut stream, magic| {
+            let count = count.clone();
+            async move {
+                if &magic != fetch::MAGIC {
+                    return true;
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                for _ in 0..answered {
+                    if read_request(&mut stream).await.is_err() {
+                        return true;
+                    }
+                    let end = fetch::frame_header(fetch::FRAME_END, 0);
+                    stream.write_all(&end).await.unwrap();
+                }
+                if read_the_next {
+                    let _ = read_request(&mut stream).await;
+                }
+                true
+            }
+        })
+        .await;
+        (worker, accepted)
+    }
+
     async fn run_to_end(worker: &Arc<Worker>) -> Result<(), Status> {
         let mut fetch = start(worker, b"ticket", "grant").await.unwrap()?;
         while fetch.message().await?.is_some() {}
         Ok(())
     }
 
+    /// A worker that hangs up on the exchange's first bytes (one that does not speak it) gets
+    /// its DoGets over gRPC, and no connection stays counted against it.
+    #[tokio::test]
+    async fn a_worker_that_hangs_up_on_the_exchange_gets_grpc() {
+        let worker = fake_worker(|_, _| async { true }).await;
+        assert!(!worker.fetch_refused());
+        assert!(start(&worker, b"ticket", "grant").await.is_none());
+        assert!(worker.fetch_refused());
+        // Refused for a while: not even tried again.
+        assert!(start(&worker, b"ticket", "grant").await.is_none());
+        assert_eq!(open(&worker), 0);
+    }
+
     /// A kept connection the worker closed after its last answer (it idled it out or
     /// restarted) is replaced before use, so the next fetch succeeds on a new connection.
     #[tokio::test]
     async fn a_kept_connection_the_worker_closed_is_replaced() {
-        let (endpoint, accepted) = worker_that_hangs_up_after(1, false).await;
-        let pool = WorkerPool::new("p");
-        let worker = pool.add(&endpoint).unwrap();
+        let (worker, accepted) = worker_that_hangs_up_after(1, false).await;
         for round in 1..=3 {
             run_to_end(&worker).await.unwrap();
             assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), round);
@@ -390,9 +394,7 @@ mod tests {
     /// over with a new connection.
     #[tokio::test]
     async fn a_worker_failing_with_the_request_in_hand_reached_it() {
-        let (endpoint, accepted) = worker_that_hangs_up_after(1, true).await;
-        let pool = WorkerPool::new("p");
-        let worker = pool.add(&endpoint).unwrap();
+        let (worker, accepted) = worker_that_hangs_up_after(1, true).await;
         run_to_end(&worker).await.unwrap();
         let status = run_to_end(&worker).await.unwrap_err();
         assert!(std::error::Error::source(&status).is_some(), "{status:?}");
@@ -405,21 +407,14 @@ mod tests {
     /// is a transport failure that reached it, not a worker that does not speak the exchange.
     #[tokio::test]
     async fn a_worker_dying_on_a_new_connection_reached_it() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            // Takes one fetch, reads its request, and dies: its port closes with it.
-            loop {
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut magic = [0u8; 4];
-                if stream.read_exact(&mut magic).await.is_ok() && &magic == fetch::MAGIC {
-                    let _ = read_request(&mut stream).await;
-                    return;
-                }
+        let worker = fake_worker(|mut stream, magic| async move {
+            if &magic != fetch::MAGIC {
+                return true;
             }
-        });
-        let pool = WorkerPool::new("p");
-        let worker = pool.add(&format!("grpc://{addr}")).unwrap();
+            let _ = read_request(&mut stream).await;
+            false
+        })
+        .await;
         let Some(Err(status)) = start(&worker, b"ticket", "grant").await else {
             panic!("a dead worker answered, or was taken for one that does not speak the exchange");
         };
