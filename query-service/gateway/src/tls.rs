@@ -185,8 +185,8 @@ impl AsyncWrite for TlsConnection {
 const MAX_HANDSHAKES: usize = 256;
 
 /// The server side of TLS: the config current now (reloaded as its files change) and the bound
-/// on handshakes in progress, shared by the io threads ([`crate::io_threads`]), which each run
-/// the handshakes of the connections they are given.
+/// on handshakes in progress, shared by the io threads, which each run the handshakes of the
+/// connections they are given.
 #[derive(Clone)]
 pub struct Handshakes {
     current: Arc<RwLock<Arc<ServerConfig>>>,
