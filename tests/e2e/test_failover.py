@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.flight as flight
 
 import flight_sql
-from conftest import _stat, alive, children_of
+from conftest import _stat, alive, children_of, metric_samples
 from flight_sql import status_of
 
 QUERIES = {
@@ -227,3 +227,7 @@ def test_a_statement_that_two_workers_die_under_is_held_back(start_quiver):
         assert status_of(e) == "FAILED_PRECONDITION", f"{e!r}"
     assert time.monotonic() - started < 5, "the held-back statement was not refused at once"
     assert len(q.worker_pids) == 2
+    # Both refusals count under their own outcome.
+    held = [v for labels, v in metric_samples(q.admin_url, "quiver_queries_total")
+            if labels["outcome"] == "held_back"]
+    assert held == [2.0], held
