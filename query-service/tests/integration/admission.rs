@@ -95,3 +95,47 @@ async fn credentials_catalogs_and_retry_hint() {
         .unwrap();
     assert!(hint > 0 && hint <= 1000, "{hint}");
 }
+
+/// A run for a pool with no ready worker is held while the pool wakes, but never longer than
+/// its group lets a query queue: here 1 s, against a 30 s wake timeout.
+#[tokio::test]
+async fn a_run_waits_for_a_waking_pool_no_longer_than_its_queue_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("admission.yaml");
+    std::fs::write(
+        &path,
+        "resource_groups:\n  - {name: quick, queue_timeout: 1s}\n",
+    )
+    .unwrap();
+    let pool = quiver_gateway::WorkerPool::new("default");
+    let mut config = gateway_config(
+        quiver_gateway::Pools::single(pool),
+        std::sync::Arc::new(quiver_gateway::GatewayMetrics::default()),
+        Some(path),
+    );
+    config.wake_timeout = Some(std::time::Duration::from_secs(30));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(quiver_gateway::run(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightClient::new(channel);
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        status(&mut client, "SELECT 1"),
+    )
+    .await
+    .expect("held past the group's queue timeout")
+    .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err}");
+    assert!(err.message().contains("after waiting 1s"), "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+}
