@@ -312,11 +312,11 @@ impl Dispatcher {
     }
 
     /// Records that `worker` failed as a process (`status`) under the call's statement, if the
-    /// call had reached it; true when the statement is now held back.
-    fn failed_under_statement(&self, worker: &Worker, status: &Status) -> bool {
-        self.statement.is_some_and(|key| {
-            reached_worker(status) && self.suspects.record(key, worker.id()) >= HELD_BACK_AFTER
-        })
+    /// call had reached it; how much longer the statement is held back, if it now is.
+    fn failed_under_statement(&self, worker: &Worker, status: &Status) -> Option<Duration> {
+        let key = self.statement.filter(|_| reached_worker(status))?;
+        self.suspects.record(key, worker.id());
+        self.suspects.held_back(key)
     }
 
     /// The least-loaded ready worker other than `exclude`. With no worker ready at all and a
@@ -389,8 +389,8 @@ impl Dispatcher {
                         tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
                         if kind == Failure::Transport {
                             worker.mark_failed();
-                            if self.failed_under_statement(&worker, &status) {
-                                return Err(DispatchError::HeldBack { left: WINDOW });
+                            if let Some(left) = self.failed_under_statement(&worker, &status) {
+                                return Err(DispatchError::HeldBack { left });
                             }
                         }
                         last_error = Some(DispatchError::WorkerFailed {

@@ -87,12 +87,14 @@ impl Suspects {
         record.workers.len() as u32
     }
 
-    /// How much longer `key` is held back, if it is.
+    /// How much longer `key` is held back, if it is, in whole seconds rounded up (for the
+    /// message a client reads).
     pub fn held_back(&self, key: StatementKey) -> Option<Duration> {
         let records = self.records.lock().expect("suspects lock");
         let record = records.get(&key)?;
         let left = WINDOW.checked_sub(Instant::now().duration_since(record.since))?;
-        (record.workers.len() >= HELD_BACK_AFTER as usize && !left.is_zero()).then_some(left)
+        (record.workers.len() >= HELD_BACK_AFTER as usize && !left.is_zero())
+            .then(|| Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0)))
     }
 }
 
