@@ -26,13 +26,17 @@ fn sha256_hex(s: &str) -> String {
         .collect()
 }
 
-async fn flight(addr: std::net::SocketAddr, token: &str) -> FlightClient {
+async fn connect(addr: std::net::SocketAddr) -> FlightClient {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
         .unwrap();
-    let mut client = FlightClient::new(channel);
+    FlightClient::new(channel)
+}
+
+async fn flight(addr: std::net::SocketAddr, token: &str) -> FlightClient {
+    let mut client = connect(addr).await;
     client
         .add_header("authorization", &format!("Bearer {token}"))
         .unwrap();
@@ -121,12 +125,7 @@ async fn a_run_waits_for_a_waking_pool_no_longer_than_its_queue_timeout() {
         config,
         std::future::pending(),
     ));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = FlightClient::new(channel);
+    let mut client = connect(addr).await;
     let started = std::time::Instant::now();
     let err = tokio::time::timeout(
         std::time::Duration::from_secs(20),
