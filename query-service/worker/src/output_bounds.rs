@@ -102,45 +102,28 @@ impl Bounded {
     }
 
     /// `range` and `generate_series`: element counts from the bounds and the step, each row's
-    /// at least what the built-in makes. A date or time step whose months, days and nanoseconds
-    /// could add up to nothing on some calendar day is refused: the built-in would loop on it.
+    /// at least what the built-in makes.
     fn check_series(&self, args: &[ColumnarValue], rows: usize) -> Result<()> {
-        let Some(first) = args.first() else {
-            return Ok(());
-        };
-        let (width, unit): (u128, i128) = match first.data_type() {
-            DataType::Int64 => (8, 0),
-            DataType::Date32 | DataType::Date64 => (4, NANOS_PER_DAY),
-            DataType::Timestamp(..) => (8, 1),
+        match args.first().map(ColumnarValue::data_type) {
+            Some(DataType::Int64) => self.within_limit(integer_series(args, rows)?.into_iter()),
+            Some(DataType::Date32 | DataType::Date64) => {
+                self.check_time_series(args, rows, Clock::Dates)
+            }
+            Some(DataType::Timestamp(..)) => self.check_time_series(args, rows, Clock::Timestamps),
             // Nulls and anything the signature did not coerce: the built-in answers.
-            _ => return Ok(()),
-        };
-        if unit == 0 {
-            let (start, stop, step) = match args {
-                [stop] => (None, counts(stop, rows)?, None),
-                [start, stop] => (Some(counts(start, rows)?), counts(stop, rows)?, None),
-                [start, stop, step] => (
-                    Some(counts(start, rows)?),
-                    counts(stop, rows)?,
-                    Some(counts(step, rows)?),
-                ),
-                _ => return Ok(()),
-            };
-            return self.within_limit((0..rows).map(|row| {
-                let (start, stop) = (start.as_ref().map_or(0, |s| s(row)), stop(row));
-                let step = step.as_ref().map_or(1, |s| s(row));
-                if (stop > start && step < 0) || (stop < start && step > 0) {
-                    return 0;
-                }
-                let span = start.abs_diff(stop) as u128;
-                (span / step.unsigned_abs().max(1) as u128 + 1).saturating_mul(width)
-            }));
+            _ => Ok(()),
         }
+    }
+
+    /// A series of dates or timestamps, `(start, stop, step)`. A step whose months, days and
+    /// time could add up to nothing on some calendar day is refused: the built-in would loop
+    /// on it.
+    fn check_time_series(&self, args: &[ColumnarValue], rows: usize, clock: Clock) -> Result<()> {
         let [start, stop, step] = args else {
             return Ok(());
         };
-        let start = instants(start, unit, rows)?;
-        let stop = instants(stop, unit, rows)?;
+        let start = instants(start, clock, rows)?;
+        let stop = instants(stop, clock, rows)?;
         let step = steps(step, rows)?;
         let mut bytes = Vec::with_capacity(rows);
         for row in 0..rows {
@@ -149,29 +132,12 @@ impl Bounded {
                 continue;
             };
             let (months, days, nanos) = (step.months, step.days, step.nanoseconds);
-            if months == 0 && days == 0 && (unit == NANOS_PER_DAY || nanos == 0) {
+            if months == 0 && days == 0 && (clock == Clock::Dates || nanos == 0) {
                 // The built-in refuses a step that is no step.
                 bytes.push(0);
                 continue;
             }
-            let smallest = if unit == 1 {
-                smallest_step(
-                    months,
-                    days,
-                    nanos,
-                    23 * NANOS_PER_HOUR,
-                    25 * NANOS_PER_HOUR,
-                )
-            } else {
-                // A date moves by whole days: the time of a step counts only as whole days, and
-                // the built-in takes its direction from the signs of the months and days.
-                let whole_days = nanos / NANOS_PER_DAY as i64;
-                let parts = [months as i64, days as i64, whole_days];
-                let mixed = parts.iter().any(|&p| p > 0) && parts.iter().any(|&p| p < 0);
-                let nanos = (whole_days as i128 * NANOS_PER_DAY) as i64;
-                smallest_step(months, days, nanos, NANOS_PER_DAY, NANOS_PER_DAY).filter(|_| !mixed)
-            };
-            let Some(smallest) = smallest else {
+            let Some(smallest) = clock.smallest_step(months, days, nanos) else {
                 return Err(DataFusionError::Execution(format!(
                     "{}() step {months} months {days} days {nanos} ns could be zero on some \
                      dates; give the months, days and time of a step the same sign",
@@ -179,7 +145,7 @@ impl Bounded {
                 )));
             };
             let span = (start - stop).unsigned_abs();
-            bytes.push((span / smallest + 1).saturating_mul(width));
+            bytes.push((span / smallest + 1).saturating_mul(clock.width()));
         }
         self.within_limit(bytes.into_iter())
     }
@@ -204,10 +170,85 @@ impl Bounded {
 const NANOS_PER_HOUR: i128 = 3_600_000_000_000;
 const NANOS_PER_DAY: i128 = 24 * NANOS_PER_HOUR;
 
+/// Bytes per row of `range`/`generate_series([start,] stop[, step])` over integers: 8 per
+/// element, none when the step points away from the stop.
+fn integer_series(args: &[ColumnarValue], rows: usize) -> Result<Vec<u128>> {
+    let (start, stop, step) = match args {
+        [stop] => (None, counts(stop, rows)?, None),
+        [start, stop] => (Some(counts(start, rows)?), counts(stop, rows)?, None),
+        [start, stop, step] => (
+            Some(counts(start, rows)?),
+            counts(stop, rows)?,
+            Some(counts(step, rows)?),
+        ),
+        _ => return Ok(Vec::new()),
+    };
+    Ok((0..rows)
+        .map(|row| {
+            let (start, stop) = (start.as_ref().map_or(0, |s| s(row)), stop(row));
+            let step = step.as_ref().map_or(1, |s| s(row));
+            if (stop > start && step < 0) || (stop < start && step > 0) {
+                return 0;
+            }
+            let span = start.abs_diff(stop) as u128;
+            (span / step.unsigned_abs().max(1) as u128 + 1).saturating_mul(8)
+        })
+        .collect())
+}
+
+/// What a date or time series counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clock {
+    /// Dates: whole days of 24 hours, 4 bytes an element.
+    Dates,
+    /// Timestamps: nanoseconds, over days of 23 to 25 hours (daylight saving), 8 bytes an
+    /// element.
+    Timestamps,
+}
+
+impl Clock {
+    fn width(self) -> u128 {
+        match self {
+            Clock::Dates => 4,
+            Clock::Timestamps => 8,
+        }
+    }
+
+    /// Nanoseconds per stored unit, once dates are Date32 and timestamps nanoseconds.
+    fn unit(self) -> i128 {
+        match self {
+            Clock::Dates => NANOS_PER_DAY,
+            Clock::Timestamps => 1,
+        }
+    }
+
+    /// The smallest distance a step can cover, in nanoseconds; `None` when it could be zero
+    /// or turn around on some date.
+    fn smallest_step(self, months: i32, days: i32, nanos: i64) -> Option<u128> {
+        match self {
+            Clock::Timestamps => smallest_step(
+                months,
+                days,
+                nanos,
+                23 * NANOS_PER_HOUR,
+                25 * NANOS_PER_HOUR,
+            ),
+            Clock::Dates => {
+                // A date moves by whole days: the time of a step counts only as whole days,
+                // and the built-in takes its direction from the signs of the months and days.
+                let whole_days = nanos / NANOS_PER_DAY as i64;
+                let parts = [months as i64, days as i64, whole_days];
+                let mixed = parts.iter().any(|&p| p > 0) && parts.iter().any(|&p| p < 0);
+                let nanos = (whole_days as i128 * NANOS_PER_DAY) as i64;
+                smallest_step(months, days, nanos, NANOS_PER_DAY, NANOS_PER_DAY).filter(|_| !mixed)
+            }
+        }
+    }
+}
+
 /// The smallest distance a step of `months`, `days` and `nanos` can cover, in nanoseconds, over
-/// months of 28 to 31 days and days of `day_low` to `day_high` nanoseconds (23 to 25 hours
-/// where daylight saving applies); `None` when some combination could make it zero or turn it
-/// around.
+/// months of 28 to 31 days and days of `day_low` to `day_high` nanoseconds; `None` when some
+/// combination could make it zero or turn it around.
 fn smallest_step(
     months: i32,
     days: i32,
@@ -235,9 +276,9 @@ fn smallest_step(
     }
 }
 
-/// A date or timestamp argument per row, in nanoseconds (`unit` per stored unit for dates;
-/// timestamps are cast to nanoseconds first).
-fn instants(value: &ColumnarValue, unit: i128, rows: usize) -> Result<Vec<Option<i128>>> {
+/// A date or timestamp argument per row, in nanoseconds (dates as Date32, timestamps cast to
+/// nanoseconds first).
+fn instants(value: &ColumnarValue, clock: Clock, rows: usize) -> Result<Vec<Option<i128>>> {
     let array = value.to_array(rows)?;
     let array = match array.data_type() {
         DataType::Date32 | DataType::Date64 => cast(&array, &DataType::Date32)?,
@@ -248,6 +289,7 @@ fn instants(value: &ColumnarValue, unit: i128, rows: usize) -> Result<Vec<Option
         _ => return Ok(vec![None; rows]),
     };
     let array = cast(&array, &DataType::Int64)?;
+    let unit = clock.unit();
     Ok(array
         .as_primitive::<Int64Type>()
         .iter()
