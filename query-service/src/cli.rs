@@ -84,6 +84,12 @@ pub struct RequestArgs {
     /// workers (default: one per core).
     #[arg(long, env = "QUIVER_IO_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub io_threads: Option<u16>,
+    /// Start a statement's run when a client plans it (GetFlightInfo), for the DoGet that
+    /// redeems its ticket to claim: the worker executes while the ticket travels to the client
+    /// and back. A run not claimed within 2s is cancelled; turn this off for clients that plan
+    /// statements without running them.
+    #[arg(long, env = "QUIVER_EAGER_RUNS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub eager_runs: bool,
 }
 
 impl RequestArgs {

@@ -65,6 +65,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 drain_timeout: args.limits.drain_timeout(),
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 io_threads: args.requests.io_threads(),
+                eager_runs: args.requests.eager_runs,
                 ticket_key: args.ticket_key,
                 config: args.config,
                 tenants: args.tenants_file,
@@ -116,6 +117,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 query_timeout: args.query_timeout,
                 wake_timeout,
                 io_threads: args.requests.io_threads(),
+                eager_runs: args.requests.eager_runs,
             };
             quiver_gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }

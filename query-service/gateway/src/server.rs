@@ -60,6 +60,8 @@ pub struct GatewayConfig {
     /// Threads serving client connections, each with its own connections to workers; `None`
     /// is one per core. TLS connections are served (and their handshakes run) there too.
     pub io_threads: Option<usize>,
+    /// Start a statement's run when it is planned, for its `DoGet` to claim.
+    pub eager_runs: bool,
 }
 
 /// HTTP/2 streams one client connection may have open at once: enough for a BI tool's
@@ -172,7 +174,8 @@ pub async fn run(
         admission,
         config.metrics,
     )
-    .with_query_timeout(config.query_timeout);
+    .with_query_timeout(config.query_timeout)
+    .with_eager_runs(config.eager_runs);
     // On shutdown: report NOT_SERVING first (load balancers and probes stop sending), then stop
     // accepting and let running streams finish (each ends by its time limit at the latest).
     let drain_health = health.clone();

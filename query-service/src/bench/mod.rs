@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  gateway     client ─Flight SQL─► gateway ─► worker ─► engine      (quiver up, a child)
-//!  worker      client ─Flight SQL─► worker ─► engine                 (same worker processes)
+//!  worker      client ─Flight SQL─► worker ─► engine                 (same workers, in turn)
 //!  relay       client ─Flight SQL─► TCP relay ─► worker               (the floor of any proxy)
 //!  engine      the worker's Engine in this process, no Flight         (same files)
 //!  datafusion  a plain DataFusion SessionContext, same settings       (same files)
@@ -286,8 +286,8 @@ async fn measure(
     deployment: &Deployment,
 ) -> anyhow::Result<(Vec<QueryResult>, Option<throughput::Throughput>)> {
     let catalog = config.data_dir.join(crate::datagen::CATALOG_FILE);
-    let (_, worker) = &deployment.workers[0];
-    let mut paths = Paths::connect(&deployment.gateway, worker, key, &catalog).await?;
+    let workers: Vec<String> = deployment.workers.iter().map(|(_, w)| w.clone()).collect();
+    let mut paths = Paths::connect(&deployment.gateway, &workers, key, &catalog).await?;
     let gateway_cpu = deployment.child.id().and_then(ProcessCpu::of);
     let worker_cpu = WorkersCpu::of(deployment.workers.iter().map(|(pid, _)| *pid));
     let mut queries = Vec::new();

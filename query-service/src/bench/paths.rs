@@ -20,9 +20,9 @@ use quiver_worker::engine::{DEFAULT_QUERY_TIMEOUT, Engine, QueryLimits};
 pub enum Path {
     /// Flight SQL through the gateway, as a client does.
     Gateway,
-    /// Flight SQL straight to a worker, with the grant the gateway would send.
+    /// Flight SQL straight to the workers in turn, with the grant the gateway would send.
     Worker,
-    /// As `Worker`, through a bare TCP relay: what any proxy in between adds.
+    /// As `Worker`, through a bare TCP relay per worker: what any proxy in between adds.
     Relay,
     /// The worker's engine in this process.
     Engine,
@@ -41,11 +41,30 @@ impl Path {
     ];
 }
 
+/// Clients of every worker, called in turn.
+///
+/// The gateway spreads a lone client's queries over the workers (the least loaded, rotating
+/// among equals), so each worker serves every other one. The direct paths take the same turns:
+/// always calling the first worker would keep its caches warmer than those of the workers the
+/// gateway also reaches, and charge the difference to the gateway.
+struct InTurn {
+    clients: Vec<FlightSqlServiceClient<Channel>>,
+    next: usize,
+}
+
+impl InTurn {
+    fn next(&mut self) -> &mut FlightSqlServiceClient<Channel> {
+        let i = self.next % self.clients.len();
+        self.next = self.next.wrapping_add(1);
+        &mut self.clients[i]
+    }
+}
+
 /// What each path runs on.
 pub struct Paths {
     gateway: FlightSqlServiceClient<Channel>,
-    worker: FlightSqlServiceClient<Channel>,
-    relay: FlightSqlServiceClient<Channel>,
+    workers: InTurn,
+    relays: InTurn,
     signer: TicketSigner,
     engine: Arc<Engine>,
     datafusion: SessionContext,
@@ -57,10 +76,11 @@ fn all_catalogs() -> Vec<String> {
 }
 
 impl Paths {
-    /// Connects the Flight clients and warms the in-process engines on `catalog`'s files.
+    /// Connects the Flight clients (to the gateway, to each of `workers` and to a relay in
+    /// front of each) and warms the in-process engines on `catalog`'s files.
     pub async fn connect(
         gateway: &str,
-        worker: &str,
+        workers: &[String],
         key: &str,
         catalog: &FsPath,
     ) -> anyhow::Result<Self> {
@@ -85,10 +105,24 @@ impl Paths {
                 )
                 .await?;
         }
+        if workers.is_empty() {
+            bail!("no worker to measure");
+        }
+        let (mut direct, mut relayed) = (Vec::new(), Vec::new());
+        for worker in workers {
+            direct.push(client::connect(worker).await?);
+            relayed.push(client::connect(&super::relay::start(worker)?).await?);
+        }
         Ok(Self {
             gateway: client::connect(gateway).await?,
-            worker: client::connect(worker).await?,
-            relay: client::connect(&super::relay::start(worker)?).await?,
+            workers: InTurn {
+                clients: direct,
+                next: 0,
+            },
+            relays: InTurn {
+                clients: relayed,
+                next: 0,
+            },
             signer: TicketSigner::new(key.as_bytes()),
             engine: Arc::new(engine),
             datafusion,
@@ -99,8 +133,8 @@ impl Paths {
     pub async fn run(&mut self, path: Path, sql: &str) -> anyhow::Result<Vec<RecordBatch>> {
         Ok(match path {
             Path::Gateway => client::query(&mut self.gateway, sql).await?,
-            Path::Worker => client::query_worker(&mut self.worker, &self.signer, sql).await?,
-            Path::Relay => client::query_worker(&mut self.relay, &self.signer, sql).await?,
+            Path::Worker => client::query_worker(self.workers.next(), &self.signer, sql).await?,
+            Path::Relay => client::query_worker(self.relays.next(), &self.signer, sql).await?,
             Path::Engine => {
                 self.engine
                     .execute(sql, None, None, &all_catalogs())

@@ -56,6 +56,8 @@ pub struct UpConfig {
     pub wake_timeout: Option<Duration>,
     /// The gateway's io threads; `None`: one per core.
     pub io_threads: Option<usize>,
+    /// Start statements' runs when they are planned.
+    pub eager_runs: bool,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -188,6 +190,7 @@ pub async fn run(
             .unwrap_or(quiver_worker::engine::DEFAULT_QUERY_TIMEOUT),
         wake_timeout: config.wake_timeout,
         io_threads: config.io_threads,
+        eager_runs: config.eager_runs,
     };
     let mut gateway = tokio::spawn(quiver_gateway::run(listener, gateway_config, async {
         let _ = gateway_stop_rx.await;

@@ -94,6 +94,7 @@ pub fn gateway_config(
         query_timeout: Duration::from_secs(30),
         wake_timeout: None,
         io_threads: None,
+        eager_runs: true,
     }
 }
 

@@ -13,6 +13,7 @@ mod authenticate;
 mod bind;
 mod cancel;
 mod command;
+mod eager;
 mod pipeline;
 mod planned;
 mod prepaid;
@@ -34,6 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::cancel::Running;
 use self::command::Call;
+use self::eager::EagerRuns;
 use self::pipeline::Reply;
 use self::planned::PlannedInfos;
 use self::prepaid::Prepaid;
@@ -52,6 +54,10 @@ const REQUEST_TO_SQL_RATIO: usize = 4;
 /// Smallest request message accepted: one row of prepared-statement parameters must fit.
 const MIN_REQUEST_BYTES: usize = 4 << 20;
 
+/// A call's headers and extensions (the caller's identity among them), kept to make a call of
+/// another kind on the caller's behalf.
+type CallHeaders = (tonic::metadata::MetadataMap, tonic::Extensions);
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// The gateway's `FlightService`.
@@ -68,6 +74,8 @@ pub struct GatewayService {
     prepaid: Arc<Prepaid>,
     /// Planning answers by statement, so repeats skip the worker.
     planned: Arc<PlannedInfos>,
+    /// Runs started at planning time, for their DoGet to claim; `None` when turned off.
+    eager: Option<Arc<EagerRuns>>,
     query_timeout: std::time::Duration,
     throttle: Arc<auth::Throttle>,
     /// Password checks (Argon2, deliberately slow) running at once.
@@ -97,6 +105,7 @@ impl GatewayService {
             sessions: SessionCodec::new(key),
             prepaid: Arc::default(),
             planned: Arc::default(),
+            eager: Some(Arc::default()),
             query_timeout: quiver_core::protocol::DEFAULT_QUERY_TIMEOUT,
             throttle: Arc::default(),
             password_checks: Arc::new(tokio::sync::Semaphore::new(PASSWORD_CHECKS)),
@@ -108,6 +117,38 @@ impl GatewayService {
     pub fn with_query_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.query_timeout = timeout;
         self
+    }
+
+    /// Whether a statement's run starts when it is planned (the default), for its `DoGet` to
+    /// claim, or only when the ticket is redeemed.
+    pub fn with_eager_runs(mut self, eager: bool) -> Self {
+        self.eager = eager.then(Arc::default);
+        self
+    }
+
+    /// Starts the run of a planned statement's ticket as the caller's own `DoGet` would, with
+    /// the planning call's headers. A run nobody claims gives the ticket its prepayment back,
+    /// so a late `DoGet` is not counted twice.
+    fn run_eagerly(&self, info: &FlightInfo, nonce: u64, headers: CallHeaders) {
+        let (Some(eager), [endpoint]) = (&self.eager, info.endpoint.as_slice()) else {
+            return;
+        };
+        let Some(ticket) = &endpoint.ticket else {
+            return;
+        };
+        let (metadata, extensions) = headers;
+        let request = Request::from_parts(metadata, extensions, Call::Get(ticket.ticket.to_vec()));
+        let Ok(caller) = self.identity(&request) else {
+            return;
+        };
+        let (prepaid, tenant) = (self.prepaid.clone(), caller.tenant.clone());
+        let service = self.clone();
+        eager.start(
+            ticket.ticket.to_vec(),
+            caller,
+            async move { service.run(request).await },
+            move || prepaid.insert(nonce, &tenant),
+        );
     }
 
     /// The caller's identity: set by the authentication layer before the message was read,
@@ -207,8 +248,18 @@ impl FlightService for GatewayService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let headers = self
+            .eager
+            .as_ref()
+            .map(|_| (request.metadata().clone(), request.extensions().clone()));
         match self.run(request.map(Call::Info)).await? {
             Reply::Info(info) => Ok(Response::new(info)),
+            Reply::Planned { info, nonce } => {
+                if let Some(headers) = headers {
+                    self.run_eagerly(&info, nonce, headers);
+                }
+                Ok(Response::new(info))
+            }
             _ => Err(mismatched("GetFlightInfo")),
         }
     }
@@ -235,6 +286,19 @@ impl FlightService for GatewayService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
+        let claimed = self.eager.as_ref().and_then(|eager| {
+            eager.claim(&request.get_ref().ticket, || self.identity(&request).ok())
+        });
+        if let Some(claimed) = claimed {
+            // The run's task ended without a reply only if its runtime is stopping.
+            let reply = claimed
+                .await
+                .map_err(|_| Status::unavailable("the gateway is stopping; retry the query"))?;
+            return match reply? {
+                Reply::Stream(stream) => Ok(Response::new(stream)),
+                _ => Err(mismatched("DoGet")),
+            };
+        }
         match self
             .run(request.map(|t| Call::Get(t.ticket.to_vec())))
             .await?

@@ -54,6 +54,12 @@ pub(super) struct Caller {
 /// What the gateway answers, in the shape of the RPC that asked.
 pub(super) enum Reply {
     Info(FlightInfo),
+    /// A statement's plan, whose ticket (prepaid with `nonce`) the gateway may start running
+    /// before the client redeems it ([`super::eager`]).
+    Planned {
+        info: FlightInfo,
+        nonce: u64,
+    },
     Stream(FlightDataStream),
     Results {
         results: Vec<arrow_flight::Result>,
@@ -348,7 +354,7 @@ impl GatewayService {
                     FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())),
                 ];
                 info.flight_descriptor = Some(descriptor);
-                Reply::Info(info)
+                Reply::Planned { info, nonce }
             }
             (_, Answer::Info(info)) => Reply::Info(info),
             (_, Answer::Results(results)) => Reply::Results {

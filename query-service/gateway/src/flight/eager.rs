@@ -1,0 +1,313 @@
+//! Runs started when a statement is planned, for the `DoGet` that redeems its ticket to claim.
+//!
+//! ```text
+//!  GetFlightInfo ──► plan ──► FlightInfo to the client
+//!                     └─────► run the ticket's DoGet now ──► held here ──┐
+//!  DoGet(same ticket, same caller) ─────────────────────────► claims it ◄┘
+//! ```
+//!
+//! A Flight SQL client plans a statement and redeems the ticket at once. Starting the run when
+//! the plan is answered lets the worker execute while the FlightInfo travels to the client and
+//! its `DoGet` travels back, so that round trip and the gateway's own handling of the `DoGet`
+//! leave the query's critical path.
+//!
+//! The run is the `DoGet` itself, taken through the same pipeline with the caller's own headers
+//! (ticket check, admission and group slot, grant, dispatch, outcome), so nothing about it is
+//! trusted more than a client's call. Only the caller that planned it can claim it, with the
+//! exact ticket it was given. What a client may make the gateway hold is bounded: at most
+//! [`MAX_WAITING`] unclaimed runs at once (past that, plans are answered without one), each
+//! dropped if not claimed within [`CLAIM_WINDOW`], which cancels it at its worker and frees its
+//! slot. A `DoGet` arriving later, or at another gateway replica, runs as before.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tonic::Status;
+
+use super::pipeline::Reply;
+use crate::auth::Identity;
+
+/// How long a started run waits for its `DoGet`: clients redeem a ticket right after planning,
+/// so this covers a slow network, not a client that put the ticket aside.
+pub const CLAIM_WINDOW: Duration = Duration::from_secs(2);
+/// Unclaimed runs held at once, across all clients; each also holds its group's slot, so
+/// admission bounds them per group as well.
+pub const MAX_WAITING: usize = 1024;
+
+/// What a claim gets: the run's reply, once its first rows (or its end) arrived.
+pub type Claimed = oneshot::Receiver<Result<Reply, Status>>;
+
+/// Started runs not yet claimed, by the ticket they answer.
+#[derive(Default)]
+pub struct EagerRuns {
+    waiting: Mutex<HashMap<Vec<u8>, Waiting>>,
+}
+
+impl std::fmt::Debug for EagerRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let waiting = self.waiting.lock().map_or(0, |w| w.len());
+        f.debug_struct("EagerRuns")
+            .field("waiting", &waiting)
+            .finish()
+    }
+}
+
+struct Waiting {
+    caller: Identity,
+    reply: Claimed,
+}
+
+impl EagerRuns {
+    /// Starts `run` (the `DoGet` of `ticket` on behalf of `caller`) on the current runtime,
+    /// unless as many runs as allowed are already waiting. `unclaimed` is called when the
+    /// window closes with nobody having claimed it.
+    pub fn start<F>(
+        self: &std::sync::Arc<Self>,
+        ticket: Vec<u8>,
+        caller: Identity,
+        run: F,
+        unclaimed: impl FnOnce() + Send + 'static,
+    ) -> bool
+    where
+        F: Future<Output = Result<Reply, Status>> + Send + 'static,
+    {
+        let (mut tx, reply) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().expect("eager runs");
+            if waiting.len() >= MAX_WAITING || waiting.contains_key(&ticket) {
+                return false;
+            }
+            waiting.insert(ticket.clone(), Waiting { caller, reply });
+        }
+        let runs = self.clone();
+        tokio::spawn(async move {
+            let window = tokio::time::sleep(CLAIM_WINDOW);
+            tokio::pin!(run, window);
+            let mut claimed = false;
+            let result = loop {
+                tokio::select! {
+                    result = &mut run => break result,
+                    // A claimed run whose DoGet went away: nobody will read it.
+                    () = tx.closed() => return,
+                    () = &mut window, if !claimed => {
+                        if runs.remove(&ticket) {
+                            unclaimed();
+                            return;
+                        }
+                        claimed = true;
+                    }
+                }
+            };
+            if tx.send(result).is_err() || claimed {
+                return;
+            }
+            window.await;
+            // Dropping the waiting entry drops the reply in it, which ends the run.
+            if runs.remove(&ticket) {
+                unclaimed();
+            }
+        });
+        true
+    }
+
+    /// The run started for `ticket`, if the caller (read only when there is one) is who
+    /// planned it. Anyone else presenting the ticket runs it afresh and leaves the planner's
+    /// run waiting.
+    pub fn claim(
+        &self,
+        ticket: &[u8],
+        caller: impl FnOnce() -> Option<Identity>,
+    ) -> Option<Claimed> {
+        let mut waiting = self.waiting.lock().expect("eager runs");
+        if waiting.is_empty() || waiting.get(ticket)?.caller != caller()? {
+            return None;
+        }
+        waiting.remove(ticket).map(|entry| entry.reply)
+    }
+
+    /// Removes `ticket`'s run; true if it was still waiting.
+    fn remove(&self, ticket: &[u8]) -> bool {
+        self.waiting
+            .lock()
+            .expect("eager runs")
+            .remove(ticket)
+            .is_some()
+    }
+
+    /// Runs waiting to be claimed.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        self.waiting.lock().expect("eager runs").len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures::{FutureExt, StreamExt};
+
+    use super::*;
+
+    fn who(user: &str) -> Identity {
+        Identity {
+            tenant: "acme".into(),
+            user: user.into(),
+        }
+    }
+
+    /// Counts when it is dropped.
+    struct Dropped(Arc<AtomicUsize>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A reply whose stream holds `guard` until the stream is dropped.
+    fn stream_holding(guard: Dropped) -> Reply {
+        let stream = futures::stream::pending().map(move |item| {
+            let _held = &guard;
+            item
+        });
+        Reply::Stream(Box::pin(stream))
+    }
+
+    /// A run that never finishes, holding `guard` while it is pending.
+    async fn endless(guard: Dropped) -> Result<Reply, Status> {
+        let _held = guard;
+        std::future::pending().await
+    }
+
+    fn counter() -> Arc<AtomicUsize> {
+        Arc::new(AtomicUsize::new(0))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_planner_claims_the_reply_and_nobody_else_does() {
+        let runs = Arc::new(EagerRuns::default());
+        let (dropped, unclaimed) = (counter(), counter());
+        let guard = Dropped(dropped.clone());
+        let seen = unclaimed.clone();
+        assert!(runs.start(
+            b"t1".to_vec(),
+            who("ann"),
+            async move { Ok(stream_holding(guard)) },
+            move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+            },
+        ));
+        assert!(runs.claim(b"t1", || Some(who("bob"))).is_none());
+        assert!(runs.claim(b"t2", || Some(who("ann"))).is_none());
+        assert_eq!(runs.waiting(), 1, "another caller leaves the run waiting");
+        let reply = runs.claim(b"t1", || Some(who("ann"))).expect("claimed");
+        let Ok(Ok(Reply::Stream(stream))) = reply.await else {
+            panic!("the run's stream");
+        };
+        assert_eq!(runs.waiting(), 0);
+        tokio::time::sleep(CLAIM_WINDOW * 2).await;
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            0,
+            "a claimed stream is the claimer's"
+        );
+        assert_eq!(unclaimed.load(Ordering::SeqCst), 0);
+        drop(stream);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unclaimed_run_is_dropped_when_the_window_closes() {
+        let runs = Arc::new(EagerRuns::default());
+        let (running, finished, unclaimed) = (counter(), counter(), counter());
+        for (ticket, run) in [
+            (
+                b"pending".to_vec(),
+                endless(Dropped(running.clone())).boxed(),
+            ),
+            (b"done".to_vec(), {
+                let guard = Dropped(finished.clone());
+                async move { Ok(stream_holding(guard)) }.boxed()
+            }),
+        ] {
+            let seen = unclaimed.clone();
+            runs.start(ticket, who("ann"), run, move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tokio::time::sleep(CLAIM_WINDOW / 2).await;
+        assert_eq!(runs.waiting(), 2);
+        assert_eq!(
+            running.load(Ordering::SeqCst) + finished.load(Ordering::SeqCst),
+            0
+        );
+        tokio::time::sleep(CLAIM_WINDOW).await;
+        assert_eq!(runs.waiting(), 0);
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            1,
+            "the pending run was cancelled"
+        );
+        assert_eq!(
+            finished.load(Ordering::SeqCst),
+            1,
+            "the finished run's stream was dropped"
+        );
+        assert_eq!(unclaimed.load(Ordering::SeqCst), 2);
+        assert!(runs.claim(b"done", || Some(who("ann"))).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_given_up_cancels_the_run() {
+        let runs = Arc::new(EagerRuns::default());
+        let running = counter();
+        runs.start(
+            b"t".to_vec(),
+            who("ann"),
+            endless(Dropped(running.clone())),
+            || {},
+        );
+        let claim = runs.claim(b"t", || Some(who("ann"))).expect("claimed");
+        tokio::task::yield_now().await;
+        drop(claim);
+        // Past the window too: a claimed run is not the window's to end.
+        tokio::time::sleep(CLAIM_WINDOW * 2).await;
+        assert_eq!(running.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_most_so_many_runs_wait() {
+        let runs = Arc::new(EagerRuns::default());
+        let running = counter();
+        for n in 0..MAX_WAITING {
+            let run = endless(Dropped(running.clone()));
+            assert!(runs.start(n.to_be_bytes().to_vec(), who("ann"), run, || {}));
+        }
+        let refused = endless(Dropped(running.clone()));
+        assert!(!runs.start(b"one more".to_vec(), who("ann"), refused, || {}));
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            1,
+            "the refused run never started"
+        );
+        assert!(
+            !runs.start(
+                0usize.to_be_bytes().to_vec(),
+                who("ann"),
+                async { unreachable!() },
+                || {}
+            ),
+            "a ticket already waiting"
+        );
+        let _first = runs
+            .claim(&0usize.to_be_bytes(), || Some(who("ann")))
+            .unwrap();
+        let run = endless(Dropped(running.clone()));
+        assert!(runs.start(b"one more".to_vec(), who("ann"), run, || {}));
+    }
+}
