@@ -1,0 +1,107 @@
+"""Runs started at planning time: the gateway starts a planned statement's run when it answers
+GetFlightInfo, and the DoGet that redeems the ticket claims it. The run happens once; a plan
+nobody redeems is cancelled after the claim window and frees its group's slot; a late DoGet
+still runs; `--eager-runs false` turns it off. Every check is through pyarrow.flight and the
+gateway's own metrics."""
+
+import time
+
+import pyarrow.flight as flight
+import pytest
+
+import flight_sql
+from conftest import metric_samples
+
+COUNT_SQL = "SELECT count(*) AS n FROM orders"
+# Long enough for the claim window (2 s) to close on a plan nobody redeems.
+WINDOW_WAIT = 20.0
+
+ONE_SLOT = """\
+resource_groups:
+  - {name: only, hard_concurrency: 1, max_queued: 10, queue_timeout: 30s}
+selectors:
+  - {group: only}
+"""
+
+
+def total(admin_url: str, name: str, **labels: str) -> float:
+    return sum(v for l, v in metric_samples(admin_url, name)
+               if all(l.get(k) == want for k, want in labels.items()))
+
+
+def plan(client, sql: str) -> flight.FlightInfo:
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(flight_sql.statement_query(sql)))
+    assert len(info.endpoints) == 1, info.endpoints
+    return info
+
+
+def wait_metric(admin_url: str, name: str, at_least: float, **labels: str) -> float:
+    """Polls `/metrics` until the labelled total reaches `at_least`; fails at the deadline."""
+    deadline = time.monotonic() + WINDOW_WAIT
+    while (value := total(admin_url, name, **labels)) < at_least:
+        assert time.monotonic() < deadline, f"{name}{labels} stayed at {value}, expected {at_least}"
+        time.sleep(0.05)
+    return value
+
+
+@pytest.fixture()
+def one_slot(start_quiver, tmp_path):
+    """A deployment whose only group runs one query at a time."""
+    config = tmp_path / "admission.yaml"
+    config.write_text(ONE_SLOT)
+
+    def start(*extra: str):
+        return start_quiver("--config", str(config), *extra)
+    return start
+
+
+def test_the_doget_claims_the_run_started_by_its_plan(start_quiver):
+    q = start_quiver()
+    client = flight.connect(q.endpoint)
+    expected = client.do_get(flight.Ticket(COUNT_SQL.encode())).read_all().column("n")[0].as_py()
+    ok = total(q.admin_url, "quiver_queries_total", outcome="ok")
+    for _ in range(3):
+        dispatched = total(q.admin_url, "quiver_dispatch_do_get_total")
+        info = plan(client, COUNT_SQL)
+        # The run reaches a worker before any DoGet is sent ...
+        wait_metric(q.admin_url, "quiver_dispatch_do_get_total", dispatched + 1)
+        table = client.do_get(info.endpoints[0].ticket).read_all()
+        assert table.column("n")[0].as_py() == expected
+        # ... and the DoGet is served by it, not run a second time.
+        assert total(q.admin_url, "quiver_dispatch_do_get_total") == dispatched + 1
+    assert total(q.admin_url, "quiver_queries_total", outcome="ok") == ok + 3
+    assert total(q.admin_url, "quiver_queries_total", outcome="cancelled") == 0
+    client.close()
+
+
+def test_an_unredeemed_plan_is_cancelled_and_frees_its_slot(one_slot):
+    q = one_slot()
+    client = flight.connect(q.endpoint)
+    info = plan(client, COUNT_SQL)
+    # Its run holds the group's only slot until the claim window closes, then is cancelled.
+    wait_metric(q.admin_url, "quiver_queries_total", 1, outcome="cancelled")
+    other = client.do_get(flight.Ticket(b"SELECT 42 AS x")).read_all()
+    assert other.column("x")[0].as_py() == 42
+    # Redeemed late, the ticket still runs (as a DoGet of its own).
+    late = client.do_get(info.endpoints[0].ticket).read_all()
+    assert late.column("n")[0].as_py() > 0
+    client.close()
+
+
+def test_eager_runs_can_be_turned_off(one_slot):
+    q = one_slot("--eager-runs", "false")
+    client = flight.connect(q.endpoint)
+    dispatched = total(q.admin_url, "quiver_dispatch_do_get_total")
+    info = plan(client, COUNT_SQL)
+    # Nothing runs for the plan, so the only slot is free for another query at once, and no
+    # run is left to cancel.
+    assert client.do_get(flight.Ticket(b"SELECT 42 AS x")).read_all().column("x")[0].as_py() == 42
+    assert client.do_get(info.endpoints[0].ticket).read_all().column("n")[0].as_py() > 0
+    assert total(q.admin_url, "quiver_dispatch_do_get_total") == dispatched + 2
+    assert total(q.admin_url, "quiver_queries_total", outcome="cancelled") == 0
+    client.close()
+
+
+def test_a_bad_flag_value_is_refused(start_quiver):
+    with pytest.raises(RuntimeError, match="eager-runs"):
+        start_quiver("--eager-runs", "maybe")
