@@ -24,6 +24,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tonic::Status;
 
@@ -40,10 +41,17 @@ pub const MAX_WAITING: usize = 1024;
 /// What a claim gets: the run's reply, once its first rows (or its end) arrived.
 pub type Claimed = oneshot::Receiver<Result<Reply, Status>>;
 
-/// Started runs not yet claimed, by the ticket they answer.
+/// Started runs not yet claimed, by the digest of the ticket they answer (a ticket carries its
+/// SQL, up to the SQL limit; its digest is all a lookup needs).
 #[derive(Default)]
 pub struct EagerRuns {
-    waiting: Mutex<HashMap<Vec<u8>, Waiting>>,
+    waiting: Mutex<HashMap<TicketDigest, Waiting>>,
+}
+
+type TicketDigest = [u8; 32];
+
+fn digest(ticket: &[u8]) -> TicketDigest {
+    Sha256::digest(ticket).into()
 }
 
 impl std::fmt::Debug for EagerRuns {
@@ -66,7 +74,7 @@ impl EagerRuns {
     /// window closes with nobody having claimed it.
     pub fn start<F>(
         self: &std::sync::Arc<Self>,
-        ticket: Vec<u8>,
+        ticket: &[u8],
         caller: Identity,
         run: F,
         unclaimed: impl FnOnce() + Send + 'static,
@@ -75,12 +83,13 @@ impl EagerRuns {
         F: Future<Output = Result<Reply, Status>> + Send + 'static,
     {
         let (mut tx, reply) = oneshot::channel();
+        let ticket = digest(ticket);
         {
             let mut waiting = self.waiting.lock().expect("eager runs");
             if waiting.len() >= MAX_WAITING || waiting.contains_key(&ticket) {
                 return false;
             }
-            waiting.insert(ticket.clone(), Waiting { caller, reply });
+            waiting.insert(ticket, Waiting { caller, reply });
         }
         let runs = self.clone();
         tokio::spawn(async move {
@@ -122,14 +131,18 @@ impl EagerRuns {
         caller: impl FnOnce() -> Option<Identity>,
     ) -> Option<Claimed> {
         let mut waiting = self.waiting.lock().expect("eager runs");
-        if waiting.is_empty() || waiting.get(ticket)?.caller != caller()? {
+        if waiting.is_empty() {
             return None;
         }
-        waiting.remove(ticket).map(|entry| entry.reply)
+        let ticket = digest(ticket);
+        if waiting.get(&ticket)?.caller != caller()? {
+            return None;
+        }
+        waiting.remove(&ticket).map(|entry| entry.reply)
     }
 
     /// Removes `ticket`'s run; true if it was still waiting.
-    fn remove(&self, ticket: &[u8]) -> bool {
+    fn remove(&self, ticket: &TicketDigest) -> bool {
         self.waiting
             .lock()
             .expect("eager runs")
@@ -195,7 +208,7 @@ mod tests {
         let guard = Dropped(dropped.clone());
         let seen = unclaimed.clone();
         assert!(runs.start(
-            b"t1".to_vec(),
+            b"t1",
             who("ann"),
             async move { Ok(stream_holding(guard)) },
             move || {
@@ -236,7 +249,7 @@ mod tests {
             }),
         ] {
             let seen = unclaimed.clone();
-            runs.start(ticket, who("ann"), run, move || {
+            runs.start(&ticket, who("ann"), run, move || {
                 seen.fetch_add(1, Ordering::SeqCst);
             });
         }
@@ -266,12 +279,7 @@ mod tests {
     async fn a_claim_given_up_cancels_the_run() {
         let runs = Arc::new(EagerRuns::default());
         let running = counter();
-        runs.start(
-            b"t".to_vec(),
-            who("ann"),
-            endless(Dropped(running.clone())),
-            || {},
-        );
+        runs.start(b"t", who("ann"), endless(Dropped(running.clone())), || {});
         let claim = runs.claim(b"t", || Some(who("ann"))).expect("claimed");
         tokio::task::yield_now().await;
         drop(claim);
@@ -286,10 +294,10 @@ mod tests {
         let running = counter();
         for n in 0..MAX_WAITING {
             let run = endless(Dropped(running.clone()));
-            assert!(runs.start(n.to_be_bytes().to_vec(), who("ann"), run, || {}));
+            assert!(runs.start(&n.to_be_bytes(), who("ann"), run, || {}));
         }
         let refused = endless(Dropped(running.clone()));
-        assert!(!runs.start(b"one more".to_vec(), who("ann"), refused, || {}));
+        assert!(!runs.start(b"one more", who("ann"), refused, || {}));
         assert_eq!(
             running.load(Ordering::SeqCst),
             1,
@@ -297,7 +305,7 @@ mod tests {
         );
         assert!(
             !runs.start(
-                0usize.to_be_bytes().to_vec(),
+                &0usize.to_be_bytes(),
                 who("ann"),
                 async { unreachable!() },
                 || {}
@@ -308,6 +316,6 @@ mod tests {
             .claim(&0usize.to_be_bytes(), || Some(who("ann")))
             .unwrap();
         let run = endless(Dropped(running.clone()));
-        assert!(runs.start(b"one more".to_vec(), who("ann"), run, || {}));
+        assert!(runs.start(b"one more", who("ann"), run, || {}));
     }
 }

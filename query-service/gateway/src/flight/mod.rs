@@ -144,7 +144,7 @@ impl GatewayService {
         let (prepaid, tenant) = (self.prepaid.clone(), caller.tenant.clone());
         let service = self.clone();
         eager.start(
-            ticket.ticket.to_vec(),
+            &ticket.ticket,
             caller,
             async move { service.run(request).await },
             move || prepaid.insert(nonce, &tenant),
