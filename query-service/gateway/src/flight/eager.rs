@@ -66,6 +66,9 @@ impl std::fmt::Debug for EagerRuns {
 struct Waiting {
     caller: Identity,
     reply: Claimed,
+    /// Dropped with the entry, which tells the run's task it was claimed: the task then drops
+    /// its window timer at once instead of keeping it (and a wake-up) for the whole window.
+    _taken: oneshot::Sender<()>,
 }
 
 impl EagerRuns {
@@ -83,40 +86,54 @@ impl EagerRuns {
         F: Future<Output = Result<Reply, Status>> + Send + 'static,
     {
         let (mut tx, reply) = oneshot::channel();
+        let (taken, mut was_taken) = oneshot::channel::<()>();
         let ticket = digest(ticket);
         {
             let mut waiting = self.waiting.lock().expect("eager runs");
             if waiting.len() >= MAX_WAITING || waiting.contains_key(&ticket) {
                 return false;
             }
-            waiting.insert(ticket, Waiting { caller, reply });
+            waiting.insert(
+                ticket,
+                Waiting {
+                    caller,
+                    reply,
+                    _taken: taken,
+                },
+            );
         }
         let runs = self.clone();
         tokio::spawn(async move {
             let window = tokio::time::sleep(CLAIM_WINDOW);
             tokio::pin!(run, window);
-            let mut claimed = false;
+            // Set once the entry left the map: claimed (or removed here at the window).
+            let mut taken = false;
             let result = loop {
                 tokio::select! {
                     result = &mut run => break result,
                     // A claimed run whose DoGet went away: nobody will read it.
                     () = tx.closed() => return,
-                    () = &mut window, if !claimed => {
+                    _ = &mut was_taken, if !taken => taken = true,
+                    () = &mut window, if !taken => {
                         if runs.remove(&ticket) {
                             unclaimed();
                             return;
                         }
-                        claimed = true;
+                        taken = true;
                     }
                 }
             };
-            if tx.send(result).is_err() || claimed {
+            if tx.send(result).is_err() || taken {
                 return;
             }
-            window.await;
-            // Dropping the waiting entry drops the reply in it, which ends the run.
-            if runs.remove(&ticket) {
-                unclaimed();
+            tokio::select! {
+                _ = was_taken => {}
+                () = window => {
+                    // Dropping the waiting entry drops the reply in it, which ends the run.
+                    if runs.remove(&ticket) {
+                        unclaimed();
+                    }
+                }
             }
         });
         true
@@ -223,6 +240,12 @@ mod tests {
             panic!("the run's stream");
         };
         assert_eq!(runs.waiting(), 0);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+            0,
+            "a claimed run's task ends with its reply, without waiting out the window"
+        );
         tokio::time::sleep(CLAIM_WINDOW * 2).await;
         assert_eq!(
             dropped.load(Ordering::SeqCst),
