@@ -242,7 +242,9 @@ mod tests {
         assert_eq!(runs.waiting(), 0);
         tokio::task::yield_now().await;
         assert_eq!(
-            tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks(),
             0,
             "a claimed run's task ends with its reply, without waiting out the window"
         );
