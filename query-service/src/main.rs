@@ -1,5 +1,6 @@
 //! The `quiver` binary: parses arguments, starts logging, binds, and hands over to a role.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -194,8 +195,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .iter()
                     .map(|(name, sql)| serde_json::json!({"name": name, "sql": sql}))
                     .collect();
-                println!("{}", serde_json::Value::Array(queries));
-                return Ok(());
+                // A reader that stops early (`| head`) is not an error.
+                let text = serde_json::Value::Array(queries).to_string();
+                return match writeln!(std::io::stdout().lock(), "{text}") {
+                    Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                    _ => Ok(()),
+                };
             }
             quiver::bench::run(quiver::bench::BenchConfig {
                 data_dir,

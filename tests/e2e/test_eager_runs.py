@@ -6,6 +6,7 @@ gateway's own metrics."""
 
 import time
 
+import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow.flight as flight
 import pytest
 
@@ -70,8 +71,25 @@ def test_the_doget_claims_the_run_started_by_its_plan(start_quiver):
         # ... and the DoGet is served by it, not run a second time.
         assert total(q.admin_url, "quiver_dispatch_do_get_total") == dispatched + 1
     assert total(q.admin_url, "quiver_queries_total", outcome="ok") == ok + 3
+    assert total(q.admin_url, "quiver_eager_runs_total", outcome="claimed") == 3
     assert total(q.admin_url, "quiver_queries_total", outcome="cancelled") == 0
     client.close()
+
+
+def test_adbc_queries_and_prepared_statements_claim_their_runs(start_quiver):
+    q = start_quiver()
+    with flightsql.connect(q.endpoint, autocommit=True) as conn, conn.cursor() as cur:
+        for key in (1, 2, 3):
+            cur.execute("SELECT o_orderkey FROM orders WHERE o_orderkey = $1", parameters=(key,))
+            assert cur.fetch_arrow_table().num_rows == 1
+        for _ in range(3):
+            cur.execute("SELECT count(*) AS n FROM lineitem")
+            assert cur.fetch_arrow_table().column("n")[0].as_py() > 0
+    # ADBC plans (GetFlightInfo) and redeems each ticket at once: every query's DoGet claimed
+    # the run its plan started instead of running it again. (The dispatch count also has the
+    # driver's own metadata call on connecting.)
+    assert total(q.admin_url, "quiver_eager_runs_total", outcome="claimed") == 6
+    assert total(q.admin_url, "quiver_queries_total", outcome="cancelled") == 0
 
 
 def test_an_unredeemed_plan_is_cancelled_and_frees_its_slot(one_slot):
@@ -80,6 +98,7 @@ def test_an_unredeemed_plan_is_cancelled_and_frees_its_slot(one_slot):
     info = plan(client, COUNT_SQL)
     # Its run holds the group's only slot until the claim window closes, then is cancelled.
     wait_metric(q.admin_url, "quiver_queries_total", 1, outcome="cancelled")
+    assert total(q.admin_url, "quiver_eager_runs_total", outcome="unclaimed") == 1
     other = client.do_get(flight.Ticket(b"SELECT 42 AS x")).read_all()
     assert other.column("x")[0].as_py() == 42
     # Redeemed late, the ticket still runs (as a DoGet of its own).
@@ -99,6 +118,7 @@ def test_eager_runs_can_be_turned_off(one_slot):
     assert client.do_get(info.endpoints[0].ticket).read_all().column("n")[0].as_py() > 0
     assert total(q.admin_url, "quiver_dispatch_do_get_total") == dispatched + 2
     assert total(q.admin_url, "quiver_queries_total", outcome="cancelled") == 0
+    assert total(q.admin_url, "quiver_eager_runs_total") == 0
     client.close()
 
 

@@ -120,6 +120,7 @@ pub struct GatewayMetrics {
     group_queued: Family<GroupLabels, Gauge>,
     claims: Family<ClaimLabels, Counter>,
     dispatched: Family<TransportLabels, Counter>,
+    eager_runs: Family<EagerLabels, Counter>,
     /// Bumped after each claim is counted, for whoever waits on claims.
     claims_counted: tokio::sync::watch::Sender<u64>,
 }
@@ -128,6 +129,32 @@ pub struct GatewayMetrics {
 struct TransportLabels {
     pool: String,
     transport: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EagerLabels {
+    outcome: &'static str,
+}
+
+/// What became of a run started when its statement was planned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EagerOutcome {
+    /// The client's DoGet took it.
+    Claimed,
+    /// Nobody redeemed the ticket within the claim window; the run was cancelled.
+    Unclaimed,
+    /// Not started: as many runs as allowed were waiting.
+    NotStarted,
+}
+
+impl EagerOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            EagerOutcome::Claimed => "claimed",
+            EagerOutcome::Unclaimed => "unclaimed",
+            EagerOutcome::NotStarted => "not_started",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +190,7 @@ impl Default for GatewayMetrics {
         let group_queued = Family::<GroupLabels, Gauge>::default();
         let claims = Family::<ClaimLabels, Counter>::default();
         let dispatched = Family::<TransportLabels, Counter>::default();
+        let eager_runs = Family::<EagerLabels, Counter>::default();
         let mut registry = Registry::with_prefix("quiver");
         registry.register(
             "admission_admitted",
@@ -222,6 +250,13 @@ impl Default for GatewayMetrics {
              thread means a worker refused the fetch exchange or a connection cap was reached",
             dispatched.clone(),
         );
+        registry.register(
+            "eager_runs",
+            "Runs started when a statement was planned, by outcome: claimed by the client's \
+             DoGet, unclaimed (cancelled after the claim window), or not started (too many \
+             waiting)",
+            eager_runs.clone(),
+        );
         Self {
             registry,
             queries,
@@ -238,6 +273,7 @@ impl Default for GatewayMetrics {
             group_queued,
             claims,
             dispatched,
+            eager_runs,
             claims_counted: tokio::sync::watch::channel(0).0,
         }
     }
@@ -276,6 +312,15 @@ impl GatewayMetrics {
         self.rejected
             .get_or_create(&ReasonLabels {
                 policy: policy.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts what became of a run started at planning time.
+    pub fn eager_run(&self, outcome: EagerOutcome) {
+        self.eager_runs
+            .get_or_create(&EagerLabels {
+                outcome: outcome.as_str(),
             })
             .inc();
     }

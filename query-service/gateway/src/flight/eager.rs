@@ -15,9 +15,10 @@
 //! (ticket check, admission and group slot, grant, dispatch, outcome), so nothing about it is
 //! trusted more than a client's call. Only the caller that planned it can claim it, with the
 //! exact ticket it was given. What a client may make the gateway hold is bounded: at most
-//! [`MAX_WAITING`] unclaimed runs at once (past that, plans are answered without one), each
-//! dropped if not claimed within [`CLAIM_WINDOW`], which cancels it at its worker and frees its
-//! slot. A `DoGet` arriving later, or at another gateway replica, runs as before.
+//! [`MAX_WAITING`] unclaimed runs at once and [`MAX_WAITING_PER_TENANT`] of one tenant (past
+//! that, plans are answered without one), each dropped if not claimed within [`CLAIM_WINDOW`],
+//! which cancels it at its worker and frees its slot. A `DoGet` arriving later, or at another
+//! gateway replica, runs as before.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -37,6 +38,9 @@ pub const CLAIM_WINDOW: Duration = Duration::from_secs(2);
 /// Unclaimed runs held at once, across all clients; each also holds its group's slot, so
 /// admission bounds them per group as well.
 pub const MAX_WAITING: usize = 1024;
+/// Unclaimed runs of one tenant held at once (a dashboard refresh plans a few dozen), so one
+/// tenant that plans without redeeming cannot take every other tenant's early starts.
+pub const MAX_WAITING_PER_TENANT: usize = 128;
 
 /// What a claim gets: the run's reply, once its first rows (or its end) arrived.
 pub type Claimed = oneshot::Receiver<Result<Reply, Status>>;
@@ -45,7 +49,42 @@ pub type Claimed = oneshot::Receiver<Result<Reply, Status>>;
 /// SQL, up to the SQL limit; its digest is all a lookup needs).
 #[derive(Default)]
 pub struct EagerRuns {
-    waiting: Mutex<HashMap<TicketDigest, Waiting>>,
+    waiting: Mutex<Table>,
+}
+
+/// The waiting runs and how many of them each tenant has.
+#[derive(Default)]
+struct Table {
+    runs: HashMap<TicketDigest, Waiting>,
+    per_tenant: HashMap<String, usize>,
+}
+
+impl Table {
+    /// Adds a run unless the table, or the caller's tenant, is at its bound, or the ticket
+    /// already has one.
+    fn insert(&mut self, ticket: TicketDigest, run: Waiting) -> bool {
+        let tenant = &run.caller.tenant;
+        if self.runs.len() >= MAX_WAITING
+            || self.per_tenant.get(tenant).copied().unwrap_or(0) >= MAX_WAITING_PER_TENANT
+            || self.runs.contains_key(&ticket)
+        {
+            return false;
+        }
+        *self.per_tenant.entry(tenant.clone()).or_insert(0) += 1;
+        self.runs.insert(ticket, run);
+        true
+    }
+
+    fn remove(&mut self, ticket: &TicketDigest) -> Option<Waiting> {
+        let run = self.runs.remove(ticket)?;
+        if let Some(count) = self.per_tenant.get_mut(&run.caller.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_tenant.remove(&run.caller.tenant);
+            }
+        }
+        Some(run)
+    }
 }
 
 type TicketDigest = [u8; 32];
@@ -56,7 +95,7 @@ fn digest(ticket: &[u8]) -> TicketDigest {
 
 impl std::fmt::Debug for EagerRuns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let waiting = self.waiting.lock().map_or(0, |w| w.len());
+        let waiting = self.waiting.lock().map_or(0, |w| w.runs.len());
         f.debug_struct("EagerRuns")
             .field("waiting", &waiting)
             .finish()
@@ -73,7 +112,7 @@ struct Waiting {
 
 impl EagerRuns {
     /// Starts `run` (the `DoGet` of `ticket` on behalf of `caller`) on the current runtime,
-    /// unless as many runs as allowed are already waiting. `unclaimed` is called when the
+    /// unless as many runs as allowed (in all, or for the caller's tenant) are already waiting. `unclaimed` is called when the
     /// window closes with nobody having claimed it.
     pub fn start<F>(
         self: &std::sync::Arc<Self>,
@@ -88,19 +127,18 @@ impl EagerRuns {
         let (mut tx, reply) = oneshot::channel();
         let (taken, mut was_taken) = oneshot::channel::<()>();
         let ticket = digest(ticket);
+        let waiting = Waiting {
+            caller,
+            reply,
+            _taken: taken,
+        };
+        if !self
+            .waiting
+            .lock()
+            .expect("eager runs")
+            .insert(ticket, waiting)
         {
-            let mut waiting = self.waiting.lock().expect("eager runs");
-            if waiting.len() >= MAX_WAITING || waiting.contains_key(&ticket) {
-                return false;
-            }
-            waiting.insert(
-                ticket,
-                Waiting {
-                    caller,
-                    reply,
-                    _taken: taken,
-                },
-            );
+            return false;
         }
         let runs = self.clone();
         tokio::spawn(async move {
@@ -115,8 +153,10 @@ impl EagerRuns {
                     () = tx.closed() => return,
                     _ = &mut was_taken, if !taken => taken = true,
                     () = &mut window, if !taken => {
-                        if runs.remove(&ticket) {
+                        if let Some(entry) = runs.remove(&ticket) {
+                            // Told before the run is dropped (and counted as cancelled).
                             unclaimed();
+                            drop(entry);
                             return;
                         }
                         taken = true;
@@ -130,8 +170,9 @@ impl EagerRuns {
                 _ = was_taken => {}
                 () = window => {
                     // Dropping the waiting entry drops the reply in it, which ends the run.
-                    if runs.remove(&ticket) {
+                    if let Some(entry) = runs.remove(&ticket) {
                         unclaimed();
+                        drop(entry);
                     }
                 }
             }
@@ -148,29 +189,25 @@ impl EagerRuns {
         caller: impl FnOnce() -> Option<Identity>,
     ) -> Option<Claimed> {
         let mut waiting = self.waiting.lock().expect("eager runs");
-        if waiting.is_empty() {
+        if waiting.runs.is_empty() {
             return None;
         }
         let ticket = digest(ticket);
-        if waiting.get(&ticket)?.caller != caller()? {
+        if waiting.runs.get(&ticket)?.caller != caller()? {
             return None;
         }
         waiting.remove(&ticket).map(|entry| entry.reply)
     }
 
-    /// Removes `ticket`'s run; true if it was still waiting.
-    fn remove(&self, ticket: &TicketDigest) -> bool {
-        self.waiting
-            .lock()
-            .expect("eager runs")
-            .remove(ticket)
-            .is_some()
+    /// Removes `ticket`'s run, if it was still waiting.
+    fn remove(&self, ticket: &TicketDigest) -> Option<Waiting> {
+        self.waiting.lock().expect("eager runs").remove(ticket)
     }
 
     /// Runs waiting to be claimed.
     #[cfg(test)]
     fn waiting(&self) -> usize {
-        self.waiting.lock().expect("eager runs").len()
+        self.waiting.lock().expect("eager runs").runs.len()
     }
 }
 
@@ -314,12 +351,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn one_tenant_cannot_take_every_place() {
+        let runs = Arc::new(EagerRuns::default());
+        let running = counter();
+        let mallory = || Identity {
+            tenant: "mallory".into(),
+            user: "m".into(),
+        };
+        for n in 0..MAX_WAITING_PER_TENANT {
+            let run = endless(Dropped(running.clone()));
+            assert!(runs.start(&n.to_be_bytes(), mallory(), run, || {}));
+        }
+        let run = endless(Dropped(running.clone()));
+        assert!(
+            !runs.start(b"more", mallory(), run, || {}),
+            "mallory is at her bound"
+        );
+        let run = endless(Dropped(running.clone()));
+        assert!(
+            runs.start(b"ann's", who("ann"), run, || {}),
+            "other tenants still start"
+        );
+        // A claim gives the tenant its place back.
+        let _claim = runs
+            .claim(&0usize.to_be_bytes(), || Some(mallory()))
+            .unwrap();
+        let run = endless(Dropped(running.clone()));
+        assert!(runs.start(b"more", mallory(), run, || {}));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn at_most_so_many_runs_wait() {
         let runs = Arc::new(EagerRuns::default());
         let running = counter();
         for n in 0..MAX_WAITING {
             let run = endless(Dropped(running.clone()));
-            assert!(runs.start(&n.to_be_bytes(), who("ann"), run, || {}));
+            let tenant = Identity {
+                tenant: format!("tenant {}", n % 16),
+                user: "u".into(),
+            };
+            assert!(runs.start(&n.to_be_bytes(), tenant, run, || {}));
         }
         let refused = endless(Dropped(running.clone()));
         assert!(!runs.start(b"one more", who("ann"), refused, || {}));
@@ -337,9 +408,11 @@ mod tests {
             ),
             "a ticket already waiting"
         );
-        let _first = runs
-            .claim(&0usize.to_be_bytes(), || Some(who("ann")))
-            .unwrap();
+        let first = Identity {
+            tenant: "tenant 0".into(),
+            user: "u".into(),
+        };
+        let _first = runs.claim(&0usize.to_be_bytes(), || Some(first)).unwrap();
         let run = endless(Dropped(running.clone()));
         assert!(runs.start(b"one more", who("ann"), run, || {}));
     }

@@ -43,7 +43,7 @@ use self::session::SessionCodec;
 use crate::admission::Admission;
 use crate::auth::{self, Identity};
 use crate::dispatch::{Dispatcher, FlightDataStream};
-use crate::metrics::GatewayMetrics;
+use crate::metrics::{EagerOutcome, GatewayMetrics};
 use quiver_core::protocol::MAX_MESSAGE_BYTES;
 use quiver_core::seal::Sealer;
 use quiver_core::ticket::TicketSigner;
@@ -142,13 +142,20 @@ impl GatewayService {
             return;
         };
         let (prepaid, tenant) = (self.prepaid.clone(), caller.tenant.clone());
+        let metrics = self.metrics.clone();
         let service = self.clone();
-        eager.start(
+        let started = eager.start(
             &ticket.ticket,
             caller,
             async move { service.run(request).await },
-            move || prepaid.insert(nonce, &tenant),
+            move || {
+                prepaid.insert(nonce, &tenant);
+                metrics.eager_run(EagerOutcome::Unclaimed);
+            },
         );
+        if !started {
+            self.metrics.eager_run(EagerOutcome::NotStarted);
+        }
     }
 
     /// The caller's identity: set by the authentication layer before the message was read,
@@ -290,10 +297,12 @@ impl FlightService for GatewayService {
             eager.claim(&request.get_ref().ticket, || self.identity(&request).ok())
         });
         if let Some(claimed) = claimed {
-            // The run's task ended without a reply only if its runtime is stopping.
-            let reply = claimed
-                .await
-                .map_err(|_| Status::unavailable("the gateway is stopping; retry the query"))?;
+            self.metrics.eager_run(EagerOutcome::Claimed);
+            // The run's task ends without a reply only if it was torn down (the gateway
+            // stopping): nothing of the query reached the client, so it may be retried.
+            let reply = claimed.await.map_err(|_| {
+                Status::unavailable("the query's run ended without an answer; retry the query")
+            })?;
             return match reply? {
                 Reply::Stream(stream) => Ok(Response::new(stream)),
                 _ => Err(mismatched("DoGet")),
