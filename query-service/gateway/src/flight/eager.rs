@@ -112,8 +112,8 @@ struct Waiting {
 
 impl EagerRuns {
     /// Starts `run` (the `DoGet` of `ticket` on behalf of `caller`) on the current runtime,
-    /// unless as many runs as allowed (in all, or for the caller's tenant) are already waiting. `unclaimed` is called when the
-    /// window closes with nobody having claimed it.
+    /// unless as many runs as allowed (in all, or for the caller's tenant) are already
+    /// waiting. `unclaimed` is called when the window closes with nobody having claimed it.
     pub fn start<F>(
         self: &std::sync::Arc<Self>,
         ticket: &[u8],
