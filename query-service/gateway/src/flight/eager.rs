@@ -220,11 +220,15 @@ mod tests {
 
     use super::*;
 
-    fn who(user: &str) -> Identity {
+    fn of(tenant: &str, user: &str) -> Identity {
         Identity {
-            tenant: "acme".into(),
+            tenant: tenant.into(),
             user: user.into(),
         }
+    }
+
+    fn who(user: &str) -> Identity {
+        of("acme", user)
     }
 
     /// Counts when it is dropped.
@@ -354,10 +358,7 @@ mod tests {
     async fn one_tenant_cannot_take_every_place() {
         let runs = Arc::new(EagerRuns::default());
         let running = counter();
-        let mallory = || Identity {
-            tenant: "mallory".into(),
-            user: "m".into(),
-        };
+        let mallory = || of("mallory", "m");
         for n in 0..MAX_WAITING_PER_TENANT {
             let run = endless(Dropped(running.clone()));
             assert!(runs.start(&n.to_be_bytes(), mallory(), run, || {}));
@@ -386,10 +387,7 @@ mod tests {
         let running = counter();
         for n in 0..MAX_WAITING {
             let run = endless(Dropped(running.clone()));
-            let tenant = Identity {
-                tenant: format!("tenant {}", n % 16),
-                user: "u".into(),
-            };
+            let tenant = of(&format!("tenant {}", n % 16), "u");
             assert!(runs.start(&n.to_be_bytes(), tenant, run, || {}));
         }
         let refused = endless(Dropped(running.clone()));
@@ -408,11 +406,9 @@ mod tests {
             ),
             "a ticket already waiting"
         );
-        let first = Identity {
-            tenant: "tenant 0".into(),
-            user: "u".into(),
-        };
-        let _first = runs.claim(&0usize.to_be_bytes(), || Some(first)).unwrap();
+        let _first = runs
+            .claim(&0usize.to_be_bytes(), || Some(of("tenant 0", "u")))
+            .unwrap();
         let run = endless(Dropped(running.clone()));
         assert!(runs.start(b"one more", who("ann"), run, || {}));
     }

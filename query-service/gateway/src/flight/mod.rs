@@ -129,15 +129,12 @@ impl GatewayService {
     /// Starts the run of a planned statement's ticket as the caller's own `DoGet` would, with
     /// the planning call's headers. A run nobody claims gives the ticket its prepayment back,
     /// so a late `DoGet` is not counted twice.
-    fn run_eagerly(&self, info: &FlightInfo, nonce: u64, headers: CallHeaders) {
-        let (Some(eager), [endpoint]) = (&self.eager, info.endpoint.as_slice()) else {
-            return;
-        };
-        let Some(ticket) = &endpoint.ticket else {
+    fn run_eagerly(&self, ticket: &[u8], nonce: u64, headers: CallHeaders) {
+        let Some(eager) = &self.eager else {
             return;
         };
         let (metadata, extensions) = headers;
-        let request = Request::from_parts(metadata, extensions, Call::Get(ticket.ticket.to_vec()));
+        let request = Request::from_parts(metadata, extensions, Call::Get(ticket.to_vec()));
         let Ok(caller) = self.identity(&request) else {
             return;
         };
@@ -145,7 +142,7 @@ impl GatewayService {
         let metrics = self.metrics.clone();
         let service = self.clone();
         let started = eager.start(
-            &ticket.ticket,
+            ticket,
             caller,
             async move { service.run(request).await },
             move || {
@@ -261,9 +258,13 @@ impl FlightService for GatewayService {
             .map(|_| (request.metadata().clone(), request.extensions().clone()));
         match self.run(request.map(Call::Info)).await? {
             Reply::Info(info) => Ok(Response::new(info)),
-            Reply::Planned { info, nonce } => {
+            Reply::Planned {
+                info,
+                ticket,
+                nonce,
+            } => {
                 if let Some(headers) = headers {
-                    self.run_eagerly(&info, nonce, headers);
+                    self.run_eagerly(&ticket, nonce, headers);
                 }
                 Ok(Response::new(info))
             }

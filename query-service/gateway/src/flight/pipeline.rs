@@ -54,10 +54,11 @@ pub(super) struct Caller {
 /// What the gateway answers, in the shape of the RPC that asked.
 pub(super) enum Reply {
     Info(FlightInfo),
-    /// A statement's plan, whose ticket (prepaid with `nonce`) the gateway may start running
-    /// before the client redeems it ([`super::eager`]).
+    /// A statement's plan, whose one ticket (prepaid with `nonce`) the gateway may start
+    /// running before the client redeems it ([`super::eager`]).
     Planned {
         info: FlightInfo,
+        ticket: bytes::Bytes,
         nonce: u64,
     },
     Stream(FlightDataStream),
@@ -350,11 +351,15 @@ impl GatewayService {
                         })
                         .into(),
                 };
-                info.endpoint = vec![
-                    FlightEndpoint::new().with_ticket(Ticket::new(ticket.as_any().encode_to_vec())),
-                ];
+                let ticket = bytes::Bytes::from(ticket.as_any().encode_to_vec());
+                info.endpoint =
+                    vec![FlightEndpoint::new().with_ticket(Ticket::new(ticket.clone()))];
                 info.flight_descriptor = Some(descriptor);
-                Reply::Planned { info, nonce }
+                Reply::Planned {
+                    info,
+                    ticket,
+                    nonce,
+                }
             }
             (_, Answer::Info(info)) => Reply::Info(info),
             (_, Answer::Results(results)) => Reply::Results {
