@@ -22,11 +22,12 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 use tonic::Status;
 
 use super::pipeline::Reply;
@@ -35,6 +36,10 @@ use crate::auth::Identity;
 /// How long a started run waits for its `DoGet`: clients redeem a ticket right after planning,
 /// so this covers a slow network, not a client that put the ticket aside.
 pub const CLAIM_WINDOW: Duration = Duration::from_secs(2);
+/// How often closed windows are swept while runs wait, so a run is dropped at most this long
+/// after its window. One timer for all runs: a timer per run cost each query a timer
+/// registration and, whenever it was the earliest, a wake-up of its own io thread.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Unclaimed runs held at once, across all clients; each also holds its group's slot, so
 /// admission bounds them per group as well.
 pub const MAX_WAITING: usize = 1024;
@@ -52,11 +57,13 @@ pub struct EagerRuns {
     waiting: Mutex<Table>,
 }
 
-/// The waiting runs and how many of them each tenant has.
+/// The waiting runs, how many of them each tenant has, and whether their windows are watched.
 #[derive(Default)]
 struct Table {
     runs: HashMap<TicketDigest, Waiting>,
     per_tenant: HashMap<String, usize>,
+    /// A sweeper task is running; it stops when no run waits.
+    sweeping: bool,
 }
 
 impl Table {
@@ -77,13 +84,31 @@ impl Table {
 
     fn remove(&mut self, ticket: &TicketDigest) -> Option<Waiting> {
         let run = self.runs.remove(ticket)?;
-        if let Some(count) = self.per_tenant.get_mut(&run.caller.tenant) {
+        self.uncount(&run.caller.tenant);
+        Some(run)
+    }
+
+    /// Takes out the runs whose window closed by `now` (at most [`MAX_WAITING`] to look at).
+    fn remove_expired(&mut self, now: Instant) -> Vec<Waiting> {
+        let closed: Vec<TicketDigest> = self
+            .runs
+            .iter()
+            .filter(|(_, run)| run.expires <= now)
+            .map(|(ticket, _)| *ticket)
+            .collect();
+        closed
+            .iter()
+            .filter_map(|ticket| self.remove(ticket))
+            .collect()
+    }
+
+    fn uncount(&mut self, tenant: &str) {
+        if let Some(count) = self.per_tenant.get_mut(tenant) {
             *count -= 1;
             if *count == 0 {
-                self.per_tenant.remove(&run.caller.tenant);
+                self.per_tenant.remove(tenant);
             }
         }
-        Some(run)
     }
 }
 
@@ -104,10 +129,12 @@ impl std::fmt::Debug for EagerRuns {
 
 struct Waiting {
     caller: Identity,
+    /// Dropping it (with the entry) ends the run, or drops the reply it already sent.
     reply: Claimed,
-    /// Dropped with the entry, which tells the run's task it was claimed: the task then drops
-    /// its window timer at once instead of keeping it (and a wake-up) for the whole window.
-    _taken: oneshot::Sender<()>,
+    /// When the claim window closes.
+    expires: Instant,
+    /// Told when the window closes with nobody having claimed the run.
+    unclaimed: Box<dyn FnOnce() + Send>,
 }
 
 impl EagerRuns {
@@ -115,7 +142,7 @@ impl EagerRuns {
     /// unless as many runs as allowed (in all, or for the caller's tenant) are already
     /// waiting. `unclaimed` is called when the window closes with nobody having claimed it.
     pub fn start<F>(
-        self: &std::sync::Arc<Self>,
+        self: &Arc<Self>,
         ticket: &[u8],
         caller: Identity,
         run: F,
@@ -125,57 +152,31 @@ impl EagerRuns {
         F: Future<Output = Result<Reply, Status>> + Send + 'static,
     {
         let (mut tx, reply) = oneshot::channel();
-        let (taken, mut was_taken) = oneshot::channel::<()>();
-        let ticket = digest(ticket);
         let waiting = Waiting {
             caller,
             reply,
-            _taken: taken,
+            expires: Instant::now() + CLAIM_WINDOW,
+            unclaimed: Box::new(unclaimed),
         };
-        if !self
-            .waiting
-            .lock()
-            .expect("eager runs")
-            .insert(ticket, waiting)
-        {
-            return false;
+        let start_sweeper = {
+            let mut table = self.waiting.lock().expect("eager runs");
+            if !table.insert(digest(ticket), waiting) {
+                return false;
+            }
+            !std::mem::replace(&mut table.sweeping, true)
+        };
+        if start_sweeper {
+            tokio::spawn(Sweeper::new(Arc::clone(self)).run());
         }
-        let runs = self.clone();
         tokio::spawn(async move {
-            let window = tokio::time::sleep(CLAIM_WINDOW);
-            tokio::pin!(run, window);
-            // Set once the entry left the map: claimed (or removed here at the window).
-            let mut taken = false;
-            let result = loop {
-                tokio::select! {
-                    result = &mut run => break result,
-                    // A claimed run whose DoGet went away: nobody will read it.
-                    () = tx.closed() => return,
-                    _ = &mut was_taken, if !taken => taken = true,
-                    () = &mut window, if !taken => {
-                        if let Some(entry) = runs.remove(&ticket) {
-                            // Told before the run is dropped (and counted as cancelled).
-                            unclaimed();
-                            drop(entry);
-                            return;
-                        }
-                        taken = true;
-                    }
-                }
+            tokio::pin!(run);
+            let result = tokio::select! {
+                result = &mut run => result,
+                // Dropped unclaimed, or claimed by a DoGet that went away: nobody will read it.
+                () = tx.closed() => return,
             };
-            if tx.send(result).is_err() || taken {
-                return;
-            }
-            tokio::select! {
-                _ = was_taken => {}
-                () = window => {
-                    // Dropping the waiting entry drops the reply in it, which ends the run.
-                    if let Some(entry) = runs.remove(&ticket) {
-                        unclaimed();
-                        drop(entry);
-                    }
-                }
-            }
+            // Fails only if the receiver went meanwhile; the reply is then dropped here.
+            let _ = tx.send(result);
         });
         true
     }
@@ -199,11 +200,6 @@ impl EagerRuns {
         waiting.remove(&ticket).map(|entry| entry.reply)
     }
 
-    /// Removes `ticket`'s run, if it was still waiting.
-    fn remove(&self, ticket: &TicketDigest) -> Option<Waiting> {
-        self.waiting.lock().expect("eager runs").remove(ticket)
-    }
-
     /// Runs waiting to be claimed.
     #[cfg(test)]
     fn waiting(&self) -> usize {
@@ -211,9 +207,58 @@ impl EagerRuns {
     }
 }
 
+/// Drops the runs whose window closed, every [`SWEEP_EVERY`] while any waits.
+struct Sweeper {
+    runs: Arc<EagerRuns>,
+    /// Stopped with nothing waiting, and said so under the table's lock.
+    stopped: bool,
+}
+
+impl Sweeper {
+    fn new(runs: Arc<EagerRuns>) -> Self {
+        Self {
+            runs,
+            stopped: false,
+        }
+    }
+
+    async fn run(mut self) {
+        while !self.stopped {
+            tokio::time::sleep(SWEEP_EVERY).await;
+            let closed = {
+                let mut table = self.runs.waiting.lock().expect("eager runs");
+                let closed = table.remove_expired(Instant::now());
+                // Cleared under the lock `start` inserts under, so a run inserted after this
+                // look starts a sweeper of its own.
+                if table.runs.is_empty() {
+                    table.sweeping = false;
+                    self.stopped = true;
+                }
+                closed
+            };
+            for run in closed {
+                // Told before the run is dropped (and counted as cancelled).
+                (run.unclaimed)();
+                drop(run.reply);
+            }
+        }
+    }
+}
+
+impl Drop for Sweeper {
+    /// A sweeper dropped while runs wait (its runtime shut down) hands over to the sweeper
+    /// the next started run starts.
+    fn drop(&mut self) {
+        if !self.stopped
+            && let Ok(mut table) = self.runs.waiting.lock()
+        {
+            table.sweeping = false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use futures::{FutureExt, StreamExt};
@@ -259,6 +304,43 @@ mod tests {
         Arc::new(AtomicUsize::new(0))
     }
 
+    fn alive_tasks() -> usize {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    }
+
+    /// Waiting runs share one timer: their sweeper's, which stops when none waits and starts
+    /// again with the next run.
+    #[tokio::test(start_paused = true)]
+    async fn one_sweeper_watches_every_window() {
+        let runs = Arc::new(EagerRuns::default());
+        let (running, unclaimed) = (counter(), counter());
+        for n in 0..10usize {
+            let seen = unclaimed.clone();
+            let run = endless(Dropped(running.clone()));
+            assert!(runs.start(&n.to_be_bytes(), who("ann"), run, move || {
+                seen.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        assert_eq!(alive_tasks(), 11, "ten runs and one sweeper");
+        tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
+        assert_eq!(runs.waiting(), 0);
+        assert_eq!(unclaimed.load(Ordering::SeqCst), 10);
+        assert_eq!(
+            running.load(Ordering::SeqCst),
+            10,
+            "every run was cancelled"
+        );
+        tokio::task::yield_now().await;
+        assert_eq!(alive_tasks(), 0, "the sweeper stopped with nothing waiting");
+        let run = endless(Dropped(running.clone()));
+        assert!(runs.start(b"later", who("ann"), run, || {}));
+        assert_eq!(alive_tasks(), 2, "a run started later has a sweeper again");
+        tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
+        assert_eq!(runs.waiting(), 0, "and is dropped when its window closes");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_planner_claims_the_reply_and_nobody_else_does() {
         let runs = Arc::new(EagerRuns::default());
@@ -281,13 +363,12 @@ mod tests {
             panic!("the run's stream");
         };
         assert_eq!(runs.waiting(), 0);
+        tokio::time::sleep(SWEEP_EVERY).await;
         tokio::task::yield_now().await;
         assert_eq!(
-            tokio::runtime::Handle::current()
-                .metrics()
-                .num_alive_tasks(),
+            alive_tasks(),
             0,
-            "a claimed run's task ends with its reply, without waiting out the window"
+            "a claimed run's task ends with its reply, and the sweeper once nothing waits"
         );
         tokio::time::sleep(CLAIM_WINDOW * 2).await;
         assert_eq!(
