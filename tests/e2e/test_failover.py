@@ -231,3 +231,31 @@ def test_a_statement_that_two_workers_die_under_is_held_back(start_quiver):
     held = [v for labels, v in metric_samples(q.admin_url, "quiver_queries_total")
             if labels["outcome"] == "held_back"]
     assert held == [2.0], held
+
+    # Varying the text gets no fresh count: a third worker dying under the tenant's statements
+    # puts the tenant on probation, and then only its statements that completed recently run.
+    pids = {endpoint.replace("grpc://", "http://"): pid for pid, endpoint in q.started}
+    outcome.clear()
+    variant = SLOW.encode() + b" -- another text"
+    caller = threading.Thread(target=lambda: outcome.append(_error_of(client, variant)))
+    caller.start()
+    os.kill(running_on(q, pids, {first, second}), signal.SIGKILL)
+    caller.join(timeout=120)
+    assert not caller.is_alive(), "the call never ended"
+    (err,) = outcome
+    assert err is not None and status_of(err) == "FAILED_PRECONDITION", f"{err!r}"
+    assert "completed recently" in str(err), str(err)
+    assert client.do_get(flight.Ticket(b"SELECT 1 AS one")).read_all().num_rows == 1, \
+        "a statement that completed before still runs"
+    err = _error_of(client, b"SELECT 2 AS two")
+    assert err is not None and status_of(err) == "FAILED_PRECONDITION", f"{err!r}"
+    assert "completed recently" in str(err), str(err)
+
+
+def _error_of(client, ticket: bytes) -> BaseException | None:
+    """The error reading `ticket`'s results raised, if any."""
+    try:
+        client.do_get(flight.Ticket(ticket)).read_all()
+        return None
+    except BaseException as e:  # noqa: BLE001
+        return e

@@ -19,7 +19,9 @@ impl From<DispatchError> for Status {
             | DispatchError::UnknownPool { .. } => Status::unavailable(err.to_string()),
             DispatchError::Worker(status) => *status,
             // Not until the window passes: retrying would only stop another worker.
-            DispatchError::HeldBack { .. } => Status::failed_precondition(err.to_string()),
+            DispatchError::HeldBack { .. } | DispatchError::OnProbation { .. } => {
+                Status::failed_precondition(err.to_string())
+            }
             DispatchError::InvalidEndpoint { .. } => {
                 tracing::error!(error = %err, "invalid worker endpoint in the pool");
                 Status::internal("the gateway's worker pool is misconfigured; see the gateway log")

@@ -27,6 +27,7 @@ pub mod suspects;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Poll, ready};
 use std::time::Duration;
 
 use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo, Ticket};
@@ -36,7 +37,7 @@ use tonic::{Code, Status};
 
 use self::pool::{Worker, WorkerLoad, WorkerPool};
 use self::registry::Pools;
-use self::suspects::{HELD_BACK_AFTER, StatementKey, Suspects, WINDOW};
+use self::suspects::{HELD_BACK_AFTER, Hold, PROBATION_AFTER, StatementKey, Suspects, WINDOW};
 use quiver_core::protocol::WORKER_STATE_HEADER;
 use quiver_core::protocol::{GRANT_HEADER, carries_rows};
 
@@ -95,6 +96,17 @@ pub enum DispatchError {
     )]
     HeldBack {
         /// How much longer it is held back.
+        left: Duration,
+    },
+    /// Workers failed under the tenant's statements on [`PROBATION_AFTER`] workers within
+    /// [`WINDOW`], and this statement has not completed within it ([`suspects`]).
+    #[error(
+        "{PROBATION_AFTER} workers failed within {} while running this tenant's statements;          until {} from now only statements that completed recently are run, and this one has          not",
+        humantime::format_duration(WINDOW),
+        humantime::format_duration(*.left)
+    )]
+    OnProbation {
+        /// How much longer the tenant's new statements are held back.
         left: Duration,
     },
     /// A worker address that is not a valid URL.
@@ -313,10 +325,26 @@ impl Dispatcher {
 
     /// Records that `worker` failed as a process (`status`) under the call's statement, if the
     /// call had reached it; how much longer the statement is held back, if it now is.
-    fn failed_under_statement(&self, worker: &Worker, status: &Status) -> Option<Duration> {
+    fn failed_under_statement(&self, worker: &Worker, status: &Status) -> Option<DispatchError> {
         let key = self.statement.filter(|_| reached_worker(status))?;
         self.suspects.record(key, worker.id());
-        self.suspects.held_back(key)
+        self.held_back()
+    }
+
+    /// Why the call's statement is not to be sent, if it is not ([`suspects`]).
+    fn held_back(&self) -> Option<DispatchError> {
+        match self.suspects.held_back(self.statement?)? {
+            Hold::Statement(left) => Some(DispatchError::HeldBack { left }),
+            Hold::Tenant(left) => Some(DispatchError::OnProbation { left }),
+        }
+    }
+
+    /// Records that the call's statement ran to its end, so it still runs if its tenant is
+    /// put on probation.
+    fn completed(&self) {
+        if let Some(key) = self.statement {
+            self.suspects.completed(key);
+        }
     }
 
     /// The least-loaded ready worker other than `exclude`. With no worker ready at all and a
@@ -364,8 +392,8 @@ impl Dispatcher {
         F: Fn(Arc<Worker>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        if let Some(left) = self.statement.and_then(|key| self.suspects.held_back(key)) {
-            return Err(DispatchError::HeldBack { left });
+        if let Some(held) = self.held_back() {
+            return Err(held);
         }
         let mut failed: Option<Arc<Worker>> = None;
         let mut last_error = None;
@@ -389,8 +417,8 @@ impl Dispatcher {
                         tracing::warn!(worker = %worker.endpoint(), error = %status, "worker failed; retrying on another");
                         if kind == Failure::Transport {
                             worker.mark_failed();
-                            if let Some(left) = self.failed_under_statement(&worker, &status) {
-                                return Err(DispatchError::HeldBack { left });
+                            if let Some(held) = self.failed_under_statement(&worker, &status) {
+                                return Err(held);
                             }
                         }
                         last_error = Some(DispatchError::WorkerFailed {
@@ -481,18 +509,33 @@ impl Dispatcher {
         let endpoint = load.worker().endpoint().to_owned();
         let head = futures::stream::iter(held.into_iter().map(Ok));
         let this = self.clone();
-        let tail = rest.map(move |item| {
+        let (mut rest, mut failed, mut ended) = (Box::pin(rest), false, false);
+        let tail = futures::stream::poll_fn(move |cx| {
             // The load guard lives as long as the relayed stream.
             let _held = &load;
-            item.map_err(|status| {
-                if failure(&status) == Failure::Transport {
-                    this.failed_under_statement(load.worker(), &status);
-                    Status::unavailable(format!(
-                        "worker {endpoint} failed while streaming results: {}; the query can be retried",
-                        status.message()
-                    ))
-                } else {
-                    status
+            if ended {
+                return Poll::Ready(None);
+            }
+            Poll::Ready(match ready!(rest.poll_next_unpin(cx)) {
+                None => {
+                    ended = true;
+                    if !failed {
+                        this.completed();
+                    }
+                    None
+                }
+                Some(Ok(message)) => Some(Ok(message)),
+                Some(Err(status)) => {
+                    failed = true;
+                    Some(Err(if failure(&status) == Failure::Transport {
+                        this.failed_under_statement(load.worker(), &status);
+                        Status::unavailable(format!(
+                            "worker {endpoint} failed while streaming results: {}; the query can be retried",
+                            status.message()
+                        ))
+                    } else {
+                        status
+                    }))
                 }
             })
         });

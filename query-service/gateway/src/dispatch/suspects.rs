@@ -6,6 +6,13 @@
 //! a dashboard refreshing one) then costs at most two workers, not every worker each time it is
 //! sent.
 //!
+//! A tenant that varies the text (a comment, a literal) would get a fresh count for each
+//! variant, so failures also count per tenant: once workers failed under [`PROBATION_AFTER`]
+//! different workers' worth of one tenant's statements within the window, the tenant is on
+//! probation for the rest of it. Its statements that completed within the window still run (a
+//! dashboard keeps refreshing after a node loss); any other is held back. Completions are
+//! remembered by key, bounded.
+//!
 //! Statements are told apart by tenant and text, so one tenant's failures never hold back
 //! another tenant's statements, and the hash is keyed per process, so no one can write a text
 //! that collides with someone else's on purpose.
@@ -21,13 +28,34 @@ use tokio::time::Instant;
 pub const WINDOW: Duration = Duration::from_secs(600);
 /// Failures within the window after which a statement is held back.
 pub const HELD_BACK_AFTER: u32 = 2;
+/// Distinct workers failed under one tenant's statements within the window after which only
+/// its statements that completed recently run. One statement alone can take two; a third
+/// means the tenant's texts vary, or it was unlucky in a node loss (its known statements still
+/// run then).
+pub const PROBATION_AFTER: u32 = 3;
 /// Statements remembered at most; past it, further ones are not recorded (each entry stands
 /// for a failed worker, so filling it already took many).
 const CAPACITY: usize = 4096;
+/// Completed statements remembered at most. When full, those older than the window go, and
+/// if none is, all go, so endless distinct texts cannot grow it (a tenant on probation then
+/// has its statements held back until its probation ends).
+const COMPLETED_CAPACITY: usize = 65_536;
 
 /// A statement's key: its tenant and text, hashed with this process's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StatementKey(u64);
+pub struct StatementKey {
+    statement: u64,
+    tenant: u64,
+}
+
+/// Why a statement is not sent, and for how much longer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hold {
+    /// The statement itself was running on [`HELD_BACK_AFTER`] workers that failed.
+    Statement(Duration),
+    /// Its tenant is on probation and the statement has not completed within the window.
+    Tenant(Duration),
+}
 
 #[derive(Debug)]
 struct Record {
@@ -38,64 +66,145 @@ struct Record {
     since: Instant,
 }
 
-/// Statements seen running on workers that failed, with how often, shared by every call.
+impl Record {
+    fn new(now: Instant) -> Self {
+        Self {
+            workers: Vec::new(),
+            since: now,
+        }
+    }
+
+    /// Counts `worker` (up to `limit` distinct ones), starting a new window if the last one
+    /// ended; how many distinct workers failed in the window.
+    fn add(&mut self, worker: u64, limit: u32, now: Instant) -> u32 {
+        if now.duration_since(self.since) >= WINDOW {
+            *self = Self::new(now);
+        }
+        if !self.workers.contains(&worker) && self.workers.len() < limit as usize {
+            self.workers.push(worker);
+        }
+        self.workers.len() as u32
+    }
+
+    /// What is left of the window, once `limit` workers failed in it.
+    fn holds(&self, limit: u32, now: Instant) -> Option<Duration> {
+        let left = WINDOW.checked_sub(now.duration_since(self.since))?;
+        (self.workers.len() >= limit as usize && !left.is_zero()).then_some(left)
+    }
+}
+
+/// Failures by statement and by tenant, and the statements that completed, shared by every
+/// call.
 #[derive(Debug)]
 pub struct Suspects {
     hasher: RandomState,
-    records: Mutex<HashMap<StatementKey, Record>>,
+    records: Mutex<Records>,
+    /// When each statement last completed.
+    completed: Mutex<HashMap<StatementKey, Instant>>,
+}
+
+#[derive(Debug, Default)]
+struct Records {
+    statements: HashMap<StatementKey, Record>,
+    tenants: HashMap<u64, Record>,
 }
 
 impl Default for Suspects {
     fn default() -> Self {
         Self {
             hasher: RandomState::new(),
-            records: Mutex::new(HashMap::new()),
+            records: Mutex::default(),
+            completed: Mutex::default(),
         }
     }
+}
+
+/// Makes room for one more entry in `map`, bounded by `capacity`: drops those whose window
+/// ended, then, if that was not enough, says so.
+fn room<K, V>(map: &mut HashMap<K, V>, capacity: usize, live: impl Fn(&V) -> bool) -> bool {
+    if map.len() < capacity {
+        return true;
+    }
+    map.retain(|_, value| live(value));
+    map.len() < capacity
 }
 
 impl Suspects {
     /// The key of `sql` sent by `tenant`.
     pub fn key(&self, tenant: &str, sql: &str) -> StatementKey {
-        StatementKey(self.hasher.hash_one((tenant, sql)))
+        StatementKey {
+            statement: self.hasher.hash_one((tenant, sql)),
+            tenant: self.hasher.hash_one(tenant),
+        }
     }
 
     /// Records that `worker` (its pool id) failed while running `key`; returns how many
     /// distinct workers failed under it in the window, this one included.
     pub fn record(&self, key: StatementKey, worker: u64) -> u32 {
         let now = Instant::now();
+        let live = |r: &Record| now.duration_since(r.since) < WINDOW;
         let mut records = self.records.lock().expect("suspects lock");
-        if records.len() >= CAPACITY && !records.contains_key(&key) {
-            records.retain(|_, r| now.duration_since(r.since) < WINDOW);
-            if records.len() >= CAPACITY {
-                return 1;
-            }
+        if records.tenants.contains_key(&key.tenant) || room(&mut records.tenants, CAPACITY, live) {
+            records
+                .tenants
+                .entry(key.tenant)
+                .or_insert_with(|| Record::new(now))
+                .add(worker, PROBATION_AFTER, now);
         }
-        let record = records.entry(key).or_insert(Record {
-            workers: Vec::new(),
-            since: now,
-        });
-        if now.duration_since(record.since) >= WINDOW {
-            *record = Record {
-                workers: Vec::new(),
-                since: now,
-            };
+        if !records.statements.contains_key(&key) && !room(&mut records.statements, CAPACITY, live)
+        {
+            return 1;
         }
-        if !record.workers.contains(&worker) && record.workers.len() < HELD_BACK_AFTER as usize {
-            record.workers.push(worker);
-        }
-        record.workers.len() as u32
+        records
+            .statements
+            .entry(key)
+            .or_insert_with(|| Record::new(now))
+            .add(worker, HELD_BACK_AFTER, now)
     }
 
-    /// How much longer `key` is held back, if it is, in whole seconds rounded up (for the
-    /// message a client reads).
-    pub fn held_back(&self, key: StatementKey) -> Option<Duration> {
-        let records = self.records.lock().expect("suspects lock");
-        let record = records.get(&key)?;
-        let left = WINDOW.checked_sub(Instant::now().duration_since(record.since))?;
-        (record.workers.len() >= HELD_BACK_AFTER as usize && !left.is_zero())
-            .then(|| Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0)))
+    /// Records that `key` ran to its end on a worker.
+    pub fn completed(&self, key: StatementKey) {
+        let now = Instant::now();
+        let mut completed = self.completed.lock().expect("suspects lock");
+        if !completed.contains_key(&key)
+            && !room(&mut completed, COMPLETED_CAPACITY, |at| {
+                now.duration_since(*at) < WINDOW
+            })
+        {
+            completed.clear();
+        }
+        completed.insert(key, now);
     }
+
+    /// Whether `key` is held back, why, and for how much longer in whole seconds rounded up
+    /// (for the message a client reads).
+    pub fn held_back(&self, key: StatementKey) -> Option<Hold> {
+        let now = Instant::now();
+        let records = self.records.lock().expect("suspects lock");
+        if let Some(left) = records
+            .statements
+            .get(&key)
+            .and_then(|r| r.holds(HELD_BACK_AFTER, now))
+        {
+            return Some(Hold::Statement(whole_seconds(left)));
+        }
+        let left = records
+            .tenants
+            .get(&key.tenant)?
+            .holds(PROBATION_AFTER, now)?;
+        drop(records);
+        let known = self
+            .completed
+            .lock()
+            .expect("suspects lock")
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < WINDOW);
+        (!known).then(|| Hold::Tenant(whole_seconds(left)))
+    }
+}
+
+fn whole_seconds(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]
@@ -119,7 +228,7 @@ mod tests {
         assert_eq!(suspects.record(boom, 8), 2);
         assert_eq!(
             suspects.held_back(boom),
-            Some(WINDOW - Duration::from_secs(60))
+            Some(Hold::Statement(WINDOW - Duration::from_secs(60)))
         );
         // Only that statement, and only for its tenant.
         assert_eq!(suspects.held_back(suspects.key("t", "SELECT 1")), None);
@@ -143,6 +252,80 @@ mod tests {
         tokio::time::advance(WINDOW).await;
         assert_eq!(suspects.record(late, 1), 1);
         assert_eq!(suspects.record(late, 2), 2);
-        assert_eq!(suspects.records.lock().unwrap().len(), 1);
+        assert_eq!(suspects.records.lock().unwrap().statements.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_whose_statements_take_three_workers_runs_only_known_statements() {
+        let suspects = Suspects::default();
+        let dashboard = suspects.key("t", "SELECT count(*) FROM orders");
+        suspects.completed(dashboard);
+        // Each variant of the text fails once, on a different worker: no statement reaches
+        // two failures, but the tenant reaches three.
+        for (n, worker) in [(1, 11), (2, 12)] {
+            let variant = suspects.key("t", &format!("SELECT boom() -- {n}"));
+            suspects.record(variant, worker);
+            assert_eq!(suspects.held_back(variant), None);
+        }
+        let fresh = suspects.key("t", "SELECT boom() -- 4");
+        assert_eq!(suspects.held_back(fresh), None, "two workers: not yet");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        suspects.record(suspects.key("t", "SELECT boom() -- 3"), 13);
+        assert_eq!(
+            suspects.held_back(fresh),
+            Some(Hold::Tenant(WINDOW - Duration::from_secs(60))),
+            "a new text is held back until the window of the first failure ends"
+        );
+        assert_eq!(
+            suspects.held_back(dashboard),
+            None,
+            "a known statement runs"
+        );
+        assert_eq!(
+            suspects.held_back(suspects.key("u", "SELECT boom() -- 4")),
+            None,
+            "other tenants are not affected"
+        );
+        tokio::time::advance(WINDOW - Duration::from_secs(60)).await;
+        assert_eq!(suspects.held_back(fresh), None, "the window has passed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn completions_are_remembered_for_the_window_and_bounded() {
+        let suspects = Suspects::default();
+        let known = suspects.key("t", "SELECT 1");
+        suspects.completed(known);
+        for worker in 1..=3 {
+            suspects.record(suspects.key("t", &format!("SELECT {worker} / 0")), worker);
+        }
+        assert_eq!(suspects.held_back(known), None);
+        tokio::time::advance(Duration::from_secs(300)).await;
+        for i in 1..COMPLETED_CAPACITY {
+            suspects.completed(suspects.key("u", &format!("SELECT {i}")));
+        }
+        assert_eq!(suspects.completed.lock().unwrap().len(), COMPLETED_CAPACITY);
+        // Full of live entries: one more empties it.
+        suspects.completed(suspects.key("u", "SELECT 0"));
+        assert_eq!(suspects.completed.lock().unwrap().len(), 1);
+        assert!(
+            matches!(suspects.held_back(known), Some(Hold::Tenant(_))),
+            "forgotten, a statement of a tenant on probation is held back"
+        );
+        suspects.completed(known);
+        assert_eq!(suspects.held_back(known), None);
+        // Full again once the earlier ones have aged out: those go, the rest stay.
+        for i in 1..COMPLETED_CAPACITY - 2 {
+            suspects.completed(suspects.key("v", &format!("SELECT {i}")));
+        }
+        tokio::time::advance(WINDOW - Duration::from_secs(1)).await;
+        suspects.completed(suspects.key("v", "SELECT late"));
+        assert_eq!(suspects.completed.lock().unwrap().len(), COMPLETED_CAPACITY);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        suspects.completed(suspects.key("v", "SELECT later"));
+        assert_eq!(
+            suspects.completed.lock().unwrap().len(),
+            2,
+            "the late ones stay"
+        );
     }
 }
