@@ -5,6 +5,7 @@
 //! Pool sizes are read from the live pool at scrape time. (The arrival rate of the demand report
 //! is admission's, per pool.)
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -288,6 +289,7 @@ impl GatewayMetrics {
             pool: pool.to_owned(),
             started: now,
             outcome: Outcome::Cancelled,
+            unclaimed: None,
         }
     }
 
@@ -416,6 +418,26 @@ pub struct QueryRecord {
     pool: String,
     started: Instant,
     outcome: Outcome,
+    /// Set if the query was a run started at planning that nobody claimed.
+    unclaimed: Option<Unclaimed>,
+}
+
+/// Marks a run started when its statement was planned (an eager run) that no `DoGet` claimed:
+/// no query happened from the client's side, so its record counts nothing
+/// (`quiver_eager_runs_total{outcome="unclaimed"}` counts it), and a late `DoGet` of its
+/// ticket counts as the query.
+#[derive(Debug, Clone, Default)]
+pub struct Unclaimed(Arc<AtomicBool>);
+
+impl Unclaimed {
+    /// Marks the run unclaimed; set before the run is dropped.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl QueryRecord {
@@ -428,10 +450,19 @@ impl QueryRecord {
     pub fn set_pool(&mut self, pool: &str) {
         pool.clone_into(&mut self.pool);
     }
+
+    /// Counts nothing if `unclaimed` is set by the time the record drops.
+    pub fn unless(mut self, unclaimed: Option<Unclaimed>) -> Self {
+        self.unclaimed = unclaimed;
+        self
+    }
 }
 
 impl Drop for QueryRecord {
     fn drop(&mut self) {
+        if self.unclaimed.as_ref().is_some_and(Unclaimed::is_set) {
+            return;
+        }
         let pool = std::mem::take(&mut self.pool);
         self.metrics
             .duration
@@ -459,6 +490,18 @@ mod tests {
             r.finish(Outcome::Ok);
         }
         drop(metrics.start_query("default"));
+        // An eager run nobody claimed counts nothing; one that was claimed counts as usual.
+        let unclaimed = Unclaimed::default();
+        let run = metrics
+            .start_query("default")
+            .unless(Some(unclaimed.clone()));
+        unclaimed.set();
+        drop(run);
+        drop(
+            metrics
+                .start_query("default")
+                .unless(Some(Unclaimed::default())),
+        );
         let pool = WorkerPool::new("default");
         let _held = pool.start_waiting();
         let text = metrics.encode(std::slice::from_ref(&pool), &[("g".into(), 1, 2)]);
@@ -474,9 +517,9 @@ mod tests {
             text.contains(r#"quiver_queries_total{pool="default",outcome="ok"} 1"#),
             "{text}"
         );
-        assert!(text.contains(r#"outcome="cancelled"} 1"#), "{text}");
+        assert!(text.contains(r#"outcome="cancelled"} 2"#), "{text}");
         assert!(
-            text.contains("quiver_query_duration_seconds_count{pool=\"default\"} 2"),
+            text.contains("quiver_query_duration_seconds_count{pool=\"default\"} 3"),
             "{text}"
         );
     }

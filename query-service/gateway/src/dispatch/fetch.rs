@@ -1,9 +1,12 @@
 //! The gateway's end of the fetch exchange (`quiver_core::fetch`): an admitted DoGet sent to a
 //! worker on a plain connection instead of a gRPC call.
 //!
-//! Each io thread keeps its own idle connections per worker, so a fetch never leaves its
-//! thread; a connection runs one fetch at a time and goes back to the idle list when the fetch
-//! ends cleanly. One dropped mid-stream (the client went away, the deadline passed) is closed,
+//! Each io thread keeps its own idle connections per worker; a connection runs one fetch at a
+//! time and goes back to its thread's idle list when the fetch ends cleanly. A fetch may be
+//! read to its end or dropped on another thread (a run started at planning, claimed by a DoGet
+//! on another connection, or dropped by the sweeper of unclaimed runs): its place is given back
+//! to the thread that opened it, and its connection is closed rather than kept by a thread
+//! whose runtime does not drive it. One dropped mid-stream (the client went away, the deadline passed) is closed,
 //! which ends the query on the worker. A kept connection the worker has closed since (it idled
 //! it out or restarted) is found closed before use and replaced; any other failure is a
 //! transport failure, judged like gRPC's.
@@ -11,7 +14,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use arrow_flight::FlightData;
@@ -43,8 +48,9 @@ struct Connections {
     /// Dropped with the worker.
     alive: Weak<()>,
     idle: Vec<(Instant, Connection)>,
-    /// Connections carrying a fetch now (each has a [`Busy`] guard).
-    busy: usize,
+    /// Connections carrying a fetch now (each has a [`Busy`] guard, which may drop on another
+    /// thread).
+    busy: Arc<AtomicUsize>,
 }
 
 thread_local! {
@@ -59,15 +65,17 @@ fn with_worker_entry(worker: u64, f: impl FnOnce(&mut Connections)) {
     });
 }
 
-/// One busy connection's place in its thread's count, given back when dropped, however the
-/// fetch ends.
+/// One busy connection's place in the count of the thread that opened it, given back when
+/// dropped, however and wherever the fetch ends.
 struct Busy {
-    worker: u64,
+    count: Arc<AtomicUsize>,
+    /// The thread whose idle list the connection may go back to.
+    home: ThreadId,
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        with_worker_entry(self.worker, |c| c.busy -= 1);
+        self.count.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -82,17 +90,20 @@ fn reserve(worker: &Worker) -> Option<(Busy, Option<Connection>)> {
         let entry = all.entry(worker.id()).or_insert_with(|| Connections {
             alive: worker.alive(),
             idle: Vec::new(),
-            busy: 0,
+            busy: Arc::default(),
         });
         // Connections idle too long are closed: the worker may have closed its side.
         entry.idle.retain(|(since, _)| since.elapsed() < IDLE_FOR);
         let idle = entry.idle.pop().map(|(_, connection)| connection);
-        if idle.is_none() && entry.busy + entry.idle.len() >= MAX_CONNECTIONS {
+        if idle.is_none()
+            && entry.busy.load(Ordering::Relaxed) + entry.idle.len() >= MAX_CONNECTIONS
+        {
             return None;
         }
-        entry.busy += 1;
+        entry.busy.fetch_add(1, Ordering::Relaxed);
         let busy = Busy {
-            worker: worker.id(),
+            count: entry.busy.clone(),
+            home: std::thread::current().id(),
         };
         Some((busy, idle))
     })
@@ -264,14 +275,17 @@ impl Fetch {
         }
     }
 
-    /// The fetch ended as the exchange says: the connection takes the next one.
+    /// The fetch ended as the exchange says: the connection takes the next one, if this is
+    /// the thread that opened it (any other closes it).
     fn finish(&mut self) {
         if let Some(connection) = self.connection.take() {
             // Idle from now, no longer busy.
-            drop(self.busy.take());
-            with_worker_entry(self.worker.id(), |c| {
-                c.idle.push((Instant::now(), connection))
-            });
+            let busy = self.busy.take();
+            if busy.is_some_and(|busy| busy.home == std::thread::current().id()) {
+                with_worker_entry(self.worker.id(), |c| {
+                    c.idle.push((Instant::now(), connection))
+                });
+            }
         }
     }
 
@@ -289,7 +303,7 @@ fn open(worker: &Worker) -> usize {
     CONNECTIONS.with(|all| {
         all.borrow()
             .get(&worker.id())
-            .map_or(0, |c| c.busy + c.idle.len())
+            .map_or(0, |c| c.busy.load(Ordering::Relaxed) + c.idle.len())
     })
 }
 
@@ -363,6 +377,38 @@ mod tests {
         let mut fetch = start(worker, b"ticket", "grant").await.unwrap()?;
         while fetch.message().await?.is_some() {}
         Ok(())
+    }
+
+    /// A fetch read to its end or dropped on another thread (a claimed or swept run started
+    /// at planning) gives its place back to the thread that opened it, and its connection is
+    /// kept by neither thread.
+    #[tokio::test]
+    async fn a_fetch_that_ends_on_another_thread_gives_its_place_back() {
+        // One answer per connection: the fake worker serves its connections one at a time.
+        let (worker, accepted) = worker_that_hangs_up_after(1, false).await;
+        let read = start(&worker, b"ticket", "grant").await.unwrap().unwrap();
+        let dropped = start(&worker, b"ticket", "grant").await.unwrap().unwrap();
+        assert_eq!(open(&worker), 2);
+        let there = worker.clone();
+        // This runtime keeps driving the connections while the other thread reads one.
+        let open_there = tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut read = read;
+                while read.message().await.unwrap().is_some() {}
+                drop(dropped);
+                open(&there)
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!(open_there, 0, "the other thread keeps no connection");
+        assert_eq!(open(&worker), 0, "both places were given back here");
+        run_to_end(&worker).await.unwrap();
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
     /// A worker that hangs up on the exchange's first bytes (one that does not speak it) gets

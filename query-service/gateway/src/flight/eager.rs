@@ -237,7 +237,7 @@ impl Sweeper {
                 closed
             };
             for run in closed {
-                // Told before the run is dropped (and counted as cancelled).
+                // Told before the run is dropped, so its query record counts nothing.
                 (run.unclaimed)();
                 drop(run.reply);
             }

@@ -43,7 +43,7 @@ use self::session::SessionCodec;
 use crate::admission::Admission;
 use crate::auth::{self, Identity};
 use crate::dispatch::{Dispatcher, FlightDataStream};
-use crate::metrics::{EagerOutcome, GatewayMetrics};
+use crate::metrics::{EagerOutcome, GatewayMetrics, Unclaimed};
 use quiver_core::protocol::MAX_MESSAGE_BYTES;
 use quiver_core::seal::Sealer;
 use quiver_core::ticket::TicketSigner;
@@ -133,7 +133,9 @@ impl GatewayService {
         let Some(eager) = &self.eager else {
             return;
         };
-        let (metadata, extensions) = headers;
+        let (metadata, mut extensions) = headers;
+        let unclaimed = Unclaimed::default();
+        extensions.insert(unclaimed.clone());
         let request = Request::from_parts(metadata, extensions, Call::Get(ticket.to_vec()));
         let Ok(caller) = self.identity(&request) else {
             return;
@@ -146,6 +148,7 @@ impl GatewayService {
             caller,
             async move { service.run(request).await },
             move || {
+                unclaimed.set();
                 prepaid.insert(nonce, &tenant);
                 metrics.eager_run(EagerOutcome::Unclaimed);
             },

@@ -36,7 +36,7 @@ use crate::admission::classify::ClientHints;
 use crate::admission::{Checked, Permit};
 use crate::auth::Identity;
 use crate::dispatch::FlightDataStream;
-use crate::metrics::{Outcome, QueryRecord};
+use crate::metrics::{Outcome, QueryRecord, Unclaimed};
 use quiver_core::protocol::CREATE_ADMITTED_PREPARED;
 use quiver_core::ticket::{QueryTicket, TicketKind};
 
@@ -117,14 +117,20 @@ impl GatewayService {
     /// counted here.
     pub(super) async fn run(&self, request: Request<Call>) -> Result<Reply, Status> {
         let counted = !matches!(request.get_ref(), Call::Action(_));
-        let mut record = matches!(request.get_ref(), Call::Get(_))
-            .then(|| self.metrics.start_query(self.dispatcher.pool().name()));
+        // Set by an eager run (never by a client: extensions do not come off the wire).
+        let unclaimed = request.extensions().get::<Unclaimed>().cloned();
+        let start = || {
+            self.metrics
+                .start_query(self.dispatcher.pool().name())
+                .unless(unclaimed.clone())
+        };
+        let mut record = matches!(request.get_ref(), Call::Get(_)).then(start);
         let result = self.pipeline(request, &mut record).await;
         if let Err(status) = &result
             && counted
         {
             record
-                .get_or_insert_with(|| self.metrics.start_query(self.dispatcher.pool().name()))
+                .get_or_insert_with(start)
                 .finish(Outcome::from_code(status.code()));
         }
         result
