@@ -76,6 +76,31 @@ def test_the_doget_claims_the_run_started_by_its_plan(start_quiver):
     client.close()
 
 
+def test_a_plan_redeemed_on_another_connection(start_quiver):
+    """A client may plan on one connection and redeem on another, which the gateway serves on
+    another io thread: the DoGet still claims the run, every answer is right, and each thread's
+    connections to the workers stay counted right (DoGets keep going by the fetch exchange)."""
+    q = start_quiver("--io-threads", "2", workers=2)
+    # Connections are spread over the io threads in turn. (gRPC shares one connection between
+    # clients of the same target unless each keeps its own.)
+    a, b = (flight.connect(q.endpoint, generic_options=[("grpc.use_local_subchannel_pool", 1)])
+            for _ in range(2))
+    expected = a.do_get(flight.Ticket(COUNT_SQL.encode())).read_all().column("n")[0].as_py()
+    assert b.do_get(flight.Ticket(COUNT_SQL.encode())).read_all().column("n")[0].as_py() == expected
+    # More rounds than a thread keeps fetch connections to a worker, so places not given back
+    # would show as DoGets over gRPC.
+    rounds = 300
+    for n in range(rounds):
+        planner, redeemer = (a, b) if n % 2 else (b, a)
+        info = plan(planner, COUNT_SQL)
+        assert redeemer.do_get(info.endpoints[0].ticket).read_all().column("n")[0].as_py() == expected
+    assert total(q.admin_url, "quiver_eager_runs_total", outcome="claimed") == rounds
+    assert total(q.admin_url, "quiver_queries_total", outcome="ok") == rounds + 2
+    assert total(q.admin_url, "quiver_dispatch_do_get_total", transport="grpc") == 0
+    a.close()
+    b.close()
+
+
 def test_adbc_queries_and_prepared_statements_claim_their_runs(start_quiver):
     q = start_quiver()
     with flightsql.connect(q.endpoint, autocommit=True) as conn, conn.cursor() as cur:
