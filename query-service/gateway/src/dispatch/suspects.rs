@@ -36,10 +36,15 @@ pub const PROBATION_AFTER: u32 = 3;
 /// Statements remembered at most; past it, further ones are not recorded (each entry stands
 /// for a failed worker, so filling it already took many).
 const CAPACITY: usize = 4096;
-/// Completed statements remembered at most. When full, those older than the window go, and
-/// if none is, all go, so endless distinct texts cannot grow it (a tenant on probation then
-/// has its statements held back until its probation ends).
-const COMPLETED_CAPACITY: usize = 65_536;
+/// Completed statements remembered per tenant at most. When a tenant's are full, those older
+/// than the window go, and if none is, all of that tenant's go: endless distinct texts grow
+/// nothing, and a tenant filling its own forgets only its own (if on probation, its
+/// statements are then held back until they complete again or the probation ends).
+const COMPLETED_PER_TENANT: usize = 1024;
+/// Tenants whose completions are remembered at most; past it, a tenant new to the table is not
+/// recorded until others' entries age out (tenants are configured, so this is far above what
+/// a deployment has).
+const COMPLETED_TENANTS: usize = 256;
 
 /// A statement's key: its tenant and text, hashed with this process's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,8 +104,8 @@ impl Record {
 pub struct Suspects {
     hasher: RandomState,
     records: Mutex<Records>,
-    /// When each statement last completed.
-    completed: Mutex<HashMap<StatementKey, Instant>>,
+    /// When each statement last completed, by tenant.
+    completed: Mutex<HashMap<u64, HashMap<u64, Instant>>>,
 }
 
 #[derive(Debug, Default)]
@@ -121,7 +126,11 @@ impl Default for Suspects {
 
 /// Makes room for one more entry in `map`, bounded by `capacity`: drops those whose window
 /// ended, then, if that was not enough, says so.
-fn room<K, V>(map: &mut HashMap<K, V>, capacity: usize, live: impl Fn(&V) -> bool) -> bool {
+fn room<K, V>(
+    map: &mut HashMap<K, V>,
+    capacity: usize,
+    mut live: impl FnMut(&mut V) -> bool,
+) -> bool {
     if map.len() < capacity {
         return true;
     }
@@ -144,14 +153,17 @@ impl Suspects {
         let now = Instant::now();
         let live = |r: &Record| now.duration_since(r.since) < WINDOW;
         let mut records = self.records.lock().expect("suspects lock");
-        if records.tenants.contains_key(&key.tenant) || room(&mut records.tenants, CAPACITY, live) {
+        if records.tenants.contains_key(&key.tenant)
+            || room(&mut records.tenants, CAPACITY, |r| live(r))
+        {
             records
                 .tenants
                 .entry(key.tenant)
                 .or_insert_with(|| Record::new(now))
                 .add(worker, PROBATION_AFTER, now);
         }
-        if !records.statements.contains_key(&key) && !room(&mut records.statements, CAPACITY, live)
+        if !records.statements.contains_key(&key)
+            && !room(&mut records.statements, CAPACITY, |r| live(r))
         {
             return 1;
         }
@@ -165,15 +177,23 @@ impl Suspects {
     /// Records that `key` ran to its end on a worker.
     pub fn completed(&self, key: StatementKey) {
         let now = Instant::now();
-        let mut completed = self.completed.lock().expect("suspects lock");
-        if !completed.contains_key(&key)
-            && !room(&mut completed, COMPLETED_CAPACITY, |at| {
-                now.duration_since(*at) < WINDOW
+        let live = |at: &Instant| now.duration_since(*at) < WINDOW;
+        let mut tenants = self.completed.lock().expect("suspects lock");
+        if !tenants.contains_key(&key.tenant)
+            && !room(&mut tenants, COMPLETED_TENANTS, |statements| {
+                statements.retain(|_, at| live(at));
+                !statements.is_empty()
             })
         {
-            completed.clear();
+            return;
         }
-        completed.insert(key, now);
+        let statements = tenants.entry(key.tenant).or_default();
+        if !statements.contains_key(&key.statement)
+            && !room(statements, COMPLETED_PER_TENANT, |at| live(at))
+        {
+            statements.clear();
+        }
+        statements.insert(key.statement, now);
     }
 
     /// Whether `key` is held back, why, and for how much longer in whole seconds rounded up
@@ -197,7 +217,8 @@ impl Suspects {
             .completed
             .lock()
             .expect("suspects lock")
-            .get(&key)
+            .get(&key.tenant)
+            .and_then(|statements| statements.get(&key.statement))
             .is_some_and(|at| now.duration_since(*at) < WINDOW);
         (!known).then(|| Hold::Tenant(whole_seconds(left)))
     }
@@ -291,41 +312,63 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn completions_are_remembered_for_the_window_and_bounded() {
+    async fn completions_are_remembered_for_the_window_and_bounded_per_tenant() {
         let suspects = Suspects::default();
+        let remembered = |tenant: &str| {
+            suspects
+                .completed
+                .lock()
+                .unwrap()
+                .get(&suspects.key(tenant, "").tenant)
+                .map_or(0, HashMap::len)
+        };
         let known = suspects.key("t", "SELECT 1");
         suspects.completed(known);
         for worker in 1..=3 {
             suspects.record(suspects.key("t", &format!("SELECT {worker} / 0")), worker);
         }
         assert_eq!(suspects.held_back(known), None);
+        // Another tenant filling its own record touches nobody else's.
         tokio::time::advance(Duration::from_secs(300)).await;
-        for i in 1..COMPLETED_CAPACITY {
+        for i in 0..=COMPLETED_PER_TENANT {
             suspects.completed(suspects.key("u", &format!("SELECT {i}")));
         }
-        assert_eq!(suspects.completed.lock().unwrap().len(), COMPLETED_CAPACITY);
-        // Full of live entries: one more empties it.
-        suspects.completed(suspects.key("u", "SELECT 0"));
-        assert_eq!(suspects.completed.lock().unwrap().len(), 1);
+        assert_eq!(remembered("u"), 1, "full of live entries, it was emptied");
+        assert_eq!(suspects.held_back(known), None, "t's record is intact");
+        // A tenant filling its own forgets its own.
+        for i in 0..COMPLETED_PER_TENANT {
+            suspects.completed(suspects.key("t", &format!("SELECT {i} + 1")));
+        }
         assert!(
             matches!(suspects.held_back(known), Some(Hold::Tenant(_))),
             "forgotten, a statement of a tenant on probation is held back"
         );
         suspects.completed(known);
         assert_eq!(suspects.held_back(known), None);
-        // Full again once the earlier ones have aged out: those go, the rest stay.
-        for i in 1..COMPLETED_CAPACITY - 2 {
+        // Full again once the earlier ones have aged out: those go, the later ones stay.
+        for i in 0..COMPLETED_PER_TENANT - 1 {
             suspects.completed(suspects.key("v", &format!("SELECT {i}")));
         }
         tokio::time::advance(WINDOW - Duration::from_secs(1)).await;
         suspects.completed(suspects.key("v", "SELECT late"));
-        assert_eq!(suspects.completed.lock().unwrap().len(), COMPLETED_CAPACITY);
+        assert_eq!(remembered("v"), COMPLETED_PER_TENANT);
         tokio::time::advance(Duration::from_secs(2)).await;
         suspects.completed(suspects.key("v", "SELECT later"));
+        assert_eq!(remembered("v"), 2, "the late ones stay");
+        // At most so many tenants; one more is recorded once others' entries have aged out.
+        for n in 0..COMPLETED_TENANTS {
+            suspects.completed(suspects.key(&format!("tenant {n}"), "SELECT 1"));
+        }
+        let newcomer = suspects.key("newcomer", "SELECT 1");
+        suspects.completed(newcomer);
         assert_eq!(
-            suspects.completed.lock().unwrap().len(),
-            2,
-            "the late ones stay"
+            remembered("newcomer"),
+            0,
+            "the table is full of live tenants"
         );
+        tokio::time::advance(WINDOW).await;
+        suspects.completed(newcomer);
+        assert_eq!(remembered("newcomer"), 1);
+        assert!(suspects.completed.lock().unwrap().len() <= COMPLETED_TENANTS);
     }
 }
