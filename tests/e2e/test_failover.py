@@ -4,6 +4,7 @@ and succeeds when retried. The supervisor replaces the worker, and the replaceme
 
 import json
 import os
+import select
 import urllib.request
 import signal
 import threading
@@ -36,6 +37,16 @@ def canonical(t: pa.Table) -> pa.Table:
 
 def read(client, name) -> pa.Table:
     return canonical(client.do_get(flight.Ticket(QUERIES[name].encode())).read_all())
+
+
+def exited(pid: int, timeout: float = 30) -> None:
+    """Waits for `pid` to exit (its files closed), however its parent handles it."""
+    fd = os.pidfd_open(pid)
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"process {pid} did not exit within {timeout} s"
+    finally:
+        os.close(fd)
 
 
 def retryable(e: Exception) -> bool:
@@ -140,6 +151,9 @@ def test_kill_worker_mid_run(start_quiver):
         assert time.monotonic() < deadline, "the replacement worker never served"
         time.sleep(0.2)
     os.kill(survivor, signal.SIGKILL)
+    # Gone, not only signalled: its connections are closed before the next query is sent. (A
+    # query sent in between would have reached a worker that failed with it in hand.)
+    exited(survivor)
     for i in range(10):
         assert read(client, "agg").equals(expected["agg"]), i
     q.wait_for("worker started:", 120)

@@ -509,10 +509,11 @@ impl Dispatcher {
         let endpoint = load.worker().endpoint().to_owned();
         let head = futures::stream::iter(held.into_iter().map(Ok));
         let this = self.clone();
-        let (mut rest, mut failed, mut ended) = (Box::pin(rest), false, false);
+        // The load guard lives as long as the relayed stream (a tuple drops in field order).
+        let mut relay = (Box::pin(rest), load);
+        let (mut failed, mut ended) = (false, false);
         let tail = futures::stream::poll_fn(move |cx| {
-            // The load guard lives as long as the relayed stream.
-            let _held = &load;
+            let (rest, load) = &mut relay;
             if ended {
                 return Poll::Ready(None);
             }
