@@ -264,6 +264,10 @@ def test_a_statement_that_two_workers_die_under_is_held_back(start_quiver):
     err = _error_of(client, b"SELECT 2 AS two")
     assert err is not None and status_of(err) == "FAILED_PRECONDITION", f"{err!r}"
     assert "completed recently" in str(err), str(err)
+    # Operators read each once in the log, when it happens, not at every refusal.
+    log = q.log_path.read_text(errors="replace")
+    assert log.count("a statement is held back") == 1, q.log_tail()
+    assert log.count("tenant on probation") == 1, q.log_tail()
 
 
 def _error_of(client, ticket: bytes) -> BaseException | None:

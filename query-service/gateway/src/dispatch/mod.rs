@@ -265,8 +265,8 @@ pub struct Dispatcher {
     wake_timeout: Option<Duration>,
     /// Statements that were running on failed workers, shared by every dispatcher.
     suspects: Arc<Suspects>,
-    /// The call's statement, when it plans or runs one.
-    statement: Option<StatementKey>,
+    /// The call's statement, when it plans or runs one, and its tenant (for the log).
+    statement: Option<(StatementKey, Arc<str>)>,
 }
 
 impl Dispatcher {
@@ -305,7 +305,7 @@ impl Dispatcher {
             pool: self.pools.get(pool)?,
             wake_timeout: self.wake_timeout,
             suspects: self.suspects.clone(),
-            statement: self.statement,
+            statement: self.statement.clone(),
         })
     }
 
@@ -319,21 +319,39 @@ impl Dispatcher {
     /// The same dispatcher, for a call that plans or runs `sql` for `tenant`: a worker failing
     /// under it counts against the statement ([`suspects`]).
     pub fn for_statement(mut self, tenant: &str, sql: &str) -> Self {
-        self.statement = Some(self.suspects.key(tenant, sql));
+        self.statement = Some((self.suspects.key(tenant, sql), tenant.into()));
         self
     }
 
     /// Records that `worker` failed as a process (`status`) under the call's statement, if the
     /// call had reached it; how much longer the statement is held back, if it now is.
     fn failed_under_statement(&self, worker: &Worker, status: &Status) -> Option<DispatchError> {
-        let key = self.statement.filter(|_| reached_worker(status))?;
-        self.suspects.record(key, worker.id());
+        let (key, tenant) = self.statement.as_ref().filter(|_| reached_worker(status))?;
+        let failed = self.suspects.record(*key, worker.id());
+        // Said once, when it happens: every refusal after it would flood the log.
+        if failed.held_back {
+            tracing::warn!(
+                %tenant,
+                worker = %worker.endpoint(),
+                "a statement is held back for {}: {HELD_BACK_AFTER} workers failed while running it",
+                humantime::format_duration(WINDOW)
+            );
+        }
+        if failed.probation {
+            tracing::warn!(
+                %tenant,
+                worker = %worker.endpoint(),
+                "tenant on probation for {}: {PROBATION_AFTER} workers failed while running its \
+                 statements; only its statements that completed recently are run",
+                humantime::format_duration(WINDOW)
+            );
+        }
         self.held_back()
     }
 
     /// Why the call's statement is not to be sent, if it is not ([`suspects`]).
     fn held_back(&self) -> Option<DispatchError> {
-        match self.suspects.held_back(self.statement?)? {
+        match self.suspects.held_back(self.statement.as_ref()?.0)? {
             Hold::Statement(left) => Some(DispatchError::HeldBack { left }),
             Hold::Tenant(left) => Some(DispatchError::OnProbation { left }),
         }
@@ -342,8 +360,8 @@ impl Dispatcher {
     /// Records that the call's statement ran to its end, so it still runs if its tenant is
     /// put on probation.
     fn completed(&self) {
-        if let Some(key) = self.statement {
-            self.suspects.completed(key);
+        if let Some((key, _)) = &self.statement {
+            self.suspects.completed(*key);
         }
     }
 

@@ -62,6 +62,17 @@ pub enum Hold {
     Tenant(Duration),
 }
 
+/// What one worker failure under a statement found and changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failed {
+    /// Distinct workers failed under the statement in the window, this one included.
+    pub workers: u32,
+    /// This failure held the statement back.
+    pub held_back: bool,
+    /// This failure put the statement's tenant on probation.
+    pub probation: bool,
+}
+
 #[derive(Debug)]
 struct Record {
     /// The workers that failed under it in the current window (each counts once, however many
@@ -80,15 +91,18 @@ impl Record {
     }
 
     /// Counts `worker` (up to `limit` distinct ones), starting a new window if the last one
-    /// ended; how many distinct workers failed in the window.
-    fn add(&mut self, worker: u64, limit: u32, now: Instant) -> u32 {
+    /// ended; how many distinct workers failed in the window, and whether this one made them
+    /// `limit`.
+    fn add(&mut self, worker: u64, limit: u32, now: Instant) -> (u32, bool) {
         if now.duration_since(self.since) >= WINDOW {
             *self = Self::new(now);
         }
-        if !self.workers.contains(&worker) && self.workers.len() < limit as usize {
+        let new = !self.workers.contains(&worker) && self.workers.len() < limit as usize;
+        if new {
             self.workers.push(worker);
         }
-        self.workers.len() as u32
+        let count = self.workers.len() as u32;
+        (count, new && count == limit)
     }
 
     /// What is left of the window, once `limit` workers failed in it.
@@ -147,16 +161,16 @@ impl Suspects {
         }
     }
 
-    /// Records that `worker` (its pool id) failed while running `key`; returns how many
-    /// distinct workers failed under it in the window, this one included.
-    pub fn record(&self, key: StatementKey, worker: u64) -> u32 {
+    /// Records that `worker` (its pool id) failed while running `key`.
+    pub fn record(&self, key: StatementKey, worker: u64) -> Failed {
         let now = Instant::now();
         let live = |r: &Record| now.duration_since(r.since) < WINDOW;
         let mut records = self.records.lock().expect("suspects lock");
+        let mut probation = false;
         if records.tenants.contains_key(&key.tenant)
             || room(&mut records.tenants, CAPACITY, |r| live(r))
         {
-            records
+            (_, probation) = records
                 .tenants
                 .entry(key.tenant)
                 .or_insert_with(|| Record::new(now))
@@ -165,13 +179,22 @@ impl Suspects {
         if !records.statements.contains_key(&key)
             && !room(&mut records.statements, CAPACITY, |r| live(r))
         {
-            return 1;
+            return Failed {
+                workers: 1,
+                held_back: false,
+                probation,
+            };
         }
-        records
+        let (workers, held_back) = records
             .statements
             .entry(key)
             .or_insert_with(|| Record::new(now))
-            .add(worker, HELD_BACK_AFTER, now)
+            .add(worker, HELD_BACK_AFTER, now);
+        Failed {
+            workers,
+            held_back,
+            probation,
+        }
     }
 
     /// Records that `key` ran to its end on a worker.
@@ -237,16 +260,22 @@ mod tests {
         let suspects = Suspects::default();
         let boom = suspects.key("t", "SELECT boom()");
         assert_eq!(suspects.held_back(boom), None);
-        assert_eq!(suspects.record(boom, 7), 1);
+        assert_eq!(suspects.record(boom, 7).workers, 1);
         // Its other calls that were running on the same worker do not count again.
-        assert_eq!(suspects.record(boom, 7), 1);
+        assert_eq!(suspects.record(boom, 7).workers, 1);
         assert_eq!(
             suspects.held_back(boom),
             None,
             "one failure may be a coincidence"
         );
         tokio::time::advance(Duration::from_secs(60)).await;
-        assert_eq!(suspects.record(boom, 8), 2);
+        let second = suspects.record(boom, 8);
+        assert_eq!(
+            (second.workers, second.held_back),
+            (2, true),
+            "this failure held it back"
+        );
+        assert!(!suspects.record(boom, 8).held_back, "said once");
         assert_eq!(
             suspects.held_back(boom),
             Some(Hold::Statement(WINDOW - Duration::from_secs(60)))
@@ -256,7 +285,11 @@ mod tests {
         assert_eq!(suspects.held_back(suspects.key("u", "SELECT boom()")), None);
         tokio::time::advance(WINDOW).await;
         assert_eq!(suspects.held_back(boom), None, "the window has passed");
-        assert_eq!(suspects.record(boom, 8), 1, "a new window starts from one");
+        assert_eq!(
+            suspects.record(boom, 8).workers,
+            1,
+            "a new window starts from one"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,12 +300,12 @@ mod tests {
         }
         // Full: a new statement is not recorded while the old ones count.
         let late = suspects.key("t", "SELECT late");
-        assert_eq!(suspects.record(late, 1), 1);
-        assert_eq!(suspects.record(late, 2), 1);
+        assert_eq!(suspects.record(late, 1).workers, 1);
+        assert_eq!(suspects.record(late, 2).workers, 1);
         // Once they have aged out, there is room again.
         tokio::time::advance(WINDOW).await;
-        assert_eq!(suspects.record(late, 1), 1);
-        assert_eq!(suspects.record(late, 2), 2);
+        assert_eq!(suspects.record(late, 1).workers, 1);
+        assert_eq!(suspects.record(late, 2).workers, 2);
         assert_eq!(suspects.records.lock().unwrap().statements.len(), 1);
     }
 
@@ -291,7 +324,10 @@ mod tests {
         let fresh = suspects.key("t", "SELECT boom() -- 4");
         assert_eq!(suspects.held_back(fresh), None, "two workers: not yet");
         tokio::time::advance(Duration::from_secs(60)).await;
-        suspects.record(suspects.key("t", "SELECT boom() -- 3"), 13);
+        let third = suspects.record(suspects.key("t", "SELECT boom() -- 3"), 13);
+        assert!(third.probation && !third.held_back, "{third:?}");
+        let more = suspects.record(suspects.key("t", "SELECT boom() -- 5"), 14);
+        assert!(!more.probation, "said once");
         assert_eq!(
             suspects.held_back(fresh),
             Some(Hold::Tenant(WINDOW - Duration::from_secs(60))),
