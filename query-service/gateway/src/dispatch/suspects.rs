@@ -7,11 +7,11 @@
 //! sent.
 //!
 //! A tenant that varies the text (a comment, a literal) would get a fresh count for each
-//! variant, so failures also count per tenant: once workers failed under [`PROBATION_AFTER`]
-//! different workers' worth of one tenant's statements within the window, the tenant is on
-//! probation for the rest of it. Its statements that completed within the window still run (a
-//! dashboard keeps refreshing after a node loss); any other is held back. Completions are
-//! remembered by key, bounded.
+//! variant, so failures also count per tenant: once [`PROBATION_AFTER`] different workers have
+//! failed while running one tenant's statements within the window, the tenant is on probation
+//! for the rest of it. Its statements that completed within the window still run (a dashboard
+//! keeps refreshing after a node loss); any other is held back. Completions are remembered per
+//! tenant, bounded.
 //!
 //! Statements are told apart by tenant and text, so one tenant's failures never hold back
 //! another tenant's statements, and the hash is keyed per process, so no one can write a text
@@ -39,7 +39,7 @@ const CAPACITY: usize = 4096;
 /// Completed statements remembered per tenant at most. When a tenant's are full, those older
 /// than the window go, and if none is, all of that tenant's go: endless distinct texts grow
 /// nothing, and a tenant filling its own forgets only its own (if on probation, its
-/// statements are then held back until they complete again or the probation ends).
+/// statements are then held back until the probation ends).
 const COMPLETED_PER_TENANT: usize = 1024;
 /// Tenants whose completions are remembered at most; past it, a tenant new to the table is not
 /// recorded until others' entries age out (tenants are configured, so this is far above what
