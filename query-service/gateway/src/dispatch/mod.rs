@@ -27,7 +27,6 @@ pub mod suspects;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Poll, ready};
 use std::time::Duration;
 
 use arrow_flight::{Action, FlightData, FlightDescriptor, FlightInfo, Ticket};
@@ -241,18 +240,6 @@ impl Answer {
             Answer::Fetch(fetch) => fetch.message().await,
             Answer::Grpc(stream) => stream.message().await,
         }
-    }
-
-    /// The rest of the answer as a stream, which ends after its first error.
-    fn into_stream(self) -> impl Stream<Item = Result<FlightData, Status>> + Send {
-        futures::stream::unfold(Some(self), |answer| async move {
-            let mut answer = answer?;
-            match answer.message().await {
-                Ok(Some(message)) => Some((Ok(message), Some(answer))),
-                Ok(None) => None,
-                Err(status) => Some((Err(status), None)),
-            }
-        })
     }
 }
 
@@ -520,43 +507,35 @@ impl Dispatcher {
                             None => break,
                         }
                     }
-                    Ok((held, transport, stream.into_stream()))
+                    Ok((held, transport, stream))
                 }
             })
             .await?;
-        let endpoint = load.worker().endpoint().to_owned();
         let head = futures::stream::iter(held.into_iter().map(Ok));
-        let this = self.clone();
-        // The load guard lives as long as the relayed stream (a tuple drops in field order).
-        let mut relay = (Box::pin(rest), load);
-        let (mut failed, mut ended) = (false, false);
-        let tail = futures::stream::poll_fn(move |cx| {
-            let (rest, load) = &mut relay;
-            if ended {
-                return Poll::Ready(None);
-            }
-            Poll::Ready(match ready!(rest.poll_next_unpin(cx)) {
-                None => {
-                    ended = true;
-                    if !failed {
-                        this.completed();
-                    }
+        // The rest, which ends after its first error. The load guard lives as long as the
+        // relayed stream (a tuple drops in field order: the answer first).
+        let relay = (rest, load, self.clone());
+        let tail = futures::stream::unfold(Some(relay), |relay| async move {
+            // Kept whole, so it drops in that order however the stream ends.
+            let mut relay = relay?;
+            match relay.0.message().await {
+                Ok(Some(message)) => Some((Ok(message), Some(relay))),
+                Ok(None) => {
+                    relay.2.completed();
                     None
                 }
-                Some(Ok(message)) => Some(Ok(message)),
-                Some(Err(status)) => {
-                    failed = true;
-                    Some(Err(if failure(&status) == Failure::Transport {
-                        this.failed_under_statement(load.worker(), &status);
-                        Status::unavailable(format!(
-                            "worker {endpoint} failed while streaming results: {}; the query can be retried",
-                            status.message()
-                        ))
-                    } else {
-                        status
-                    }))
+                Err(status) if failure(&status) == Failure::Transport => {
+                    let (_, load, this) = &relay;
+                    this.failed_under_statement(load.worker(), &status);
+                    let failed = Status::unavailable(format!(
+                        "worker {} failed while streaming results: {}; the query can be retried",
+                        load.worker().endpoint(),
+                        status.message()
+                    ));
+                    Some((Err(failed), None))
                 }
-            })
+                Err(status) => Some((Err(status), None)),
+            }
         });
         Ok((Box::pin(head.chain(tail)), transport))
     }

@@ -84,7 +84,13 @@ impl Table {
 
     fn remove(&mut self, ticket: &TicketDigest) -> Option<Waiting> {
         let run = self.runs.remove(ticket)?;
-        self.uncount(&run.caller.tenant);
+        let tenant = &run.caller.tenant;
+        if let Some(count) = self.per_tenant.get_mut(tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_tenant.remove(tenant);
+            }
+        }
         Some(run)
     }
 
@@ -100,15 +106,6 @@ impl Table {
             .iter()
             .filter_map(|ticket| self.remove(ticket))
             .collect()
-    }
-
-    fn uncount(&mut self, tenant: &str) {
-        if let Some(count) = self.per_tenant.get_mut(tenant) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_tenant.remove(tenant);
-            }
-        }
     }
 }
 
