@@ -1,7 +1,8 @@
 //! The fetch exchange: how a gateway runs an admitted DoGet on a worker without a gRPC call.
 //!
 //! ```text
-//!  gateway ── "QFT1" (once per connection) ──────────────────────────► worker's Flight port
+//!  gateway ── "QFT2" (once per connection) ──────────────────────────► worker's Flight port
+//!          ◄─ "QFT2" (the worker took the connection) ────────────────
 //!          ── request: len u32 │ ticket len u32 │ ticket │ grant ────►
 //!          ◄─ frames: kind u8 │ len u32 │ payload  (data… then end or error)
 //! ```
@@ -15,9 +16,19 @@
 //! together each go in one write. The worker tells the exchange from HTTP/2 by its first four
 //! bytes on the same port, and runs a fetch as the same DoGet with the same grant and ticket
 //! checks.
+//!
+//! The worker echoes the magic as soon as it takes a connection, before it reads a request, so
+//! a gateway whose new connection closes tells the two cases apart from the bytes alone: no
+//! echo means the worker never took the request (it does not speak this version, is at its
+//! connection cap, or died first) and gRPC may carry the query; an echo means it failed with
+//! the request in hand, which counts against the query. (Judged by whether a second connection
+//! is accepted, the first case is a race: a killed worker's connections close before its
+//! listening socket does.) A peer of another version sees other magic, takes it for HTTP/2
+//! and hangs up, so either side falls back to gRPC.
 
-/// The first bytes of a fetch connection (an HTTP/2 connection starts with `PRI `).
-pub const MAGIC: &[u8; 4] = b"QFT1";
+/// The first bytes of a fetch connection (an HTTP/2 connection starts with `PRI `), and the
+/// worker's first bytes on it.
+pub const MAGIC: &[u8; 4] = b"QFT2";
 
 /// A frame of Flight data: a protobuf `FlightData`.
 pub const FRAME_DATA: u8 = 1;

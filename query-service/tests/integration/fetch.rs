@@ -35,9 +35,13 @@ fn statement(signer: &TicketSigner, sql: &str) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A fetch connection the worker has taken: it echoes the magic before any request.
 async fn connect(addr: std::net::SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(fetch::MAGIC).await.unwrap();
+    let mut echo = [0u8; 4];
+    stream.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, fetch::MAGIC);
     stream
 }
 

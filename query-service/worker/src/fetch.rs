@@ -168,6 +168,11 @@ async fn serve(
     if reader.read_exact(&mut magic).await.is_err() {
         return;
     }
+    // Taken: the gateway reads this before any frame, so a close after it means the worker
+    // failed with the request in hand (`quiver_core::fetch`).
+    if writer.write_all(fetch::MAGIC).await.is_err() {
+        return;
+    }
     // A peer that has not sent a request yet has shown nothing: it gets as long as a sniff.
     let mut wait = SNIFF_TIMEOUT;
     loop {

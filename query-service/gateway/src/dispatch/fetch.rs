@@ -138,12 +138,11 @@ pub async fn start(
         return None;
     }
     let (busy, reused) = reserve(worker)?;
-    let request = fetch::encode_request(ticket, grant);
     // A kept connection the worker has closed since (it restarted, or idled it out) is
     // replaced before use, so a failure after the request is sent on a kept connection means
     // the worker failed with the request in hand.
     let reused = reused.filter(is_open);
-    let was_reused = reused.is_some();
+    let is_new = reused.is_none();
     let mut connection = match reused {
         Some(connection) => connection,
         None => match connect(worker).await {
@@ -151,43 +150,51 @@ pub async fn start(
             Err(e) => return Some(Err(transport(worker.endpoint(), e))),
         },
     };
+    let request = fetch::encode_request(ticket, grant);
+    // Closed, or answered as something else, before the worker took the request: one that
+    // does not speak the exchange or is at its connection cap still listens, and gets its
+    // DoGets over gRPC for a while; one that is gone never had the request.
+    if is_new && !taken(&mut connection, &request).await {
+        return match connect(worker).await {
+            Ok(_) => {
+                worker.refuse_fetch();
+                None
+            }
+            Err(e) => Some(Err(transport(worker.endpoint(), e))),
+        };
+    }
     let sent = async {
-        connection.get_mut().write_all(&request).await?;
+        if !is_new {
+            connection.get_mut().write_all(&request).await?;
+        }
         let mut header = [0u8; fetch::FRAME_HEADER_BYTES];
         connection.read_exact(&mut header).await?;
         io::Result::Ok(header)
     }
     .await;
-    match sent {
-        Ok(header) => Some(Ok(Fetch {
+    Some(match sent {
+        Ok(header) => Ok(Fetch {
             busy: Some(busy),
             connection: Some(connection),
             pending: Some(header),
             worker: worker.clone(),
-        })),
-        Err(e) if was_reused => Some(Err(transport(worker.endpoint(), e))),
-        // A new connection closed before any answer: a worker that does not speak the
-        // exchange (an older version) hangs up on its first bytes, and a worker that died with
-        // the request in hand closes it too. One more connection tells them apart: the first
-        // still listens, and gets its DoGets over gRPC; the second is a transport failure that
-        // reached it.
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::UnexpectedEof
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-            ) =>
-        {
-            if connect(worker).await.is_ok() {
-                worker.refuse_fetch();
-                None
-            } else {
-                Some(Err(transport(worker.endpoint(), e)))
-            }
-        }
-        Err(e) => Some(Err(transport(worker.endpoint(), e))),
-    }
+        }),
+        // The worker had the request: it failed with it in hand.
+        Err(e) => Err(transport(worker.endpoint(), e)),
+    })
+}
+
+/// Sends a new connection's magic and first request in one write, and reads the worker's
+/// echo: whether it took the connection (`quiver_core::fetch`).
+async fn taken(connection: &mut Connection, request: &[u8]) -> bool {
+    let mut echo = [0u8; fetch::MAGIC.len()];
+    connection
+        .get_mut()
+        .write_all(&[fetch::MAGIC.as_slice(), request].concat())
+        .await
+        .is_ok()
+        && connection.read_exact(&mut echo).await.is_ok()
+        && &echo == fetch::MAGIC
 }
 
 /// Whether a kept connection is still open: an idle connection receives nothing, so bytes or
@@ -206,9 +213,7 @@ async fn connect(worker: &Worker) -> io::Result<Connection> {
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
-    let mut connection = BufReader::new(stream);
-    connection.get_mut().write_all(fetch::MAGIC).await?;
-    Ok(connection)
+    Ok(BufReader::new(stream))
 }
 
 impl Fetch {
@@ -333,6 +338,11 @@ mod tests {
         WorkerPool::new("p").add(&endpoint).unwrap()
     }
 
+    /// Takes a fetch connection, as a worker does before reading requests.
+    async fn take(stream: &mut TcpStream) {
+        stream.write_all(fetch::MAGIC).await.unwrap();
+    }
+
     async fn read_request(stream: &mut TcpStream) -> io::Result<usize> {
         let mut len = [0u8; 4];
         stream.read_exact(&mut len).await?;
@@ -356,6 +366,7 @@ mod tests {
                     return true;
                 }
                 count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                take(&mut stream).await;
                 for _ in 0..answered {
                     if read_request(&mut stream).await.is_err() {
                         return true;
@@ -449,24 +460,34 @@ mod tests {
         assert!(!worker.fetch_refused());
     }
 
-    /// A worker that dies with the request in hand on a new connection (it stops listening)
-    /// is a transport failure that reached it, not a worker that does not speak the exchange.
+    /// A worker that dies with the request in hand on a new connection is a transport failure
+    /// that reached it, not a worker that does not speak the exchange: both when its port is
+    /// closed by the time the gateway looks and when it still accepts for a moment (a killed
+    /// process's connections close before its listening socket does).
     #[tokio::test]
     async fn a_worker_dying_on_a_new_connection_reached_it() {
-        let worker = fake_worker(|mut stream, magic| async move {
-            if &magic != fetch::MAGIC {
-                return true;
-            }
-            let _ = read_request(&mut stream).await;
-            false
-        })
-        .await;
-        let Some(Err(status)) = start(&worker, b"ticket", "grant").await else {
-            panic!("a dead worker answered, or was taken for one that does not speak the exchange");
-        };
-        assert!(super::super::reached_worker(&status), "{status:?}");
-        assert!(!worker.fetch_refused());
-        assert_eq!(open(&worker), 0);
+        for still_listening in [false, true] {
+            let worker = fake_worker(move |mut stream, magic| async move {
+                if &magic != fetch::MAGIC {
+                    return true;
+                }
+                take(&mut stream).await;
+                let _ = read_request(&mut stream).await;
+                still_listening
+            })
+            .await;
+            let Some(Err(status)) = start(&worker, b"ticket", "grant").await else {
+                panic!(
+                    "a dying worker answered, or was taken for one that does not speak the exchange"
+                );
+            };
+            assert!(super::super::reached_worker(&status), "{status:?}");
+            assert!(
+                !worker.fetch_refused(),
+                "still listening: {still_listening}"
+            );
+            assert_eq!(open(&worker), 0);
+        }
     }
 
     /// A worker that is not there is a transport failure (retried elsewhere), not a refusal.
