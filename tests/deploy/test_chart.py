@@ -324,6 +324,8 @@ def test_network_policies(default_objects, all_on_objects):
             "app.kubernetes.io/name": "quiver", "app.kubernetes.io/instance": RELEASE,
             "app.kubernetes.io/component": "gateway"}}}]
         assert workers["ingress"][0]["ports"] == [{"port": 50051, "protocol": "TCP"}]
+        # Nothing else: workers serve no metrics, so scrapers get no way in.
+        assert len(workers["ingress"]) == 1, workers["ingress"]
         gateway = policies[f"{RELEASE}-gateway"]["spec"]
         admin = next(r for r in gateway["ingress"] if r["ports"][0]["port"] == "admin")
         assert admin["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
