@@ -1,7 +1,8 @@
 """Runs started at planning time: the gateway starts a planned statement's run when it answers
 GetFlightInfo, and the DoGet that redeems the ticket claims it. The run happens once; a plan
 nobody redeems is cancelled after the claim window and frees its group's slot; a late DoGet
-still runs; `--eager-runs false` turns it off. Every check is through pyarrow.flight and the
+still runs; a tenant whose plans mostly go unredeemed gets no runs for a while; `--eager-runs
+false` turns it off. Every check is through pyarrow.flight and the
 gateway's own metrics."""
 
 import time
@@ -130,6 +131,25 @@ def test_an_unredeemed_plan_is_cancelled_and_frees_its_slot(one_slot):
     # Redeemed late, the ticket still runs (as a DoGet of its own).
     late = client.do_get(info.endpoints[0].ticket).read_all()
     assert late.column("n")[0].as_py() > 0
+    client.close()
+
+
+def test_a_tenant_whose_plans_go_unredeemed_is_paused(start_quiver):
+    """A client that plans without fetching (or whose DoGets reach another gateway replica) has
+    runs started for its plans until 8 of its last 16 went unclaimed; then its plans start
+    none, so the workers do no work for nothing, and its DoGets still run as their own."""
+    q = start_quiver()
+    client = flight.connect(q.endpoint)
+    for _ in range(8):
+        plan(client, COUNT_SQL)
+    wait_metric(q.admin_url, "quiver_eager_runs_total", 8, outcome="unclaimed")
+    info = plan(client, COUNT_SQL)
+    assert total(q.admin_url, "quiver_eager_runs_total", outcome="paused") == 1
+    assert client.do_get(info.endpoints[0].ticket).read_all().column("n")[0].as_py() > 0
+    assert total(q.admin_url, "quiver_eager_runs_total", outcome="claimed") == 0
+    assert wait_metric(q.admin_url, "quiver_queries_total", 1, outcome="ok") == 1
+    log = q.log_path.read_text(errors="replace")
+    assert log.count("went unclaimed; its plans start no run") == 1, q.log_tail()
     client.close()
 
 

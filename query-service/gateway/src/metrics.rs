@@ -146,6 +146,8 @@ pub enum EagerOutcome {
     Unclaimed,
     /// Not started: as many runs as allowed were waiting.
     NotStarted,
+    /// Not started: most of the tenant's recent runs went unclaimed.
+    Paused,
 }
 
 impl EagerOutcome {
@@ -154,6 +156,7 @@ impl EagerOutcome {
             EagerOutcome::Claimed => "claimed",
             EagerOutcome::Unclaimed => "unclaimed",
             EagerOutcome::NotStarted => "not_started",
+            EagerOutcome::Paused => "paused",
         }
     }
 }

@@ -19,6 +19,11 @@
 //! that, plans are answered without one), each dropped if not claimed within [`CLAIM_WINDOW`],
 //! which cancels it at its worker and frees its slot. A `DoGet` arriving later, or at another
 //! gateway replica, runs as before.
+//!
+//! A run nobody claims is a query executed for nothing. Where that is the rule rather than the
+//! exception (a load balancer that spreads each call over gateway replicas, as service meshes
+//! do with HTTP/2, or a client that plans without fetching), a tenant with [`PAUSE_AFTER`] of
+//! its last [`HISTORY`] runs unclaimed gets no early starts for [`PAUSE`], then is tried again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +51,24 @@ pub const MAX_WAITING: usize = 1024;
 /// Unclaimed runs of one tenant held at once (a dashboard refresh plans a few dozen), so one
 /// tenant that plans without redeeming cannot take every other tenant's early starts.
 pub const MAX_WAITING_PER_TENANT: usize = 128;
+/// A tenant's last runs whose claims are remembered.
+const HISTORY: u32 = 16;
+/// Unclaimed runs among a tenant's last [`HISTORY`] that pause its early starts: half, so a
+/// client whose every other `DoGet` reaches another replica pauses too.
+const PAUSE_AFTER: u32 = 8;
+/// How long a tenant's early starts are paused; its history starts afresh after.
+pub const PAUSE: Duration = Duration::from_secs(60);
+/// Tenants whose claims are remembered at most (only those with recent unclaimed runs are).
+const MAX_HISTORIES: usize = 4096;
+
+/// Why a run was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStarted {
+    /// As many runs as allowed wait (in all, or for the tenant), or the ticket has one.
+    Full,
+    /// Most of the tenant's recent runs went unclaimed ([`PAUSE_AFTER`]).
+    Paused,
+}
 
 /// What a claim gets: the run's reply, once its first rows (or its end) arrived.
 pub type Claimed = oneshot::Receiver<Result<Reply, Status>>;
@@ -57,29 +80,86 @@ pub struct EagerRuns {
     waiting: Mutex<Table>,
 }
 
-/// The waiting runs, how many of them each tenant has, and whether their windows are watched.
+/// The waiting runs, how many of them each tenant has, whether their windows are watched, and
+/// the claims of tenants whose recent runs went unclaimed.
 #[derive(Default)]
 struct Table {
     runs: HashMap<TicketDigest, Waiting>,
     per_tenant: HashMap<String, usize>,
     /// A sweeper task is running; it stops when no run waits.
     sweeping: bool,
+    histories: HashMap<String, History>,
+}
+
+/// Whether a tenant's last runs were claimed, and until when its early starts are paused.
+#[derive(Debug, Default)]
+struct History {
+    /// One bit per run, newest lowest: set when it went unclaimed.
+    unclaimed: u16,
+    paused_until: Option<Instant>,
 }
 
 impl Table {
-    /// Adds a run unless the table, or the caller's tenant, is at its bound, or the ticket
-    /// already has one.
-    fn insert(&mut self, ticket: TicketDigest, run: Waiting) -> bool {
+    /// Adds a run unless the table, or the caller's tenant, is at its bound, the ticket
+    /// already has one, or the tenant's early starts are paused.
+    fn insert(&mut self, ticket: TicketDigest, run: Waiting) -> Result<(), NotStarted> {
         let tenant = &run.caller.tenant;
+        if !self.histories.is_empty()
+            && let Some(history) = self.histories.get(tenant)
+            && let Some(until) = history.paused_until
+        {
+            if Instant::now() < until {
+                return Err(NotStarted::Paused);
+            }
+            self.histories.remove(tenant);
+        }
         if self.runs.len() >= MAX_WAITING
             || self.per_tenant.get(tenant).copied().unwrap_or(0) >= MAX_WAITING_PER_TENANT
             || self.runs.contains_key(&ticket)
         {
-            return false;
+            return Err(NotStarted::Full);
         }
         *self.per_tenant.entry(tenant.clone()).or_insert(0) += 1;
         self.runs.insert(ticket, run);
-        true
+        Ok(())
+    }
+
+    /// Records whether a run of `tenant` was claimed; pauses the tenant's early starts once
+    /// [`PAUSE_AFTER`] of its last [`HISTORY`] were not. Only tenants with an unclaimed run
+    /// among their last are remembered, at most [`MAX_HISTORIES`]: when full, all but the
+    /// paused are forgotten, and past that a tenant is not paused (its runs are still bounded
+    /// by [`MAX_WAITING_PER_TENANT`]).
+    fn record(&mut self, tenant: &str, claimed: bool) {
+        if claimed && self.histories.is_empty() {
+            return;
+        }
+        if !claimed && self.histories.len() >= MAX_HISTORIES {
+            // Tenants paused now are kept; the rest start afresh.
+            let now = Instant::now();
+            self.histories
+                .retain(|_, h| h.paused_until.is_some_and(|until| now < until));
+        }
+        let full = self.histories.len() >= MAX_HISTORIES;
+        let history = match self.histories.get_mut(tenant) {
+            Some(history) => history,
+            None if claimed || full => return,
+            None => self.histories.entry(tenant.to_owned()).or_default(),
+        };
+        if history.paused_until.is_some() {
+            return;
+        }
+        history.unclaimed = (history.unclaimed << 1) | u16::from(!claimed);
+        if history.unclaimed.count_ones() >= PAUSE_AFTER {
+            history.paused_until = Some(Instant::now() + PAUSE);
+            tracing::info!(
+                %tenant,
+                "{PAUSE_AFTER} of the tenant's last {HISTORY} runs started at planning went \
+                 unclaimed; its plans start no run for {}",
+                humantime::format_duration(PAUSE)
+            );
+        } else if history.unclaimed == 0 {
+            self.histories.remove(tenant);
+        }
     }
 
     fn remove(&mut self, ticket: &TicketDigest) -> Option<Waiting> {
@@ -137,14 +217,15 @@ struct Waiting {
 impl EagerRuns {
     /// Starts `run` (the `DoGet` of `ticket` on behalf of `caller`) on the current runtime,
     /// unless as many runs as allowed (in all, or for the caller's tenant) are already
-    /// waiting. `unclaimed` is called when the window closes with nobody having claimed it.
+    /// waiting, or the tenant's are paused. `unclaimed` is called when the window closes with
+    /// nobody having claimed it.
     pub fn start<F>(
         self: &Arc<Self>,
         ticket: &[u8],
         caller: Identity,
         run: F,
         unclaimed: impl FnOnce() + Send + 'static,
-    ) -> bool
+    ) -> Result<(), NotStarted>
     where
         F: Future<Output = Result<Reply, Status>> + Send + 'static,
     {
@@ -157,9 +238,7 @@ impl EagerRuns {
         };
         let start_sweeper = {
             let mut table = self.waiting.lock().expect("eager runs");
-            if !table.insert(digest(ticket), waiting) {
-                return false;
-            }
+            table.insert(digest(ticket), waiting)?;
             !std::mem::replace(&mut table.sweeping, true)
         };
         if start_sweeper {
@@ -175,7 +254,7 @@ impl EagerRuns {
             // Fails only if the receiver went meanwhile; the reply is then dropped here.
             let _ = tx.send(result);
         });
-        true
+        Ok(())
     }
 
     /// The run started for `ticket`, if the caller (read only when there is one) is who
@@ -194,7 +273,9 @@ impl EagerRuns {
         if waiting.runs.get(&ticket)?.caller != caller()? {
             return None;
         }
-        waiting.remove(&ticket).map(|entry| entry.reply)
+        let run = waiting.remove(&ticket)?;
+        waiting.record(&run.caller.tenant, true);
+        Some(run.reply)
     }
 
     /// Runs waiting to be claimed.
@@ -225,6 +306,9 @@ impl Sweeper {
             let closed = {
                 let mut table = self.runs.waiting.lock().expect("eager runs");
                 let closed = table.remove_expired(Instant::now());
+                for run in &closed {
+                    table.record(&run.caller.tenant, false);
+                }
                 // Cleared under the lock `start` inserts under, so a run inserted after this
                 // look starts a sweeper of its own.
                 if table.runs.is_empty() {
@@ -316,9 +400,14 @@ mod tests {
         for n in 0..10usize {
             let seen = unclaimed.clone();
             let run = endless(Dropped(running.clone()));
-            assert!(runs.start(&n.to_be_bytes(), who("ann"), run, move || {
-                seen.fetch_add(1, Ordering::SeqCst);
-            }));
+            // Over two tenants, so neither has enough unclaimed runs to be paused.
+            let caller = of(["acme", "initech"][n % 2], "u");
+            assert!(
+                runs.start(&n.to_be_bytes(), caller, run, move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                })
+                .is_ok()
+            );
         }
         assert_eq!(alive_tasks(), 11, "ten runs and one sweeper");
         tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
@@ -332,7 +421,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(alive_tasks(), 0, "the sweeper stopped with nothing waiting");
         let run = endless(Dropped(running.clone()));
-        assert!(runs.start(b"later", who("ann"), run, || {}));
+        assert!(runs.start(b"later", who("ann"), run, || {}).is_ok());
         assert_eq!(alive_tasks(), 2, "a run started later has a sweeper again");
         tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
         assert_eq!(runs.waiting(), 0, "and is dropped when its window closes");
@@ -344,14 +433,17 @@ mod tests {
         let (dropped, unclaimed) = (counter(), counter());
         let guard = Dropped(dropped.clone());
         let seen = unclaimed.clone();
-        assert!(runs.start(
-            b"t1",
-            who("ann"),
-            async move { Ok(stream_holding(guard)) },
-            move || {
-                seen.fetch_add(1, Ordering::SeqCst);
-            },
-        ));
+        assert!(
+            runs.start(
+                b"t1",
+                who("ann"),
+                async move { Ok(stream_holding(guard)) },
+                move || {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+            .is_ok()
+        );
         assert!(runs.claim(b"t1", || Some(who("bob"))).is_none());
         assert!(runs.claim(b"t2", || Some(who("ann"))).is_none());
         assert_eq!(runs.waiting(), 1, "another caller leaves the run waiting");
@@ -395,7 +487,8 @@ mod tests {
             let seen = unclaimed.clone();
             runs.start(&ticket, who("ann"), run, move || {
                 seen.fetch_add(1, Ordering::SeqCst);
-            });
+            })
+            .unwrap();
         }
         tokio::time::sleep(CLAIM_WINDOW / 2).await;
         assert_eq!(runs.waiting(), 2);
@@ -423,7 +516,8 @@ mod tests {
     async fn a_claim_given_up_cancels_the_run() {
         let runs = Arc::new(EagerRuns::default());
         let running = counter();
-        runs.start(b"t", who("ann"), endless(Dropped(running.clone())), || {});
+        runs.start(b"t", who("ann"), endless(Dropped(running.clone())), || {})
+            .unwrap();
         let claim = runs.claim(b"t", || Some(who("ann"))).expect("claimed");
         tokio::task::yield_now().await;
         drop(claim);
@@ -439,16 +533,16 @@ mod tests {
         let mallory = || of("mallory", "m");
         for n in 0..MAX_WAITING_PER_TENANT {
             let run = endless(Dropped(running.clone()));
-            assert!(runs.start(&n.to_be_bytes(), mallory(), run, || {}));
+            assert!(runs.start(&n.to_be_bytes(), mallory(), run, || {}).is_ok());
         }
         let run = endless(Dropped(running.clone()));
         assert!(
-            !runs.start(b"more", mallory(), run, || {}),
+            runs.start(b"more", mallory(), run, || {}) == Err(NotStarted::Full),
             "mallory is at her bound"
         );
         let run = endless(Dropped(running.clone()));
         assert!(
-            runs.start(b"ann's", who("ann"), run, || {}),
+            runs.start(b"ann's", who("ann"), run, || {}).is_ok(),
             "other tenants still start"
         );
         // A claim gives the tenant its place back.
@@ -456,7 +550,7 @@ mod tests {
             .claim(&0usize.to_be_bytes(), || Some(mallory()))
             .unwrap();
         let run = endless(Dropped(running.clone()));
-        assert!(runs.start(b"more", mallory(), run, || {}));
+        assert!(runs.start(b"more", mallory(), run, || {}).is_ok());
     }
 
     #[tokio::test(start_paused = true)]
@@ -466,28 +560,104 @@ mod tests {
         for n in 0..MAX_WAITING {
             let run = endless(Dropped(running.clone()));
             let tenant = of(&format!("tenant {}", n % 16), "u");
-            assert!(runs.start(&n.to_be_bytes(), tenant, run, || {}));
+            assert!(runs.start(&n.to_be_bytes(), tenant, run, || {}).is_ok());
         }
         let refused = endless(Dropped(running.clone()));
-        assert!(!runs.start(b"one more", who("ann"), refused, || {}));
+        assert_eq!(
+            runs.start(b"one more", who("ann"), refused, || {}),
+            Err(NotStarted::Full)
+        );
         assert_eq!(
             running.load(Ordering::SeqCst),
             1,
             "the refused run never started"
         );
-        assert!(
-            !runs.start(
+        assert_eq!(
+            runs.start(
                 &0usize.to_be_bytes(),
                 who("ann"),
                 async { unreachable!() },
                 || {}
             ),
+            Err(NotStarted::Full),
             "a ticket already waiting"
         );
         let _first = runs
             .claim(&0usize.to_be_bytes(), || Some(of("tenant 0", "u")))
             .unwrap();
         let run = endless(Dropped(running.clone()));
-        assert!(runs.start(b"one more", who("ann"), run, || {}));
+        assert!(runs.start(b"one more", who("ann"), run, || {}).is_ok());
+    }
+
+    /// A tenant half of whose recent runs went unclaimed (as when each call may reach another
+    /// gateway replica) gets no early starts for a while; other tenants still do, and the
+    /// tenant is tried again after the pause.
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_whose_runs_go_unclaimed_is_paused() {
+        let runs = Arc::new(EagerRuns::default());
+        let running = counter();
+        let start = |ticket: &[u8], caller: Identity| {
+            runs.start(ticket, caller, endless(Dropped(running.clone())), || {})
+        };
+        // One short of pausing: still started.
+        for n in 0..PAUSE_AFTER - 1 {
+            start(&n.to_be_bytes(), who("ann")).unwrap();
+        }
+        tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
+        start(b"claimed", who("ann")).unwrap();
+        drop(runs.claim(b"claimed", || Some(who("ann"))).unwrap());
+        start(b"unclaimed", who("ann")).unwrap();
+        tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
+        assert_eq!(start(b"next", who("ann")), Err(NotStarted::Paused));
+        assert_eq!(runs.waiting(), 0, "a paused tenant's plans hold nothing");
+        start(b"next", of("initech", "u")).expect("other tenants still start");
+        tokio::time::sleep(PAUSE).await;
+        start(b"after", who("ann")).expect("tried again after the pause");
+    }
+
+    /// Claims keep a tenant's early starts going: unclaimed runs count among its last
+    /// [`HISTORY`] only.
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_that_claims_most_runs_is_not_paused() {
+        let runs = Arc::new(EagerRuns::default());
+        let running = counter();
+        for round in 0..4u32 {
+            for n in 0..HISTORY {
+                let ticket = (round * HISTORY + n).to_be_bytes();
+                runs.start(
+                    &ticket,
+                    who("ann"),
+                    endless(Dropped(running.clone())),
+                    || {},
+                )
+                .unwrap();
+                if n >= PAUSE_AFTER - 1 {
+                    drop(runs.claim(&ticket, || Some(who("ann"))).unwrap());
+                }
+            }
+            tokio::time::sleep(CLAIM_WINDOW + SWEEP_EVERY).await;
+        }
+    }
+
+    /// Histories are bounded: when full, every tenant not paused now starts afresh, and a
+    /// paused tenant stays paused.
+    #[tokio::test(start_paused = true)]
+    async fn histories_are_bounded() {
+        let mut table = Table::default();
+        for _ in 0..PAUSE_AFTER {
+            table.record("mallory", false);
+        }
+        for n in 1..MAX_HISTORIES {
+            table.record(&format!("tenant {n}"), false);
+        }
+        assert_eq!(table.histories.len(), MAX_HISTORIES);
+        table.record("one more", false);
+        assert_eq!(
+            table.histories.len(),
+            2,
+            "mallory (paused) and the newcomer"
+        );
+        assert!(table.histories["mallory"].paused_until.is_some());
+        assert_eq!(table.histories["one more"].unclaimed, 1);
     }
 }

@@ -35,7 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::cancel::Running;
 use self::command::Call;
-use self::eager::EagerRuns;
+use self::eager::{EagerRuns, NotStarted};
 use self::pipeline::Reply;
 use self::planned::PlannedInfos;
 use self::prepaid::Prepaid;
@@ -153,8 +153,10 @@ impl GatewayService {
                 metrics.eager_run(EagerOutcome::Unclaimed);
             },
         );
-        if !started {
-            self.metrics.eager_run(EagerOutcome::NotStarted);
+        match started {
+            Ok(()) => {}
+            Err(NotStarted::Full) => self.metrics.eager_run(EagerOutcome::NotStarted),
+            Err(NotStarted::Paused) => self.metrics.eager_run(EagerOutcome::Paused),
         }
     }
 
