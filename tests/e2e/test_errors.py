@@ -2,9 +2,11 @@
 serving: every error is followed by a successful query. Statuses are read from the pyarrow
 exception class and message prefix (see flight_sql.status_of for pyarrow's mapping)."""
 
+import json
 import signal
 import subprocess
 import time
+import urllib.request
 
 import adbc_driver_flightsql.dbapi as flightsql
 import adbc_driver_manager
@@ -118,6 +120,28 @@ def test_time_limit_is_deadline_exceeded(start_quiver):
     assert elapsed < 20, f"the timed-out query took {elapsed:.1f}s to end"
     assert_still_serving(q.endpoint)
     assert alive(worker) and q.worker_pids == [worker]
+
+
+# One row over the 64 MiB message limit: Flight splits batches by rows, so its message is too.
+HUGE_ROW = "SELECT repeat('x', 70000000) AS s"
+
+
+def test_a_row_over_the_message_limit_is_the_query_s_error(start_quiver):
+    """A result message over the limit is the query's own error, the same every time: not a
+    worker failure (nothing is retried elsewhere, no worker leaves rotation, the statement is
+    never held back), and the worker serves on."""
+    q = start_quiver(workers=2)
+    workers = sorted(q.worker_pids)
+    for _ in range(4):
+        err = failure(lambda: run(q.endpoint, HUGE_ROW))
+        assert status_of(err) in ("RESOURCE_EXHAUSTED", "OUT_OF_RANGE"), f"{status_of(err)}: {err}"
+        assert "limit" in server_message(err), err
+        assert_still_serving(q.endpoint)
+    pools = json.loads(urllib.request.urlopen(f"{q.admin_url}/v1/pools", timeout=5).read())
+    assert all(w["ready"] for p in pools["pools"] for w in p["worker_loads"]), pools
+    assert sorted(q.worker_pids) == workers
+    log = q.log_path.read_text(errors="replace")
+    assert "worker failed" not in log and "held back" not in log, q.log_tail()
 
 
 def statement_ticket(client, sql: str) -> bytes:

@@ -143,6 +143,29 @@ async fn a_worker_answers_fetches_and_checks_them_like_do_get() {
         1
     );
 
+    // A row over the message limit is the query's error, as on the gRPC path, and the
+    // connection stays usable.
+    let huge = "SELECT repeat('x', 70000000) AS s";
+    let Answer::Error(failure) = ask(&mut stream, &statement(&signer, huge), &grant).await else {
+        panic!("a row over the message limit was sent");
+    };
+    assert_eq!(
+        failure.code,
+        tonic::Code::ResourceExhausted as i32,
+        "{failure:?}"
+    );
+    assert!(failure.message.contains("limit"), "{failure:?}");
+    let Answer::Rows(_) = ask(&mut stream, &statement(&signer, "SELECT 1"), &grant).await else {
+        panic!("the connection broke after a row over the limit");
+    };
+    let over_grpc = quiver::client::query_worker(&mut client(worker.addr).await, &signer, huge)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&over_grpc, arrow_flight::error::FlightError::Tonic(s) if s.code() == tonic::Code::ResourceExhausted),
+        "{over_grpc:?}"
+    );
+
     // A request longer than any message is refused and the connection closed.
     let mut stream = connect(worker.addr).await;
     stream.write_all(&u32::MAX.to_be_bytes()).await.unwrap();

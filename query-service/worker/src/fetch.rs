@@ -292,7 +292,8 @@ fn error_frame(status: &Status) -> Vec<u8> {
         .metadata()
         .get(WORKER_STATE_HEADER)
         .and_then(|v| v.to_str().ok());
-    let payload = fetch::encode_error(status.code() as i32, state, status.message());
+    let message = crate::status::bounded(status.message());
+    let payload = fetch::encode_error(status.code() as i32, state, &message);
     let mut frame = fetch::frame_header(fetch::FRAME_ERROR, payload.len()).to_vec();
     frame.extend_from_slice(&payload);
     frame

@@ -168,7 +168,12 @@ impl WorkerService {
         let flight = FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .build(batches)
-            .map_err(Status::from);
+            .map(|item| match item {
+                Ok(data) if data.encoded_len() > protocol::MAX_MESSAGE_BYTES => {
+                    Err(status::over_message_limit(data.encoded_len()))
+                }
+                item => item.map_err(Status::from),
+            });
         Ok(Response::new(Box::pin(flight)))
     }
 }

@@ -117,6 +117,19 @@ fn transport(endpoint: &str, e: io::Error) -> Status {
     status
 }
 
+/// A connection that failed before anything was sent on it (refused, or the gateway out of
+/// descriptors): a transport failure the worker cannot have caused.
+fn not_sent(endpoint: &str, e: io::Error) -> Status {
+    let mut status = Status::unavailable(format!("connection to worker {endpoint} failed: {e}"));
+    status.set_source(Arc::new(NotSent(e)));
+    status
+}
+
+/// The source of a status for a request that never left the gateway ([`not_sent`]).
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: {0}")]
+pub struct NotSent(#[source] io::Error);
+
 /// A fetch under way: its connection and the first frame's header, already read. The
 /// connection is `None` once the fetch has ended (returned to the idle list, or closed).
 pub struct Fetch {
@@ -147,7 +160,7 @@ pub async fn start(
         Some(connection) => connection,
         None => match connect(worker).await {
             Ok(connection) => connection,
-            Err(e) => return Some(Err(transport(worker.endpoint(), e))),
+            Err(e) => return Some(Err(not_sent(worker.endpoint(), e))),
         },
     };
     let request = fetch::encode_request(ticket, grant);
@@ -160,7 +173,7 @@ pub async fn start(
                 worker.refuse_fetch();
                 None
             }
-            Err(e) => Some(Err(transport(worker.endpoint(), e))),
+            Err(e) => Some(Err(not_sent(worker.endpoint(), e))),
         };
     }
     let sent = async {
@@ -235,9 +248,14 @@ impl Fetch {
         };
         let (kind, len) = fetch::parse_frame_header(header);
         if len > MAX_MESSAGE_BYTES {
-            return Err(self.broken(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "fetch frame over the message limit",
+            // Not read, so the connection is closed; but it is the query's doing (a row this
+            // large), not the worker failing: the query's own error, retried nowhere.
+            self.broken(io::ErrorKind::InvalidData.into());
+            return Err(Status::resource_exhausted(format!(
+                "worker {} sent a result message of {len} bytes, over the {} MiB limit on one \
+                 message: a row this large cannot be sent",
+                self.worker.endpoint(),
+                MAX_MESSAGE_BYTES >> 20
             )));
         }
         // Memory follows the bytes that arrive, not the length announced.
@@ -488,6 +506,28 @@ mod tests {
             );
             assert_eq!(open(&worker), 0);
         }
+    }
+
+    /// A frame over the message limit is not read: the connection is closed, and the failure
+    /// is the query's (a row that large), not a broken worker to retry elsewhere.
+    #[tokio::test]
+    async fn a_frame_over_the_limit_is_the_query_s_error() {
+        let worker = fake_worker(|mut stream, _| async move {
+            take(&mut stream).await;
+            let _ = read_request(&mut stream).await;
+            let header = fetch::frame_header(fetch::FRAME_DATA, MAX_MESSAGE_BYTES + 1);
+            stream.write_all(&header).await.unwrap();
+            // Held open: only the gateway closes it.
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+            true
+        })
+        .await;
+        let mut fetch = start(&worker, b"ticket", "grant").await.unwrap().unwrap();
+        let status = fetch.message().await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(std::error::Error::source(&status).is_none(), "{status:?}");
+        assert_eq!(open(&worker), 0, "the connection was closed");
     }
 
     /// A worker that is not there is a transport failure (retried elsewhere), not a refusal.

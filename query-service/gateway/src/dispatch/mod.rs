@@ -98,9 +98,11 @@ pub enum DispatchError {
         left: Duration,
     },
     /// Workers failed under the tenant's statements on [`PROBATION_AFTER`] workers within
-    /// [`WINDOW`], and this statement has not completed within it ([`suspects`]).
+    /// [`WINDOW`], and this statement has not completed within the last one ([`suspects`]).
     #[error(
-        "{PROBATION_AFTER} workers failed within {} while running this tenant's statements;          until {} from now only statements that completed recently are run, and this one has          not",
+        "{PROBATION_AFTER} workers failed within {} while running this tenant's statements; \
+         until {} from now only statements that completed recently are run, and this one has \
+         not",
         humantime::format_duration(WINDOW),
         humantime::format_duration(*.left)
     )]
@@ -151,6 +153,9 @@ fn reached_worker(status: &Status) -> bool {
     use std::io::ErrorKind;
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
+        if err.is::<fetch::NotSent>() {
+            return false;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
             && matches!(
                 io.kind(),
@@ -567,6 +572,19 @@ mod tests {
             dispatcher.on("c"),
             Err(DispatchError::UnknownPool { .. })
         ));
+    }
+
+    /// Refusals read as sentences, whatever their line breaks in the source.
+    #[test]
+    fn refusals_have_no_runs_of_spaces() {
+        let left = Duration::from_secs(61);
+        for refusal in [
+            DispatchError::HeldBack { left },
+            DispatchError::OnProbation { left },
+        ] {
+            let text = refusal.to_string();
+            assert!(!text.contains("  "), "{text}");
+        }
     }
 
     /// What the connection to a worker that died under a call reports.
