@@ -1,7 +1,7 @@
 //! Statements that were running when their worker failed as a process: a statement that stops
 //! one worker is retried on another (the failure may have had nothing to do with it), but one
 //! that was running on two different workers that stopped within [`WINDOW`] is not sent to a
-//! third, and is held back for the rest of the window. Copies of a statement running on the
+//! third, and is held back for a whole [`WINDOW`] from that second failure. Copies of a statement running on the
 //! worker that failed count as one failure. A statement that crashes workers (a query of death, or
 //! a dashboard refreshing one) then costs at most two workers, not every worker each time it is
 //! sent.
@@ -9,7 +9,8 @@
 //! A tenant that varies the text (a comment, a literal) would get a fresh count for each
 //! variant, so failures also count per tenant: once [`PROBATION_AFTER`] different workers have
 //! failed while running one tenant's statements within the window, the tenant is on probation
-//! for the rest of it. Its statements that completed within the window still run (a dashboard
+//! for a whole window from that failure. Its statements that completed within a window of now
+//! still run (a dashboard
 //! keeps refreshing after a node loss); any other is held back. Completions are remembered per
 //! tenant, bounded.
 //!
@@ -102,7 +103,14 @@ impl Record {
             self.workers.push(worker);
         }
         let count = self.workers.len() as u32;
-        (count, new && count == limit)
+        let reached = new && count == limit;
+        if reached {
+            // The hold lasts a whole window from the failure that made it: counted from the
+            // first failure, a statement that crashes workers now and then would be held
+            // back for as little as a second.
+            self.since = now;
+        }
+        (count, reached)
     }
 
     /// What is left of the window, once `limit` workers failed in it.
@@ -278,7 +286,8 @@ mod tests {
         assert!(!suspects.record(boom, 8).held_back, "said once");
         assert_eq!(
             suspects.held_back(boom),
-            Some(Hold::Statement(WINDOW - Duration::from_secs(60)))
+            Some(Hold::Statement(WINDOW)),
+            "a whole window from the failure that held it back"
         );
         // Only that statement, and only for its tenant.
         assert_eq!(suspects.held_back(suspects.key("t", "SELECT 1")), None);
@@ -330,8 +339,8 @@ mod tests {
         assert!(!more.probation, "said once");
         assert_eq!(
             suspects.held_back(fresh),
-            Some(Hold::Tenant(WINDOW - Duration::from_secs(60))),
-            "a new text is held back until the window of the first failure ends"
+            Some(Hold::Tenant(WINDOW)),
+            "a new text is held back for a whole window from the third failure"
         );
         assert_eq!(
             suspects.held_back(dashboard),
@@ -343,7 +352,9 @@ mod tests {
             None,
             "other tenants are not affected"
         );
-        tokio::time::advance(WINDOW - Duration::from_secs(60)).await;
+        tokio::time::advance(WINDOW - Duration::from_secs(1)).await;
+        assert!(suspects.held_back(fresh).is_some(), "not yet");
+        tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(suspects.held_back(fresh), None, "the window has passed");
     }
 
