@@ -90,12 +90,23 @@ pub struct RequestArgs {
     /// statements without running them.
     #[arg(long, env = "QUIVER_EAGER_RUNS", default_value_t = true, action = clap::ArgAction::Set)]
     pub eager_runs: bool,
+    /// Client connections the gateway keeps open at once; past it a new connection is closed
+    /// at once. Keep it below the process's open-file limit, which also covers the
+    /// connections to the workers.
+    #[arg(long, env = "QUIVER_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
 }
 
 impl RequestArgs {
     /// The SQL limit in bytes.
     pub fn max_sql_bytes(&self) -> usize {
         usize::try_from(self.max_sql_bytes).unwrap_or(usize::MAX)
+    }
+
+    /// The connection cap.
+    pub fn max_connections(&self) -> usize {
+        usize::try_from(self.max_connections).unwrap_or(usize::MAX)
     }
 
     /// The io threads asked for, if any.

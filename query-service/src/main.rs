@@ -20,6 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     quiver::telemetry::init();
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK_BYTES)
@@ -36,6 +37,26 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: a gateway holds a descriptor per
+/// client connection (up to `--max-connections`) plus its connections to workers, and the
+/// usual soft limit of 1024 is far below that.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // Unlimited (`None`) is left alone: the kernel caps open files below it anyway.
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = rustix::process::Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %e, "cannot raise the open-file limit");
         }
     }
 }
@@ -67,6 +88,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 max_sql_bytes: args.requests.max_sql_bytes(),
                 io_threads: args.requests.io_threads(),
                 eager_runs: args.requests.eager_runs,
+                max_connections: args.requests.max_connections(),
                 ticket_key: args.ticket_key,
                 config: args.config,
                 tenants: args.tenants_file,
@@ -119,6 +141,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 wake_timeout,
                 io_threads: args.requests.io_threads(),
                 eager_runs: args.requests.eager_runs,
+                max_connections: args.requests.max_connections(),
             };
             quiver_gateway::run(listener, config, quiver::shutdown::signal()).await?;
         }

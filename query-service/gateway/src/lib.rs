@@ -5,7 +5,8 @@
 //! A query travels through the modules in this order:
 //!
 //! ```text
-//!  server (HTTP/2 limits, TLS, drain) ──► io_threads (a connection's calls stay on one thread)
+//!  server (HTTP/2 limits, TLS, drain) ──► io_threads (a connection's calls stay on one thread;
+//!      accepted: a place per connection, closed if it does not begin in time)
 //!      ──► flight::authenticate ──► flight (the Flight SQL service)
 //!      ──► admission (classify, rate limits, resource groups) ──► dispatch (pool, least-loaded
 //!          worker, retry before the first row) ──► flight::recorded (deadline, metrics)
@@ -14,6 +15,7 @@
 //! `auth` checks credentials; `status` is where the gateway's errors become gRPC statuses;
 //! `admin` serves metrics and the demand report; `tls` serves the Flight port over TLS.
 
+mod accepted;
 mod admin;
 mod admission;
 mod auth;

@@ -122,6 +122,7 @@ pub struct GatewayMetrics {
     claims: Family<ClaimLabels, Counter>,
     dispatched: Family<TransportLabels, Counter>,
     eager_runs: Family<EagerLabels, Counter>,
+    connections_refused: Counter,
     /// Bumped after each claim is counted, for whoever waits on claims.
     claims_counted: tokio::sync::watch::Sender<u64>,
 }
@@ -195,6 +196,7 @@ impl Default for GatewayMetrics {
         let claims = Family::<ClaimLabels, Counter>::default();
         let dispatched = Family::<TransportLabels, Counter>::default();
         let eager_runs = Family::<EagerLabels, Counter>::default();
+        let connections_refused = Counter::default();
         let mut registry = Registry::with_prefix("quiver");
         registry.register(
             "admission_admitted",
@@ -257,9 +259,15 @@ impl Default for GatewayMetrics {
         registry.register(
             "eager_runs",
             "Runs started when a statement was planned, by outcome: claimed by the client's \
-             DoGet, unclaimed (cancelled after the claim window), or not started (too many \
-             waiting)",
+             DoGet, unclaimed (cancelled after the claim window), not started (too many \
+             waiting), or paused (most of the tenant's recent runs went unclaimed)",
             eager_runs.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Client connections closed on arrival because as many as allowed were open \
+             (--max-connections)",
+            connections_refused.clone(),
         );
         Self {
             registry,
@@ -278,6 +286,7 @@ impl Default for GatewayMetrics {
             claims,
             dispatched,
             eager_runs,
+            connections_refused,
             claims_counted: tokio::sync::watch::channel(0).0,
         }
     }
@@ -319,6 +328,11 @@ impl GatewayMetrics {
                 policy: policy.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a client connection closed on arrival: as many as allowed were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     /// Counts what became of a run started at planning time.

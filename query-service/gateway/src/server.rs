@@ -62,6 +62,8 @@ pub struct GatewayConfig {
     pub io_threads: Option<usize>,
     /// Start a statement's run when it is planned, for its `DoGet` to claim.
     pub eager_runs: bool,
+    /// Client connections open at once, at most; past it new ones are closed at once.
+    pub max_connections: usize,
 }
 
 /// HTTP/2 streams one client connection may have open at once: enough for a BI tool's
@@ -156,6 +158,7 @@ pub async fn run(
             .clone()
             .for_each(move |pool| track_capacity(pool, tracked.clone(), slots)),
     );
+    let refused_metric = config.metrics.clone();
     let counted = config.metrics.clone();
     let record = Box::new(move |pool: &str, outcome| counted.claim(pool, outcome));
     background.spawn(Claimer::new(config.pools.clone(), &config.key, record).run());
@@ -207,10 +210,14 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let threads = config
-        .io_threads
-        .unwrap_or_else(crate::io_threads::default_count);
-    let result = crate::io_threads::serve(listener, threads, router, tls, shutdown)
+    let threads = crate::io_threads::Threads {
+        count: config
+            .io_threads
+            .unwrap_or_else(crate::io_threads::default_count),
+        max_connections: config.max_connections,
+    };
+    let refused = move || refused_metric.connection_refused();
+    let result = crate::io_threads::serve(listener, threads, router, tls, refused, shutdown)
         .await
         .map_err(GatewayError::from);
     background.shutdown().await;

@@ -32,6 +32,8 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::accepted::Accepted;
+
 /// How often the certificate files are checked for changes; polling also sees a Kubernetes
 /// Secret update, which swaps a symlink instead of writing the file.
 const RELOAD_POLL: Duration = Duration::from_secs(2);
@@ -224,15 +226,15 @@ impl Handshakes {
     pub fn complete<S>(
         &self,
         connections: S,
-    ) -> impl Stream<Item = io::Result<TlsConnection>> + Send + 'static
+    ) -> impl Stream<Item = io::Result<Accepted<TlsConnection>>> + Send + 'static
     where
-        S: Stream<Item = (TcpStream, OwnedSemaphorePermit)> + Send + 'static,
+        S: Stream<Item = (TcpStream, OwnedSemaphorePermit, OwnedSemaphorePermit)> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
         let current = self.current.clone();
         let start = tokio::spawn(async move {
             let mut connections = std::pin::pin!(connections);
-            while let Some((tcp, slot)) = connections.next().await {
+            while let Some((tcp, slot, place)) = connections.next().await {
                 let acceptor = TlsAcceptor::from(current.read().expect("tls config").clone());
                 let ready = tx.clone();
                 tokio::spawn(async move {
@@ -240,7 +242,7 @@ impl Handshakes {
                     let peer = tcp.peer_addr().ok();
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
-                            let _ = ready.send(TlsConnection(tls)).await;
+                            let _ = ready.send(Accepted::new(TlsConnection(tls), place)).await;
                         }
                         Ok(Err(e)) => tracing::info!(?peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(?peer, "TLS handshake timed out"),

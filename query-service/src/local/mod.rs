@@ -58,6 +58,8 @@ pub struct UpConfig {
     pub io_threads: Option<usize>,
     /// Start statements' runs when they are planned.
     pub eager_runs: bool,
+    /// The gateway's cap on open client connections.
+    pub max_connections: usize,
 }
 
 /// Why `quiver up` stopped with an error.
@@ -191,6 +193,7 @@ pub async fn run(
         wake_timeout: config.wake_timeout,
         io_threads: config.io_threads,
         eager_runs: config.eager_runs,
+        max_connections: config.max_connections,
     };
     let mut gateway = tokio::spawn(quiver_gateway::run(listener, gateway_config, async {
         let _ = gateway_stop_rx.await;

@@ -95,6 +95,7 @@ pub fn gateway_config(
         wake_timeout: None,
         io_threads: None,
         eager_runs: true,
+        max_connections: 1024,
     }
 }
 
