@@ -229,6 +229,18 @@ mod tests {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
 
+    /// A server of the health service, SERVING, and the port to serve it on.
+    async fn health_server() -> (Router, TcpListener, std::net::SocketAddr) {
+        let (health, service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+        let router = tonic::transport::Server::builder().add_service(service);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (router, listener, addr)
+    }
+
     /// A health check over a connection of its own: the status, or why it failed.
     async fn health_check(addr: std::net::SocketAddr) -> Result<i32, tonic::Status> {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
@@ -246,13 +258,7 @@ mod tests {
     /// gives its place back.
     #[tokio::test]
     async fn connections_past_the_maximum_are_closed() {
-        let (health, service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        let router = tonic::transport::Server::builder().add_service(service);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (router, listener, addr) = health_server().await;
         let refused = Arc::new(AtomicUsize::new(0));
         let counted = refused.clone();
         let threads = Threads {
@@ -291,13 +297,7 @@ mod tests {
     /// Connections are served on the io threads, and shutdown stops accepting and returns.
     #[tokio::test]
     async fn serves_connections_on_its_threads_until_shutdown() {
-        let (health, service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
-        let router = tonic::transport::Server::builder().add_service(service);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let (router, listener, addr) = health_server().await;
         let (stop, stopped) = oneshot::channel::<()>();
         let threads = Threads {
             count: 2,
