@@ -20,7 +20,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     quiver::telemetry::init();
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_stack_size(THREAD_STACK_BYTES)
@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    match runtime.block_on(run(cli.command, open_files)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -43,8 +43,9 @@ fn main() -> ExitCode {
 
 /// Raises the soft limit on open files to the hard one: a gateway holds a descriptor per
 /// client connection (up to `--max-connections`) plus its connections to workers, and the
-/// usual soft limit of 1024 is far below that.
-fn raise_open_file_limit() {
+/// usual soft limit of 1024 is far below that. Returns the limit now in force (`None`:
+/// unlimited).
+fn raise_open_file_limit() -> Option<u64> {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     // Unlimited (`None`) is left alone: the kernel caps open files below it anyway.
@@ -55,16 +56,37 @@ fn raise_open_file_limit() {
             current: Some(maximum),
             maximum: Some(maximum),
         };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            tracing::warn!(error = %e, "cannot raise the open-file limit");
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return Some(maximum),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
         }
+    }
+    limit.current
+}
+
+/// Descriptors a gateway needs besides its client connections (worker connections, files).
+const OTHER_DESCRIPTORS: u64 = 1024;
+
+/// Warns when `--max-connections` leaves too few of the open-file limit for the rest: the cap
+/// would then not be what stops a flood of connections.
+fn check_connection_cap(max_connections: usize, open_files: Option<u64>) {
+    if let Some(limit) = open_files
+        && (max_connections as u64).saturating_add(OTHER_DESCRIPTORS) > limit
+    {
+        tracing::warn!(
+            max_connections,
+            open_file_limit = limit,
+            "--max-connections plus {OTHER_DESCRIPTORS} is over the open-file limit; lower it, \
+             or raise the limit"
+        );
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+async fn run(command: Command, open_files: Option<u64>) -> anyhow::Result<()> {
     use anyhow::Context;
     match command {
         Command::Up(args) => {
+            check_connection_cap(args.requests.max_connections(), open_files);
             let scaling = args.scaling();
             scaling.validate().context(
                 "invalid worker counts (--min-workers, --max-workers, --target-concurrency)",
@@ -101,6 +123,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             quiver::local::run(listener, admin, config, quiver::shutdown::signal()).await?;
         }
         Command::Gateway(args) => {
+            check_connection_cap(args.requests.max_connections(), open_files);
             let listener = TcpListener::bind(args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
