@@ -112,16 +112,19 @@ fn reserve(worker: &Worker) -> Option<(Busy, Option<Connection>)> {
 /// A failure of the connection, not of the query: the dispatcher treats it as the worker
 /// failing (a status with a source, as the gRPC stack makes them).
 fn transport(endpoint: &str, e: io::Error) -> Status {
-    let mut status = Status::unavailable(format!("connection to worker {endpoint} failed: {e}"));
-    status.set_source(Arc::new(e));
-    status
+    failed(endpoint, &e.to_string(), Arc::new(e))
 }
 
 /// A connection that failed before anything was sent on it (refused, or the gateway out of
 /// descriptors): a transport failure the worker cannot have caused.
 fn not_sent(endpoint: &str, e: io::Error) -> Status {
-    let mut status = Status::unavailable(format!("connection to worker {endpoint} failed: {e}"));
-    status.set_source(Arc::new(NotSent(e)));
+    failed(endpoint, &e.to_string(), Arc::new(NotSent(e)))
+}
+
+fn failed(endpoint: &str, error: &str, source: Arc<dyn std::error::Error + Send + Sync>) -> Status {
+    let mut status =
+        Status::unavailable(format!("connection to worker {endpoint} failed: {error}"));
+    status.set_source(source);
     status
 }
 
@@ -250,7 +253,7 @@ impl Fetch {
         if len > MAX_MESSAGE_BYTES {
             // Not read, so the connection is closed; but it is the query's doing (a row this
             // large), not the worker failing: the query's own error, retried nowhere.
-            self.broken(io::ErrorKind::InvalidData.into());
+            self.close();
             return Err(Status::resource_exhausted(format!(
                 "worker {} sent a result message of {len} bytes, over the {} MiB limit on one \
                  message: a row this large cannot be sent",
@@ -314,9 +317,14 @@ impl Fetch {
 
     /// The connection cannot be trusted any further: it is closed.
     fn broken(&mut self, e: io::Error) -> Status {
+        self.close();
+        transport(self.worker.endpoint(), e)
+    }
+
+    /// Closes the connection and gives its place back, however the fetch ended.
+    fn close(&mut self) {
         self.connection = None;
         self.busy = None;
-        transport(self.worker.endpoint(), e)
     }
 }
 
