@@ -1,6 +1,6 @@
 //! The worker's end of the fetch exchange (`quiver_core::fetch`), on the Flight port: each
-//! accepted connection is told apart by its first four bytes, fetch connections are served here
-//! and the rest (HTTP/2) handed to tonic.
+//! accepted connection is told apart by its first bytes, fetch connections are served here
+//! and HTTP/2 ones handed to tonic once their preface has arrived.
 //!
 //! A fetch runs as the Flight service's own DoGet, after the same grant check the gRPC path's
 //! interceptor makes, so authority is checked the same way whichever way a query arrives.
@@ -33,12 +33,12 @@ const MAX_SNIFFING: usize = 1024;
 /// it a new one is closed unanswered, and a gateway that sees that sends this worker its
 /// DoGets over gRPC for a while.
 const MAX_FETCH_CONNECTIONS: usize = 4096;
-/// A connection that has not sent its first four bytes by then is dropped.
+/// A connection that has not sent the fetch magic or HTTP/2's preface by then is dropped.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-/// Pause before peeking again at a connection that has sent part of the magic.
-const PARTIAL_MAGIC_RETRY: Duration = Duration::from_millis(5);
+/// Pause before peeking again at a connection that has sent part of the magic or preface.
+const PARTIAL_RETRY: Duration = Duration::from_millis(5);
 /// A request whose length has arrived must arrive whole within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A fetch connection idle this long between requests is closed (the gateway reopens one).
@@ -53,15 +53,20 @@ pub(crate) fn incoming(
     service: WorkerService,
     signer: TicketSigner,
 ) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static {
-    accept(listener, MAX_FETCH_CONNECTIONS, move |stream, closed| {
-        serve(stream, service.clone(), signer.clone(), closed)
-    })
+    accept(
+        listener,
+        MAX_FETCH_CONNECTIONS,
+        SNIFF_TIMEOUT,
+        move |stream, closed| serve(stream, service.clone(), signer.clone(), closed),
+    )
 }
 
-/// [`incoming`] with fetch connections served by `serve_fetch`, at most `max_fetch` at once.
+/// [`incoming`] with fetch connections served by `serve_fetch`, at most `max_fetch` at once,
+/// and connections dropped that have not said what they speak within `sniff_timeout`.
 fn accept<F, Fut>(
     listener: TcpListener,
     max_fetch: usize,
+    sniff_timeout: Duration,
     serve_fetch: F,
 ) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static
 where
@@ -95,13 +100,12 @@ where
                 closed.clone(),
             );
             tokio::spawn(async move {
-                let is_fetch =
-                    match tokio::time::timeout(SNIFF_TIMEOUT, starts_with_magic(&stream)).await {
-                        Ok(Ok(is_fetch)) => is_fetch,
-                        _ => return,
-                    };
+                let Ok(Ok(speaks)) = tokio::time::timeout(sniff_timeout, sniff(&stream)).await
+                else {
+                    return;
+                };
                 drop(slot);
-                if is_fetch {
+                if speaks == Speaks::Fetch {
                     let Ok(_open) = fetching.try_acquire_owned() else {
                         tracing::debug!("too many fetch connections; closing a new one");
                         return;
@@ -135,23 +139,43 @@ impl Drop for Closing {
     }
 }
 
-/// Whether the connection's first four bytes are the fetch magic; they are left unread.
-async fn starts_with_magic(stream: &TcpStream) -> io::Result<bool> {
-    let mut first = [0u8; 4];
+/// What a new connection speaks.
+#[derive(Debug, PartialEq, Eq)]
+enum Speaks {
+    Fetch,
+    Http2,
+}
+
+/// The client preface every HTTP/2 (gRPC) connection opens with.
+const HTTP2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What the connection speaks, from its first bytes, which are left unread: the fetch magic,
+/// or HTTP/2's whole preface. The HTTP/2 server would wait for the rest of a preface forever
+/// (its keepalive pings start after it), so a connection goes to it only once its preface has
+/// arrived; one that sends neither is refused here, as the server would refuse it.
+async fn sniff(stream: &TcpStream) -> io::Result<Speaks> {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
     loop {
         let seen = stream.peek(&mut first).await?;
         if seen == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        if first[..seen] != fetch::MAGIC[..seen] {
-            return Ok(false);
+        let seen = &first[..seen];
+        if seen.starts_with(fetch::MAGIC) {
+            return Ok(Speaks::Fetch);
         }
-        if seen == first.len() {
-            return Ok(true);
+        if seen == HTTP2_PREFACE {
+            return Ok(Speaks::Http2);
         }
-        // Part of the magic so far (peers send it in one write, so this is rare): look again
+        if !fetch::MAGIC.starts_with(seen) && !HTTP2_PREFACE.starts_with(seen) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "neither the fetch exchange nor HTTP/2",
+            ));
+        }
+        // Part of either so far (peers send it in one write, so this is rare): look again
         // shortly rather than spin on what is already buffered.
-        tokio::time::sleep(PARTIAL_MAGIC_RETRY).await;
+        tokio::time::sleep(PARTIAL_RETRY).await;
     }
 }
 
@@ -314,7 +338,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (opened_tx, mut opened) = mpsc::unbounded_channel::<()>();
         let (ended_tx, mut ended) = mpsc::unbounded_channel::<()>();
-        let _incoming = accept(listener, 2, move |mut stream, _closed| {
+        let _incoming = accept(listener, 2, SNIFF_TIMEOUT, move |mut stream, _closed| {
             let (opened, ended) = (opened_tx.clone(), ended_tx.clone());
             async move {
                 let _ = opened.send(());
@@ -349,6 +373,49 @@ mod tests {
         assert!(
             opened.try_recv().is_err(),
             "only the first, second and fourth were served"
+        );
+    }
+
+    /// A connection goes to the HTTP/2 server only with its whole preface; one that stops
+    /// part-way is dropped when its time is up, and one that speaks neither protocol at once.
+    #[tokio::test]
+    async fn http2_connections_are_handed_over_with_their_whole_preface() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = accept(
+            listener,
+            1,
+            Duration::from_secs(2),
+            |_stream, _closed| async {},
+        );
+        tokio::pin!(incoming);
+        let closed = |mut stream: TcpStream| async move {
+            let mut byte = [0u8; 1];
+            matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
+        };
+
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial.write_all(&HTTP2_PREFACE[..4]).await.unwrap();
+        let mut other = TcpStream::connect(addr).await.unwrap();
+        other.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(
+            closed(other).await,
+            "a connection speaking neither is dropped"
+        );
+
+        let mut whole = TcpStream::connect(addr).await.unwrap();
+        whole.write_all(HTTP2_PREFACE).await.unwrap();
+        let handed = incoming.next().await.unwrap().unwrap();
+        assert_eq!(handed.peer_addr().unwrap(), whole.local_addr().unwrap());
+
+        // The timeout only turns a regression (held open) into a failure.
+        let dropped = tokio::time::timeout(Duration::from_secs(30), closed(partial)).await;
+        assert_eq!(dropped, Ok(true), "a partial preface is dropped in time");
+        let mut rest = [0u8; HTTP2_PREFACE.len()];
+        assert_eq!(
+            handed.peek(&mut rest).await.unwrap(),
+            rest.len(),
+            "left unread"
         );
     }
 }

@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tonic::{Code, Status};
 
+use super::connect::{self, NotSent};
 use super::pool::Worker;
 use quiver_core::fetch;
 use quiver_core::protocol::{MAX_MESSAGE_BYTES, WORKER_STATE_HEADER};
@@ -38,8 +39,6 @@ pub const MAX_CONNECTIONS: usize = 128;
 const IDLE_FOR: Duration = Duration::from_secs(60);
 /// Bytes a frame's buffer grows by at most before they have arrived.
 const READ_CHUNK: usize = 64 << 10;
-/// Connecting to a worker on the same network should take milliseconds.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 type Connection = BufReader<TcpStream>;
 
@@ -115,10 +114,9 @@ fn transport(endpoint: &str, e: io::Error) -> Status {
     failed(endpoint, &e.to_string(), Arc::new(e))
 }
 
-/// A connection that failed before anything was sent on it (refused, or the gateway out of
-/// descriptors): a transport failure the worker cannot have caused.
-fn not_sent(endpoint: &str, e: io::Error) -> Status {
-    failed(endpoint, &e.to_string(), Arc::new(NotSent(e)))
+/// A connection that failed to open: a transport failure the worker cannot have caused.
+fn not_sent(endpoint: &str, e: NotSent) -> Status {
+    failed(endpoint, &e.0.to_string(), Arc::new(e))
 }
 
 fn failed(endpoint: &str, error: &str, source: Arc<dyn std::error::Error + Send + Sync>) -> Status {
@@ -127,11 +125,6 @@ fn failed(endpoint: &str, error: &str, source: Arc<dyn std::error::Error + Send 
     status.set_source(source);
     status
 }
-
-/// The source of a status for a request that never left the gateway ([`not_sent`]).
-#[derive(Debug, thiserror::Error)]
-#[error("not sent: {0}")]
-pub struct NotSent(#[source] io::Error);
 
 /// A fetch under way: its connection and the first frame's header, already read. The
 /// connection is `None` once the fetch has ended (returned to the idle list, or closed).
@@ -224,12 +217,8 @@ fn is_open(connection: &Connection) -> bool {
     matches!(connection.get_ref().try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-async fn connect(worker: &Worker) -> io::Result<Connection> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(worker.authority()))
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    stream.set_nodelay(true)?;
-    Ok(BufReader::new(stream))
+async fn connect(worker: &Worker) -> Result<Connection, NotSent> {
+    Ok(BufReader::new(connect::open(worker.authority()).await?))
 }
 
 impl Fetch {

@@ -17,6 +17,7 @@
 //! may not be at zero still answers UNAVAILABLE at once, so a client fails over quickly.
 
 pub mod claim;
+mod connect;
 pub mod discovery;
 mod fetch;
 pub mod pool;
@@ -153,7 +154,7 @@ fn reached_worker(status: &Status) -> bool {
     use std::io::ErrorKind;
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
-        if err.is::<fetch::NotSent>() {
+        if err.is::<connect::NotSent>() {
             return false;
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>()
@@ -601,14 +602,23 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         drop(listener);
-        let channel = tonic::transport::Endpoint::from_shared(endpoint)
-            .unwrap()
-            .connect_lazy();
+        let channel = connect::channel(
+            &tonic::transport::Endpoint::from_shared(endpoint.clone()).unwrap(),
+            endpoint.strip_prefix("http://").unwrap(),
+        );
         let status = tonic_health::pb::health_client::HealthClient::new(channel)
             .check(tonic_health::pb::HealthCheckRequest::default())
             .await
             .unwrap_err();
         assert_eq!(failure(&status), Failure::Transport, "{status:?}");
+        // Marked as never sent whatever the I/O error's kind, not only for the kinds listed.
+        let mut source = std::error::Error::source(&status);
+        let mut marked = false;
+        while let Some(err) = source {
+            marked |= err.is::<connect::NotSent>();
+            source = err.source();
+        }
+        assert!(marked, "{status:?}");
         assert!(!reached_worker(&status), "{status:?}");
         assert!(reached_worker(&died()));
     }

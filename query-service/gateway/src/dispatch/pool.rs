@@ -15,6 +15,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use super::DispatchError;
+use super::connect;
 use quiver_core::protocol::MAX_MESSAGE_BYTES;
 
 /// How long to wait before re-opening a health stream that broke; doubles up to the maximum.
@@ -24,8 +25,6 @@ const HEALTH_RETRY_MAX: Duration = Duration::from_secs(2);
 const STREAM_WINDOW: u32 = 2 << 20;
 /// The HTTP/2 maximum: the connection never limits a stream before its own window does.
 const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
-/// Connecting to a worker on the same network should take milliseconds; a second means it is gone.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One worker as the gateway sees it.
 #[derive(Debug)]
@@ -109,10 +108,7 @@ impl Worker {
 
     /// `host:port` of the worker's Flight port.
     pub(crate) fn authority(&self) -> &str {
-        self.endpoint
-            .strip_prefix("http://")
-            .unwrap_or(&self.endpoint)
-            .trim_end_matches('/')
+        authority_of(&self.endpoint)
     }
 
     /// Whether the worker last reported SERVING.
@@ -147,7 +143,7 @@ impl Worker {
                 return channel.clone();
             }
             channels.retain(|_, (alive, _)| alive.strong_count() > 0);
-            let channel = self.connection.connect_lazy();
+            let channel = connect::channel(&self.connection, self.authority());
             channels.insert(self.id, (Arc::downgrade(&self.alive), channel.clone()));
             channel
         })
@@ -293,8 +289,6 @@ impl WorkerPool {
                 endpoint: endpoint.to_owned(),
                 reason: e.to_string(),
             })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
             // Every query to a worker shares this one connection. A client that stops reading
             // must stall only its own query: each stream may buffer STREAM_WINDOW unread bytes,
             // and the connection window is so large that buffered streams never exhaust it.
@@ -303,8 +297,8 @@ impl WorkerPool {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW);
         let worker = Arc::new(Worker {
+            channel: connect::channel(&connection, authority_of(&url)),
             endpoint: url,
-            channel: connection.connect_lazy(),
             connection,
             id: NEXT_WORKER_ID.fetch_add(1, Ordering::Relaxed),
             alive: Arc::new(()),
@@ -435,6 +429,13 @@ impl WorkerPool {
     fn notify(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
+}
+
+/// `host:port` of a worker's URL.
+fn authority_of(url: &str) -> &str {
+    url.strip_prefix("http://")
+        .unwrap_or(url)
+        .trim_end_matches('/')
 }
 
 /// Accepts `host:port`, `grpc://host:port` or `http://host:port`.
