@@ -23,6 +23,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::{Request, Status};
 
 use crate::flight::{WorkerService, check_grant};
+use crate::placed::Placed;
 use quiver_core::fetch;
 use quiver_core::protocol::{GRANT_HEADER, MAX_MESSAGE_BYTES, WORKER_STATE_HEADER, carries_rows};
 use quiver_core::ticket::TicketSigner;
@@ -33,6 +34,9 @@ const MAX_SNIFFING: usize = 1024;
 /// it a new one is closed unanswered, and a gateway that sees that sends this worker its
 /// DoGets over gRPC for a while.
 const MAX_FETCH_CONNECTIONS: usize = 4096;
+/// HTTP/2 connections open at once, at most (a gateway opens one per io thread, and one more
+/// for health): past it a new one is closed unanswered.
+const MAX_HTTP2_CONNECTIONS: usize = 1024;
 /// A connection that has not sent the fetch magic or HTTP/2's preface by then is dropped.
 const SNIFF_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept before the next.
@@ -46,38 +50,49 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Frames gathered into one write at most, when several are ready at once.
 const WRITE_BATCH_BYTES: usize = 1 << 20;
 
+/// What a peer may make [`accept`] hold.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    fetch: usize,
+    http2: usize,
+    /// How long a connection may take to say what it speaks.
+    sniff: Duration,
+}
+
+const LIMITS: Limits = Limits {
+    fetch: MAX_FETCH_CONNECTIONS,
+    http2: MAX_HTTP2_CONNECTIONS,
+    sniff: SNIFF_TIMEOUT,
+};
+
 /// HTTP/2 connections accepted on `listener`, for tonic; fetch connections are served on the
 /// way. The accept task and every fetch connection end when the returned stream is dropped.
 pub(crate) fn incoming(
     listener: TcpListener,
     service: WorkerService,
     signer: TicketSigner,
-) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static {
-    accept(
-        listener,
-        MAX_FETCH_CONNECTIONS,
-        SNIFF_TIMEOUT,
-        move |stream, closed| serve(stream, service.clone(), signer.clone(), closed),
-    )
+) -> impl Stream<Item = io::Result<Placed>> + Send + 'static {
+    accept(listener, LIMITS, move |stream, closed| {
+        serve(stream, service.clone(), signer.clone(), closed)
+    })
 }
 
-/// [`incoming`] with fetch connections served by `serve_fetch`, at most `max_fetch` at once,
-/// and connections dropped that have not said what they speak within `sniff_timeout`.
+/// [`incoming`] with fetch connections served by `serve_fetch`, within `limits`.
 fn accept<F, Fut>(
     listener: TcpListener,
-    max_fetch: usize,
-    sniff_timeout: Duration,
+    limits: Limits,
     serve_fetch: F,
-) -> impl Stream<Item = io::Result<TcpStream>> + Send + 'static
+) -> impl Stream<Item = io::Result<Placed>> + Send + 'static
 where
     F: Fn(TcpStream, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let serve_fetch = Arc::new(serve_fetch);
-    let (http2, rx) = mpsc::channel::<TcpStream>(128);
+    let (http2, rx) = mpsc::channel::<Placed>(128);
     let (closed_tx, closed) = watch::channel(false);
     let sniffing = Arc::new(Semaphore::new(MAX_SNIFFING));
-    let fetching = Arc::new(Semaphore::new(max_fetch));
+    let fetching = Arc::new(Semaphore::new(limits.fetch));
+    let http2_open = Arc::new(Semaphore::new(limits.http2));
     let accept = tokio::spawn(async move {
         loop {
             let Ok(slot) = sniffing.clone().acquire_owned().await else {
@@ -93,14 +108,15 @@ where
                 }
             };
             let _ = stream.set_nodelay(true);
-            let (http2, serve_fetch, fetching, closed) = (
+            let (http2, serve_fetch, fetching, http2_open, closed) = (
                 http2.clone(),
                 serve_fetch.clone(),
                 fetching.clone(),
+                http2_open.clone(),
                 closed.clone(),
             );
             tokio::spawn(async move {
-                let Ok(Ok(speaks)) = tokio::time::timeout(sniff_timeout, sniff(&stream)).await
+                let Ok(Ok(speaks)) = tokio::time::timeout(limits.sniff, sniff(&stream)).await
                 else {
                     return;
                 };
@@ -112,7 +128,11 @@ where
                     };
                     serve_fetch(stream, closed).await;
                 } else {
-                    let _ = http2.send(stream).await;
+                    let Ok(place) = http2_open.try_acquire_owned() else {
+                        tracing::debug!("too many HTTP/2 connections; closing a new one");
+                        return;
+                    };
+                    let _ = http2.send(Placed::new(stream, place)).await;
                 }
             });
         }
@@ -338,7 +358,8 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (opened_tx, mut opened) = mpsc::unbounded_channel::<()>();
         let (ended_tx, mut ended) = mpsc::unbounded_channel::<()>();
-        let _incoming = accept(listener, 2, SNIFF_TIMEOUT, move |mut stream, _closed| {
+        let limits = Limits { fetch: 2, ..LIMITS };
+        let _incoming = accept(listener, limits, move |mut stream, _closed| {
             let (opened, ended) = (opened_tx.clone(), ended_tx.clone());
             async move {
                 let _ = opened.send(());
@@ -382,16 +403,19 @@ mod tests {
     async fn http2_connections_are_handed_over_with_their_whole_preface() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let incoming = accept(
-            listener,
-            1,
-            Duration::from_secs(2),
-            |_stream, _closed| async {},
-        );
+        let limits = Limits {
+            http2: 1,
+            sniff: Duration::from_secs(2),
+            ..LIMITS
+        };
+        let incoming = accept(listener, limits, |_stream, _closed| async {});
         tokio::pin!(incoming);
+        // Whether the worker closed it; the timeout only turns a regression (held open) into
+        // a failure.
         let closed = |mut stream: TcpStream| async move {
             let mut byte = [0u8; 1];
-            matches!(stream.read(&mut byte).await, Ok(0) | Err(_))
+            let read = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte));
+            matches!(read.await, Ok(Ok(0) | Err(_)))
         };
 
         let mut partial = TcpStream::connect(addr).await.unwrap();
@@ -406,14 +430,31 @@ mod tests {
         let mut whole = TcpStream::connect(addr).await.unwrap();
         whole.write_all(HTTP2_PREFACE).await.unwrap();
         let handed = incoming.next().await.unwrap().unwrap();
-        assert_eq!(handed.peer_addr().unwrap(), whole.local_addr().unwrap());
+        assert_eq!(
+            handed.get_ref().peer_addr().unwrap(),
+            whole.local_addr().unwrap()
+        );
+        // Past the cap a new HTTP/2 connection is closed; the handed one keeps its place.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(HTTP2_PREFACE).await.unwrap();
+        assert!(closed(second).await, "past the cap");
+        drop(handed);
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        third.write_all(HTTP2_PREFACE).await.unwrap();
+        let handed = incoming.next().await.unwrap().unwrap();
+        assert_eq!(
+            handed.get_ref().peer_addr().unwrap(),
+            third.local_addr().unwrap(),
+            "a closed connection gives its place back"
+        );
 
-        // The timeout only turns a regression (held open) into a failure.
-        let dropped = tokio::time::timeout(Duration::from_secs(30), closed(partial)).await;
-        assert_eq!(dropped, Ok(true), "a partial preface is dropped in time");
+        assert!(
+            closed(partial).await,
+            "a partial preface is dropped in time"
+        );
         let mut rest = [0u8; HTTP2_PREFACE.len()];
         assert_eq!(
-            handed.peek(&mut rest).await.unwrap(),
+            handed.get_ref().peek(&mut rest).await.unwrap(),
             rest.len(),
             "left unread"
         );

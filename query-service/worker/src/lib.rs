@@ -23,6 +23,7 @@ mod fetch;
 mod flight;
 mod metadata;
 mod output_bounds;
+mod placed;
 mod status;
 
 use std::future::Future;
