@@ -3,8 +3,9 @@
 //! the simulation that compares that policy with others. With the `query` feature (gateways and
 //! workers), also what both sides of a query agree on: who may read what ([`access`]), the SQL
 //! checks done before any parse ([`sql`]), the one sealing primitive ([`seal`]) behind tickets,
-//! grants, login tokens and session cookies ([`ticket`], [`protocol`]), and prepared-statement
-//! parameters ([`prepared`]).
+//! grants, login tokens and session cookies ([`ticket`], [`protocol`]), prepared-statement
+//! parameters ([`prepared`]), and the bounds on a connection both hand to their HTTP/2 server
+//! ([`accepted`]).
 //!
 //! ```text
 //!  gateway ──/v1/pools: demand::DemandReport──► operator, quiver up
@@ -18,6 +19,8 @@ pub mod scaling;
 pub mod simulate;
 pub mod units;
 
+#[cfg(feature = "query")]
+pub mod accepted;
 #[cfg(feature = "query")]
 pub mod access;
 #[cfg(feature = "query")]

@@ -25,8 +25,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::server::Router;
 
-use crate::accepted::Accepted;
 use crate::tls::Handshakes;
+use quiver_core::accepted::Accepted;
 
 /// Stack of each io thread: as large as the main runtime's, since statements are classified
 /// (parsed) on it.

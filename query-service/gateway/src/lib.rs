@@ -15,7 +15,6 @@
 //! `auth` checks credentials; `status` is where the gateway's errors become gRPC statuses;
 //! `admin` serves metrics and the demand report; `tls` serves the Flight port over TLS.
 
-mod accepted;
 mod admin;
 mod admission;
 mod auth;

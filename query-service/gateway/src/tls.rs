@@ -32,7 +32,7 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::accepted::Accepted;
+use quiver_core::accepted::Accepted;
 
 /// How often the certificate files are checked for changes; polling also sees a Kubernetes
 /// Secret update, which swaps a symlink instead of writing the file.

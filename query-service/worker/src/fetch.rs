@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tonic::{Request, Status};
 
 use crate::flight::{WorkerService, check_grant};
-use crate::placed::Placed;
+use quiver_core::accepted::Accepted;
 use quiver_core::fetch;
 use quiver_core::protocol::{GRANT_HEADER, MAX_MESSAGE_BYTES, WORKER_STATE_HEADER, carries_rows};
 use quiver_core::ticket::TicketSigner;
@@ -71,7 +71,7 @@ pub(crate) fn incoming(
     listener: TcpListener,
     service: WorkerService,
     signer: TicketSigner,
-) -> impl Stream<Item = io::Result<Placed>> + Send + 'static {
+) -> impl Stream<Item = io::Result<Accepted<TcpStream>>> + Send + 'static {
     accept(listener, LIMITS, move |stream, closed| {
         serve(stream, service.clone(), signer.clone(), closed)
     })
@@ -82,13 +82,13 @@ fn accept<F, Fut>(
     listener: TcpListener,
     limits: Limits,
     serve_fetch: F,
-) -> impl Stream<Item = io::Result<Placed>> + Send + 'static
+) -> impl Stream<Item = io::Result<Accepted<TcpStream>>> + Send + 'static
 where
     F: Fn(TcpStream, watch::Receiver<bool>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let serve_fetch = Arc::new(serve_fetch);
-    let (http2, rx) = mpsc::channel::<Placed>(128);
+    let (http2, rx) = mpsc::channel::<Accepted<TcpStream>>(128);
     let (closed_tx, closed) = watch::channel(false);
     let sniffing = Arc::new(Semaphore::new(MAX_SNIFFING));
     let fetching = Arc::new(Semaphore::new(limits.fetch));
@@ -132,7 +132,7 @@ where
                         tracing::debug!("too many HTTP/2 connections; closing a new one");
                         return;
                     };
-                    let _ = http2.send(Placed::new(stream, place)).await;
+                    let _ = http2.send(Accepted::new(stream, place)).await;
                 }
             });
         }

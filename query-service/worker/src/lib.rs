@@ -23,7 +23,6 @@ mod fetch;
 mod flight;
 mod metadata;
 mod output_bounds;
-mod placed;
 mod status;
 
 use std::future::Future;

@@ -1,12 +1,11 @@
-//! A client connection as the gateway serves it: it holds one of the gateway's places for
-//! connections while it is open, and it must begin (the HTTP/2 preface) within
-//! [`PREFACE_TIMEOUT`] of being handed to the server.
+//! A connection as a gateway or a worker hands it to its HTTP/2 server: it holds one of the
+//! server's places for connections while it is open, and it must begin (the HTTP/2 preface)
+//! within [`PREFACE_TIMEOUT`] of being handed over.
 //!
-//! An idle connection costs the gateway a descriptor and buffers, and one that never sends a
-//! byte is held by the HTTP/2 server forever (its keepalive pings start only once the preface
-//! has arrived). Without both bounds a single client could open connections until the gateway
-//! runs out of descriptors, and then nobody else could connect, nor the gateway reach its
-//! workers.
+//! An idle connection costs a descriptor and buffers, and one that never sends a byte is held
+//! by the HTTP/2 server forever (its keepalive pings start only once the preface has arrived).
+//! Without both bounds a single peer could open connections until the process runs out of
+//! descriptors, and then nobody else could connect (nor a gateway reach its workers).
 
 use std::future::Future;
 use std::io;
@@ -25,7 +24,7 @@ const PREFACE_BYTES: usize = 24;
 /// its handshake is done).
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A served client connection and its place.
+/// A served connection and its place.
 pub struct Accepted<S> {
     io: S,
     /// Given back when the connection closes.
@@ -42,6 +41,11 @@ impl<S> Accepted<S> {
             _place: place,
             preface: Some((Box::pin(tokio::time::sleep(PREFACE_TIMEOUT)), 0)),
         }
+    }
+
+    /// The connection itself.
+    pub fn get_ref(&self) -> &S {
+        &self.io
     }
 }
 
