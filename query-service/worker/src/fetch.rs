@@ -405,7 +405,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let limits = Limits {
             http2: 1,
-            sniff: Duration::from_secs(2),
+            sniff: Duration::from_secs(5),
             ..LIMITS
         };
         let incoming = accept(listener, limits, |_stream, _closed| async {});
@@ -429,7 +429,11 @@ mod tests {
 
         let mut whole = TcpStream::connect(addr).await.unwrap();
         whole.write_all(HTTP2_PREFACE).await.unwrap();
-        let handed = incoming.next().await.unwrap().unwrap();
+        let handed = tokio::time::timeout(Duration::from_secs(30), incoming.next())
+            .await
+            .expect("handed over")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             handed.get_ref().peer_addr().unwrap(),
             whole.local_addr().unwrap()
@@ -441,7 +445,11 @@ mod tests {
         drop(handed);
         let mut third = TcpStream::connect(addr).await.unwrap();
         third.write_all(HTTP2_PREFACE).await.unwrap();
-        let handed = incoming.next().await.unwrap().unwrap();
+        let handed = tokio::time::timeout(Duration::from_secs(30), incoming.next())
+            .await
+            .expect("handed over")
+            .unwrap()
+            .unwrap();
         assert_eq!(
             handed.get_ref().peer_addr().unwrap(),
             third.local_addr().unwrap(),
