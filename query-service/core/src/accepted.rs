@@ -23,6 +23,10 @@ const PREFACE_BYTES: usize = 24;
 /// How long a connection may take to send its preface, once accepted (and, under TLS, once
 /// its handshake is done).
 pub const PREFACE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Once it has begun, the HTTP/2 server pings a quiet connection this often and drops it when
+/// no answer comes within [`KEEPALIVE_TIMEOUT`]: it finds peers that vanished without closing.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A served connection and its place.
 pub struct Accepted<S> {

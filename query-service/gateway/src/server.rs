@@ -24,6 +24,7 @@ use crate::dispatch::pool::WorkerPool;
 use crate::dispatch::registry::Pools;
 use crate::flight::GatewayService;
 use crate::metrics::GatewayMetrics;
+use quiver_core::accepted::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 
 /// How often the admission config file is checked for changes.
 const CONFIG_POLL: Duration = Duration::from_secs(2);
@@ -69,9 +70,6 @@ pub struct GatewayConfig {
 /// HTTP/2 streams one client connection may have open at once: enough for a BI tool's
 /// parallel queries, few enough that one connection cannot hold the gateway's memory.
 const MAX_STREAMS_PER_CONNECTION: u32 = 128;
-/// Keepalive pings find peers that vanished without closing their connection.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request headers larger than this are refused (tokens and hints are short).
 const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 /// Connections are recycled after this long, so an idle or hoarded connection does not live

@@ -397,6 +397,24 @@ mod tests {
         );
     }
 
+    /// The next connection handed to the HTTP/2 server, which must be `peer`'s (the timeout
+    /// only turns a regression into a failure).
+    async fn handed_over(
+        incoming: &mut (impl Stream<Item = io::Result<Accepted<TcpStream>>> + Unpin),
+        peer: &TcpStream,
+    ) -> Accepted<TcpStream> {
+        let handed = tokio::time::timeout(Duration::from_secs(30), incoming.next())
+            .await
+            .expect("handed over")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            handed.get_ref().peer_addr().unwrap(),
+            peer.local_addr().unwrap()
+        );
+        handed
+    }
+
     /// A connection goes to the HTTP/2 server only with its whole preface; one that stops
     /// part-way is dropped when its time is up, and one that speaks neither protocol at once.
     #[tokio::test]
@@ -427,34 +445,21 @@ mod tests {
             "a connection speaking neither is dropped"
         );
 
-        let mut whole = TcpStream::connect(addr).await.unwrap();
-        whole.write_all(HTTP2_PREFACE).await.unwrap();
-        let handed = tokio::time::timeout(Duration::from_secs(30), incoming.next())
-            .await
-            .expect("handed over")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            handed.get_ref().peer_addr().unwrap(),
-            whole.local_addr().unwrap()
-        );
+        // A new HTTP/2 peer that has sent its preface.
+        let http2 = || async {
+            let mut peer = TcpStream::connect(addr).await.unwrap();
+            peer.write_all(HTTP2_PREFACE).await.unwrap();
+            peer
+        };
+
+        let whole = http2().await;
+        let handed = handed_over(&mut incoming, &whole).await;
         // Past the cap a new HTTP/2 connection is closed; the handed one keeps its place.
-        let mut second = TcpStream::connect(addr).await.unwrap();
-        second.write_all(HTTP2_PREFACE).await.unwrap();
-        assert!(closed(second).await, "past the cap");
+        assert!(closed(http2().await).await, "past the cap");
         drop(handed);
-        let mut third = TcpStream::connect(addr).await.unwrap();
-        third.write_all(HTTP2_PREFACE).await.unwrap();
-        let handed = tokio::time::timeout(Duration::from_secs(30), incoming.next())
-            .await
-            .expect("handed over")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            handed.get_ref().peer_addr().unwrap(),
-            third.local_addr().unwrap(),
-            "a closed connection gives its place back"
-        );
+        // A closed connection gives its place back.
+        let third = http2().await;
+        let handed = handed_over(&mut incoming, &third).await;
 
         assert!(
             closed(partial).await,

@@ -36,6 +36,7 @@ use tokio::sync::watch;
 use self::catalog::Catalog;
 use self::engine::{Engine, QueryLimits};
 use self::flight::WorkerService;
+use quiver_core::accepted::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use quiver_core::ticket::TicketSigner;
 
 use quiver_core::protocol::MAX_MESSAGE_BYTES;
@@ -209,7 +210,6 @@ async fn serve(
     };
 
     let server = tonic::transport::Server::builder()
-        // A gateway answers pings; a peer that stops answering is dropped.
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(health_service)
@@ -263,7 +263,3 @@ async fn serve(
 
 /// How long connections may take to close after a drain before the worker exits regardless.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
-
-/// How often the worker pings a quiet HTTP/2 connection, and how long it waits for the answer.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
